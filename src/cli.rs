@@ -1,0 +1,149 @@
+//! The command line, as the user types it (clap derive). Values are checked into the
+//! project's own types (`Mac`, `ModuleName`, `Version`) by the commands that use them.
+
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+
+/// Local-first over-the-air updates for fleets of MicroPython boards.
+///
+/// Publish versions of your .py modules, say which device (by MAC) runs which, and serve
+/// them to your boards over HTTP: they install only what changed, verify it, roll back by
+/// themselves when new code crashes, and report what they run.
+#[derive(Debug, Parser)]
+#[command(name = "mpfleet", version, after_help = EXAMPLES)]
+pub struct Cli {
+    /// Data directory: the SQLite database and the module blobs.
+    #[arg(
+        long,
+        global = true,
+        env = "MPFLEET_DATA",
+        default_value = "mpfleet-data"
+    )]
+    pub data: PathBuf,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+const EXAMPLES: &str = "Examples:
+  mpfleet serve                                   serve boards on 0.0.0.0:8080
+  mpfleet module publish sensorclass.py           publish the next version of sensorclass
+  mpfleet device set DE:AD:BE:EF:12:34 --app smartcharger sensorclass=2
+  mpfleet export /srv/www/ota                     the same tree as static files";
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve the modules and manifests to boards over HTTP.
+    ///
+    /// Prints the bound address on its first line. Boards GET their manifest from
+    /// `v1/{mac}.json` and POST what they did to `v1/{mac}/report`. Changes made with other
+    /// mpfleet commands while it runs are served within a second.
+    ///
+    /// Example: mpfleet serve --listen 127.0.0.1:0
+    Serve {
+        /// Address and port to listen on (`127.0.0.1:0` picks a free port).
+        #[arg(long, env = "MPFLEET_LISTEN", default_value = "0.0.0.0:8080")]
+        listen: String,
+    },
+    /// Publish, list and inspect module versions.
+    #[command(subcommand)]
+    Module(ModuleCommand),
+    /// Say which device runs what, and see what each device reported.
+    #[command(subcommand)]
+    Device(DeviceCommand),
+    /// Write what `serve` serves to boards as static files in DIR.
+    ///
+    /// For nginx, Home Assistant's `www/` folder or any web server: boards read the same
+    /// bytes as from `serve` (reports need `serve`). The tree is built beside DIR and swapped
+    /// in at once; DIR must be new, empty, or an earlier export.
+    ///
+    /// Example: mpfleet export /config/www/ota   (boards then use http://ha.local:8123/local/ota/)
+    Export {
+        /// Directory to write the tree into.
+        dir: PathBuf,
+    },
+    /// Boot simulated boards (the real MicroPython unix port) against a server.
+    Sim(crate::sim::SimArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ModuleCommand {
+    /// Publish one or more .py files as new module versions.
+    ///
+    /// The module name is the file's stem unless --name is given; the version is one more
+    /// than the highest numeric version of that module unless --version is given. Versions
+    /// are immutable: the same version with other bytes is refused; the same bytes again is
+    /// a no-op. `latest` moves to the new version unless --no-latest.
+    ///
+    /// Example: mpfleet module publish sensorclass.py mqttclass.py
+    Publish {
+        /// The .py files to publish.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// Module name (a Python identifier); only with a single file.
+        #[arg(long)]
+        name: Option<String>,
+        /// Version to publish as (1 to 32 of A-Z a-z 0-9 . _ -).
+        #[arg(long)]
+        version: Option<String>,
+        /// Keep `latest` where it is.
+        #[arg(long)]
+        no_latest: bool,
+    },
+    /// List modules with their latest version.
+    List(ListArgs),
+    /// Show one module's versions, sizes, hashes, latest, and which devices run each.
+    ///
+    /// Example: mpfleet module show sensorclass
+    Show {
+        name: String,
+        #[command(flatten)]
+        list: ListArgs,
+    },
+    /// Point a module's `latest` at one of its versions (every device tracking latest follows).
+    ///
+    /// Example: mpfleet module latest sensorclass 2
+    Latest { name: String, version: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DeviceCommand {
+    /// Set what a device runs: its app module and MODULE=VERSION pairs.
+    ///
+    /// VERSION is a published version or `latest`. The app is added at latest if not
+    /// listed, and so are the runtime modules `config` and `updater`.
+    ///
+    /// Example: mpfleet device set DE:AD:BE:EF:12:34 --app smartcharger sensorclass=2 mqttclass=latest
+    Set {
+        /// The device's Wi-Fi MAC, in any common form (deadbeef1234, DE:AD:BE:EF:12:34, ...).
+        mac: String,
+        /// The application module the board runs at boot.
+        #[arg(long)]
+        app: String,
+        /// MODULE=VERSION pairs (VERSION may be `latest`).
+        modules: Vec<String>,
+    },
+    /// List devices (or, with --unknown, MACs that asked but are not devices yet).
+    List {
+        /// List MACs that asked for a manifest but have none.
+        #[arg(long)]
+        unknown: bool,
+        #[command(flatten)]
+        list: ListArgs,
+    },
+    /// Show a device: desired and resolved manifest, last report, last seen, recent reports.
+    Show {
+        mac: String,
+        #[command(flatten)]
+        list: ListArgs,
+    },
+    /// Forget a device and its reports.
+    Rm { mac: String },
+}
+
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    /// Print JSON for scripts instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}

@@ -1,0 +1,222 @@
+//! `mpfleet device ...`: set, list, show, rm.
+
+use super::{ago, print_json, table};
+use crate::cli::DeviceCommand;
+use crate::manifest::{Desired, Want};
+use crate::names::{Mac, ModuleName};
+use crate::store::Store;
+use anyhow::{bail, Context, Result};
+use serde_json::{json, Value};
+use std::path::Path;
+
+fn mac(s: &str) -> Result<Mac> {
+    Mac::parse(s).map_err(anyhow::Error::msg)
+}
+
+fn pair(s: &str) -> Result<(ModuleName, Want)> {
+    let (m, v) = s
+        .split_once('=')
+        .with_context(|| format!("{s:?} is not MODULE=VERSION (VERSION may be `latest`)"))?;
+    Ok((
+        ModuleName::parse(m).map_err(anyhow::Error::msg)?,
+        Want::parse(v).map_err(anyhow::Error::msg)?,
+    ))
+}
+
+pub fn run(data: &Path, command: DeviceCommand) -> Result<()> {
+    match command {
+        DeviceCommand::Set {
+            mac: m,
+            app,
+            modules,
+        } => {
+            let m = mac(&m)?;
+            let app = ModuleName::parse(&app).map_err(anyhow::Error::msg)?;
+            let pairs = modules
+                .iter()
+                .map(|s| pair(s))
+                .collect::<Result<Vec<_>>>()?;
+            let desired = Desired::new(app, pairs)?;
+            let mut store = Store::open(data)?;
+            let generation = store
+                .set_device(&m, &desired)
+                .with_context(|| format!("cannot set device {m}"))?;
+            println!(
+                "device {m}: {} (generation {generation})",
+                desired.to_seed_json()
+            );
+            Ok(())
+        }
+        DeviceCommand::List {
+            unknown: true,
+            list,
+        } => {
+            let store = Store::open(data)?;
+            let unknown = store.unknown_devices()?;
+            if list.json {
+                let v: Vec<_> = unknown
+                    .iter()
+                    .map(|u| {
+                        json!({"mac": u.mac.as_str(), "first_seen": u.first_seen,
+                               "last_seen": u.last_seen, "requests": u.requests})
+                    })
+                    .collect();
+                print_json(&json!(v));
+                return Ok(());
+            }
+            let rows: Vec<Vec<String>> = unknown
+                .iter()
+                .map(|u| {
+                    vec![
+                        u.mac.to_string(),
+                        ago(Some(u.last_seen)),
+                        ago(Some(u.first_seen)),
+                        u.requests.to_string(),
+                    ]
+                })
+                .collect();
+            table(&["MAC", "LAST ASKED", "FIRST ASKED", "REQUESTS"], &rows);
+            Ok(())
+        }
+        DeviceCommand::List {
+            unknown: false,
+            list,
+        } => {
+            let store = Store::open(data)?;
+            let devices = store.devices()?;
+            if list.json {
+                let v: Vec<_> = devices
+                    .iter()
+                    .map(|d| {
+                        json!({"mac": d.mac.as_str(), "app": d.desired.app.as_str(),
+                               "generation": d.generation, "last_seen": d.last_seen,
+                               "last_report": d.last_report})
+                    })
+                    .collect();
+                print_json(&json!(v));
+                return Ok(());
+            }
+            let rows: Vec<Vec<String>> = devices
+                .iter()
+                .map(|d| {
+                    let (event, running) = summary(d.last_report.as_ref(), d.generation);
+                    vec![
+                        d.mac.to_string(),
+                        d.desired.app.to_string(),
+                        d.generation.to_string(),
+                        running,
+                        event,
+                        ago(d.last_seen),
+                    ]
+                })
+                .collect();
+            table(
+                &[
+                    "MAC",
+                    "APP",
+                    "GENERATION",
+                    "RUNNING",
+                    "LAST EVENT",
+                    "LAST SEEN",
+                ],
+                &rows,
+            );
+            Ok(())
+        }
+        DeviceCommand::Show { mac: m, list } => {
+            let m = mac(&m)?;
+            let store = Store::open(data)?;
+            let Some(d) = store.device(&m)? else {
+                bail!("unknown device {m}: add it with `mpfleet device set {m} --app NAME`");
+            };
+            let resolved = store.catalog()?.resolve(&d.desired)?;
+            let resolved: Value = serde_json::from_str(&resolved.to_json(&m, d.generation))?;
+            let reports = store.reports(&m, 10)?;
+            if list.json {
+                let desired: Value = serde_json::from_str(&d.desired.to_seed_json())?;
+                let rs: Vec<_> = reports
+                    .iter()
+                    .map(|r| json!({"at": r.at, "report": r.body}))
+                    .collect();
+                print_json(&json!({
+                    "mac": m.as_str(), "desired": desired, "resolved": resolved,
+                    "generation": d.generation, "last_seen": d.last_seen,
+                    "last_report": d.last_report, "last_report_at": d.last_report_at,
+                    "reports": rs,
+                }));
+                return Ok(());
+            }
+            println!("device     {m}");
+            println!("app        {}", d.desired.app);
+            println!("generation {}", d.generation);
+            println!("last seen  {}", ago(d.last_seen));
+            println!("desired    {}", d.desired.to_seed_json());
+            println!();
+            let rows: Vec<Vec<String>> = resolved["modules"]
+                .as_object()
+                .into_iter()
+                .flatten()
+                .map(|(name, r)| {
+                    let reported = d
+                        .last_report
+                        .as_ref()
+                        .and_then(|rep| rep["modules"][name.as_str()].as_str())
+                        .unwrap_or("-");
+                    vec![
+                        name.clone(),
+                        r["version"].as_str().unwrap_or("").to_owned(),
+                        reported.to_owned(),
+                        r["size"].to_string(),
+                        r["sha256"]
+                            .as_str()
+                            .unwrap_or("")
+                            .chars()
+                            .take(16)
+                            .collect(),
+                    ]
+                })
+                .collect();
+            table(&["MODULE", "RESOLVED", "REPORTED", "SIZE", "SHA256"], &rows);
+            println!();
+            if reports.is_empty() {
+                println!("no reports yet");
+            } else {
+                println!("recent reports (newest first):");
+                for r in &reports {
+                    println!("  {:>8}  {}", ago(Some(r.at)), r.body);
+                }
+            }
+            Ok(())
+        }
+        DeviceCommand::Rm { mac: m } => {
+            let m = mac(&m)?;
+            let mut store = Store::open(data)?;
+            if !store.remove_device(&m)? {
+                bail!("unknown device {m}: nothing removed");
+            }
+            println!("removed device {m}");
+            Ok(())
+        }
+    }
+}
+
+/// The last event, and "gen N (config)" of what the board last said it runs.
+fn summary(report: Option<&Value>, desired_generation: i64) -> (String, String) {
+    let Some(r) = report else {
+        return ("-".into(), "-".into());
+    };
+    let event = r["event"].as_str().unwrap_or("?").to_owned();
+    let running = match r["generation"].as_i64() {
+        Some(g) => format!(
+            "gen {g} ({}){}",
+            r["config"].as_str().unwrap_or("?"),
+            if g == desired_generation {
+                ""
+            } else {
+                " behind"
+            }
+        ),
+        None => "-".into(),
+    };
+    (event, running)
+}

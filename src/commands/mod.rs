@@ -1,0 +1,74 @@
+//! What each subcommand does: parse the user's words into checked types, call the store,
+//! print a table (or JSON with `--json`).
+
+mod device;
+mod module;
+
+use crate::cli::{Cli, Command};
+use anyhow::Result;
+
+pub fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Serve { listen } => crate::http::serve(cli.data, listen),
+        Command::Module(c) => module::run(&cli.data, c),
+        Command::Device(c) => device::run(&cli.data, c),
+        Command::Export { dir } => {
+            let mut store = crate::store::Store::open(&cli.data)?;
+            let done = crate::export::export(&mut store, &dir)?;
+            println!(
+                "exported {} files ({} bytes) to {}",
+                done.files,
+                done.bytes,
+                dir.display()
+            );
+            Ok(())
+        }
+        Command::Sim(args) => crate::sim::run(args),
+    }
+}
+
+/// Prints rows as left-aligned columns under a header.
+pub(crate) fn table(header: &[&str], rows: &[Vec<String>]) {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let mut s = String::new();
+        for (i, (cell, w)) in cells.iter().zip(&widths).enumerate() {
+            if i + 1 == cells.len() {
+                s.push_str(cell);
+            } else {
+                s.push_str(&format!("{cell:<w$}  "));
+            }
+        }
+        println!("{}", s.trim_end());
+    };
+    line(header.to_vec());
+    for row in rows {
+        line(row.iter().map(String::as_str).collect());
+    }
+}
+
+/// "12s ago", "3m ago", "2h ago", "5d ago", or "never".
+pub(crate) fn ago(at: Option<i64>) -> String {
+    let Some(at) = at else {
+        return "never".into();
+    };
+    let d = (crate::store::now() - at).max(0);
+    match d {
+        0..=59 => format!("{d}s ago"),
+        60..=3599 => format!("{}m ago", d / 60),
+        3600..=86399 => format!("{}h ago", d / 3600),
+        _ => format!("{}d ago", d / 86400),
+    }
+}
+
+pub(crate) fn print_json(value: &serde_json::Value) {
+    println!(
+        "{}",
+        serde_json::to_string_pretty(value).expect("JSON serialises")
+    );
+}

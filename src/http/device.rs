@@ -1,0 +1,162 @@
+//! The device-facing routes: GET/HEAD of any path of the snapshot, and `POST v1/{mac}/report`.
+//!
+//! Reads never touch the database: they look the path up in the in-memory snapshot. The
+//! only writes are sightings and reports, handed to the recorder.
+
+use super::{error::ApiError, App};
+use crate::names::Mac;
+use crate::store::{now, Sighting};
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+
+/// Largest report body accepted.
+pub const MAX_REPORT: usize = 16 * 1024;
+
+/// The events a report may carry (see `DESIGN.md`).
+pub const EVENTS: [&str; 5] = [
+    "boot",
+    "updated",
+    "update_failed",
+    "server_failed",
+    "rolled_back",
+];
+
+/// The MAC a device-facing path is about, if it is `{mac}` or `v1/{mac}.json`.
+fn device_of(path: &str) -> Option<Mac> {
+    let candidate = path
+        .strip_prefix("v1/")
+        .and_then(|p| p.strip_suffix(".json"))
+        .unwrap_or(path);
+    (candidate.len() == 12 && candidate.bytes().all(|b| b.is_ascii_hexdigit()))
+        .then(|| Mac::parse(candidate).ok())
+        .flatten()
+}
+
+pub async fn read(
+    State(app): State<App>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    if method != Method::GET && method != Method::HEAD {
+        return Err(ApiError::MethodNotAllowed);
+    }
+    let path = uri.path().trim_start_matches('/');
+    let snapshot = app.snapshot();
+    let Some(entry) = snapshot.get(path) else {
+        if let Some(mac) = device_of(path) {
+            if snapshot.get(mac.as_str()).is_none() {
+                app.recorder.note(Sighting::Unknown {
+                    mac: mac.clone(),
+                    at: now(),
+                });
+                return Err(ApiError::NotFound(format!(
+                    "unknown device {mac}: assign it with `mpfleet device set {mac} --app NAME`"
+                )));
+            }
+        }
+        return Err(ApiError::NotFound(format!("no such file: /{path}")));
+    };
+    if let Some(mac) = device_of(path) {
+        app.recorder.note(Sighting::Seen { mac, at: now() });
+    }
+    let etag = HeaderValue::from_str(&entry.etag).expect("etag is ASCII");
+    let cache = if entry.immutable {
+        "public, max-age=31536000, immutable"
+    } else {
+        "no-cache"
+    };
+    let matches = headers
+        .get_all(header::IF_NONE_MATCH)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| {
+            let t = t.trim();
+            t == "*" || t.trim_start_matches("W/") == entry.etag
+        });
+    let mut response = if matches {
+        StatusCode::NOT_MODIFIED.into_response()
+    } else {
+        let mut r = Response::new(Body::from(entry.body.clone()));
+        r.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static(entry.content_type),
+        );
+        r
+    };
+    let h = response.headers_mut();
+    h.insert(header::ETAG, etag);
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static(cache));
+    Ok(response)
+}
+
+pub async fn report(
+    State(app): State<App>,
+    Path(mac): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let mac = Mac::parse(&mac).map_err(ApiError::BadRequest)?;
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    let too_large = || ApiError::TooLarge(format!("report is over {MAX_REPORT} bytes"));
+    if declared.is_some_and(|n| n > MAX_REPORT) {
+        return Err(too_large());
+    }
+    let bytes: Bytes = axum::body::to_bytes(body, MAX_REPORT)
+        .await
+        .map_err(|_| too_large())?;
+    let value: serde_json::Value = serde_json::from_slice(&bytes)
+        .map_err(|e| ApiError::BadRequest(format!("report is not JSON: {e}")))?;
+    let event = value
+        .as_object()
+        .ok_or_else(|| ApiError::BadRequest("report is not a JSON object".into()))?
+        .get("event")
+        .and_then(|e| e.as_str())
+        .ok_or_else(|| ApiError::BadRequest("report has no \"event\" string".into()))?;
+    if !EVENTS.contains(&event) {
+        return Err(ApiError::BadRequest(format!(
+            "unknown event {event:?}: expected one of {}",
+            EVENTS.join(", ")
+        )));
+    }
+    if app.snapshot().get(mac.as_str()).is_none() {
+        app.recorder.note(Sighting::Unknown {
+            mac: mac.clone(),
+            at: now(),
+        });
+        return Err(ApiError::NotFound(format!("unknown device {mac}")));
+    }
+    app.recorder
+        .record(Sighting::Report {
+            mac,
+            at: now(),
+            body: value.to_string(),
+        })
+        .await
+        .map_err(|e| ApiError::Internal(anyhow::anyhow!(e)))?;
+    Ok(Json(serde_json::json!({ "stored": true })).into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::device_of;
+
+    #[test]
+    fn device_paths() {
+        assert_eq!(device_of("deadbeef1234").unwrap().as_str(), "deadbeef1234");
+        assert_eq!(
+            device_of("v1/deadbeef1234.json").unwrap().as_str(),
+            "deadbeef1234"
+        );
+        assert!(device_of("latestversions").is_none());
+        assert!(device_of("v1/deadbeef1234").is_none());
+        assert!(device_of("m/x/1.py").is_none());
+    }
+}

@@ -1,0 +1,131 @@
+//! `mpfleet serve`: the HTTP server boards talk to.
+//!
+//! One shared state: the current snapshot (swapped whole when the store changes, polled from
+//! its `revision` counter so CLI commands run beside a live server take effect) and the
+//! recorder that writes what boards report.
+
+mod device;
+mod error;
+mod recorder;
+
+pub use device::{EVENTS, MAX_REPORT};
+
+use crate::snapshot::Snapshot;
+use crate::store::Store;
+use anyhow::{Context, Result};
+use axum::extract::Request;
+use axum::middleware::{self, Next};
+use axum::response::Response;
+use axum::routing::post;
+use axum::Router;
+use recorder::Recorder;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+/// How often `serve` checks the store for changes made by other processes.
+const POLL: Duration = Duration::from_millis(200);
+
+#[derive(Clone)]
+pub struct App {
+    snapshot: Arc<RwLock<Arc<Snapshot>>>,
+    recorder: Recorder,
+}
+
+impl App {
+    fn snapshot(&self) -> Arc<Snapshot> {
+        self.snapshot.read().expect("snapshot lock").clone()
+    }
+}
+
+pub fn router(app: App) -> Router {
+    Router::new()
+        .route("/v1/{mac}/report", post(device::report))
+        .fallback(device::read)
+        .layer(middleware::from_fn(access_log))
+        .with_state(app)
+}
+
+/// One line per request, at info level on target `mpfleet::access` (off by default, so a
+/// fleet polling every minute does not flood the log; `RUST_LOG=mpfleet::access=info`).
+async fn access_log(req: Request, next: Next) -> Response {
+    let method = req.method().clone();
+    let path = req.uri().path().to_owned();
+    let start = Instant::now();
+    let response = next.run(req).await;
+    tracing::info!(
+        target: "mpfleet::access",
+        "{method} {path} {} {}us",
+        response.status().as_u16(),
+        start.elapsed().as_micros()
+    );
+    response
+}
+
+/// Serves the store in `data` on `listen` until interrupted.
+pub fn serve(data: PathBuf, listen: String) -> Result<()> {
+    let mut store = Store::open(&data)?;
+    let first = Snapshot::build(&mut store, None)?;
+    let snapshot = Arc::new(RwLock::new(Arc::new(first)));
+    spawn_refresher(store, snapshot.clone())?;
+    let recorder = Recorder::start(data)?;
+    let app = App { snapshot, recorder };
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(&listen)
+            .await
+            .with_context(|| format!("cannot listen on {listen}"))?;
+        let addr: SocketAddr = listener.local_addr()?;
+        // The first line of output: tests and scripts read the bound address from it.
+        println!("mpfleet listening on http://{addr}/");
+        std::io::stdout().flush()?;
+        axum::serve(listener, router(app))
+            .with_graceful_shutdown(shutdown())
+            .await?;
+        Ok(())
+    })
+}
+
+async fn shutdown() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("SIGTERM handler");
+        tokio::select! { _ = ctrl_c => {}, _ = term.recv() => {} }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
+
+/// Rebuilds the snapshot whenever the store's revision moves.
+fn spawn_refresher(mut store: Store, shared: Arc<RwLock<Arc<Snapshot>>>) -> Result<()> {
+    std::thread::Builder::new()
+        .name("refresher".into())
+        .spawn(move || loop {
+            std::thread::sleep(POLL);
+            let current = shared.read().expect("snapshot lock").clone();
+            match store.revision() {
+                Ok(rev) if rev != current.revision => {
+                    match Snapshot::build(&mut store, Some(&current)) {
+                        Ok(next) => {
+                            tracing::info!(
+                                revision = next.revision,
+                                "store changed; serving the new state"
+                            );
+                            *shared.write().expect("snapshot lock") = Arc::new(next);
+                        }
+                        Err(e) => tracing::error!("rebuilding the snapshot failed: {e:#}"),
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => tracing::error!("reading the store revision failed: {e:#}"),
+            }
+        })?;
+    Ok(())
+}

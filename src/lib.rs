@@ -1,0 +1,43 @@
+//! mpfleet: local-first over-the-air updates for fleets of MicroPython boards.
+//!
+//! The store holds versioned modules and per-device manifests; the snapshot renders what
+//! boards read from it; `http` serves that snapshot and records what boards report; `export`
+//! writes it as static files; `sim` boots simulated boards on the real MicroPython.
+
+pub mod cli;
+mod commands;
+pub mod export;
+pub mod http;
+pub mod manifest;
+pub mod names;
+pub mod runtime;
+pub mod sim;
+pub mod snapshot;
+pub mod store;
+
+use clap::Parser;
+
+/// Runs the command line; returns the process exit code.
+pub fn run() -> i32 {
+    let cli = cli::Cli::parse();
+    init_logging();
+    match commands::run(cli) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            1
+        }
+    }
+}
+
+fn init_logging() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new("info,mpfleet::access=warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .try_init();
+}

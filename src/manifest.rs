@@ -1,0 +1,250 @@
+//! Desired and resolved manifests: what a device should run, as the user wrote it and as a
+//! board installs it.
+//!
+//! The desired manifest keeps the seed's format (`{"name": app, module: version|"latest"}`);
+//! the resolved one replaces every `latest` by a concrete version and adds sizes, hashes and
+//! URLs (see `DESIGN.md`). Both are rendered here and only here, so `serve` and `export`
+//! cannot disagree on a byte.
+
+use crate::names::{Mac, ModuleName, Version};
+use anyhow::{bail, Context, Result};
+use serde_json::{json, Map, Value};
+use std::collections::BTreeMap;
+
+/// The runtime modules every device gets, at `latest` unless its manifest names a version.
+pub const RUNTIME_MODULES: [&str; 2] = ["config", "updater"];
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Want {
+    Latest,
+    Exact(Version),
+}
+
+impl Want {
+    pub fn parse(s: &str) -> Result<Self, String> {
+        if s == "latest" {
+            Ok(Self::Latest)
+        } else {
+            Version::parse(s).map(Self::Exact)
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        match self {
+            Self::Latest => "latest",
+            Self::Exact(v) => v.as_str(),
+        }
+    }
+}
+
+/// What a device should run, in the order the user gave it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Desired {
+    pub app: ModuleName,
+    pub modules: Vec<(ModuleName, Want)>,
+}
+
+impl Desired {
+    /// Builds a manifest from the app and `module=version` pairs: the app is added at `latest`
+    /// if not listed, and so are the runtime modules.
+    pub fn new(app: ModuleName, pairs: Vec<(ModuleName, Want)>) -> Result<Self> {
+        let mut modules: Vec<(ModuleName, Want)> = Vec::new();
+        for (name, want) in pairs {
+            if let Some((_, old)) = modules.iter().find(|(n, _)| *n == name) {
+                if *old != want {
+                    bail!(
+                        "module {name} is listed twice, as {} and as {}",
+                        old.as_str(),
+                        want.as_str()
+                    );
+                }
+                continue;
+            }
+            modules.push((name, want));
+        }
+        if !modules.iter().any(|(n, _)| *n == app) {
+            modules.insert(0, (app.clone(), Want::Latest));
+        }
+        for rt in RUNTIME_MODULES {
+            if !modules.iter().any(|(n, _)| n.as_str() == rt) {
+                modules.push((ModuleName::parse(rt).expect("runtime name"), Want::Latest));
+            }
+        }
+        Ok(Self { app, modules })
+    }
+
+    /// The seed's format: `{"name": "smartcharger", "smartcharger": "1", ...}`.
+    pub fn to_seed_json(&self) -> String {
+        let mut map = Map::new();
+        map.insert("name".into(), Value::String(self.app.to_string()));
+        for (name, want) in &self.modules {
+            map.insert(name.to_string(), Value::String(want.as_str().to_owned()));
+        }
+        Value::Object(map).to_string()
+    }
+
+    pub fn from_seed_json(text: &str) -> Result<Self> {
+        let value: Value = serde_json::from_str(text).context("desired manifest is not JSON")?;
+        let map = value
+            .as_object()
+            .context("desired manifest is not a JSON object")?;
+        let app = map
+            .get("name")
+            .and_then(Value::as_str)
+            .context("desired manifest has no \"name\"")?;
+        let app = ModuleName::parse(app).map_err(anyhow::Error::msg)?;
+        let mut pairs = Vec::new();
+        for (k, v) in map.iter().filter(|(k, _)| *k != "name") {
+            let name = ModuleName::parse(k).map_err(anyhow::Error::msg)?;
+            let v = v
+                .as_str()
+                .with_context(|| format!("version of {k} is not a string"))?;
+            pairs.push((name, Want::parse(v).map_err(anyhow::Error::msg)?));
+        }
+        Self::new(app, pairs)
+    }
+}
+
+/// One published version's metadata.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VersionInfo {
+    pub sha256: String,
+    pub size: u64,
+}
+
+/// Every module's versions and latest pointer: all that resolution needs.
+#[derive(Debug, Clone, Default)]
+pub struct Catalog {
+    pub modules: BTreeMap<ModuleName, ModuleInfo>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ModuleInfo {
+    pub latest: Version,
+    pub versions: BTreeMap<Version, VersionInfo>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResolvedModule {
+    pub version: Version,
+    pub info: VersionInfo,
+}
+
+/// A desired manifest with every version concrete.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Resolved {
+    pub app: ModuleName,
+    pub modules: BTreeMap<ModuleName, ResolvedModule>,
+}
+
+impl Catalog {
+    pub fn resolve(&self, desired: &Desired) -> Result<Resolved> {
+        let mut modules = BTreeMap::new();
+        for (name, want) in &desired.modules {
+            let info = self
+                .modules
+                .get(name)
+                .with_context(|| format!("module {name} is not published"))?;
+            let version = match want {
+                Want::Latest => info.latest.clone(),
+                Want::Exact(v) => v.clone(),
+            };
+            let vi = info
+                .versions
+                .get(&version)
+                .with_context(|| format!("module {name} has no version {version}"))?;
+            modules.insert(
+                name.clone(),
+                ResolvedModule {
+                    version,
+                    info: vi.clone(),
+                },
+            );
+        }
+        Ok(Resolved {
+            app: desired.app.clone(),
+            modules,
+        })
+    }
+}
+
+impl Resolved {
+    /// A hash of what the board would run: when it changes, the generation grows.
+    pub fn content_hash(&self) -> String {
+        let modules: Map<String, Value> = self
+            .modules
+            .iter()
+            .map(|(n, m)| (n.to_string(), json!([m.version.as_str(), m.info.sha256])))
+            .collect();
+        crate::store::sha256_hex(
+            json!({"app": self.app.as_str(), "modules": modules})
+                .to_string()
+                .as_bytes(),
+        )
+    }
+
+    /// The body of `v1/{mac}.json`.
+    pub fn to_json(&self, mac: &Mac, generation: i64) -> String {
+        let modules: Map<String, Value> = self
+            .modules
+            .iter()
+            .map(|(n, m)| {
+                (
+                    n.to_string(),
+                    json!({
+                        "version": m.version.as_str(),
+                        "size": m.info.size,
+                        "sha256": m.info.sha256,
+                        "url": version_path(n, &m.version),
+                    }),
+                )
+            })
+            .collect();
+        json!({
+            "device": mac.as_str(),
+            "app": self.app.as_str(),
+            "generation": generation,
+            "modules": modules,
+        })
+        .to_string()
+    }
+}
+
+/// The device-facing path of one version's bytes, relative to the base URL.
+pub fn version_path(module: &ModuleName, version: &Version) -> String {
+    format!("m/{module}/{version}.py")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn m(s: &str) -> ModuleName {
+        ModuleName::parse(s).unwrap()
+    }
+
+    #[test]
+    fn seed_format_round_trips_and_adds_runtime() {
+        let d = Desired::new(
+            m("smartcharger"),
+            vec![
+                (m("smartcharger"), Want::parse("1").unwrap()),
+                (m("sensorclass"), Want::parse("2").unwrap()),
+                (m("mqttclass"), Want::Latest),
+            ],
+        )
+        .unwrap();
+        let text = d.to_seed_json();
+        assert_eq!(
+            text,
+            r#"{"name":"smartcharger","smartcharger":"1","sensorclass":"2","mqttclass":"latest","config":"latest","updater":"latest"}"#
+        );
+        assert_eq!(Desired::from_seed_json(&text).unwrap(), d);
+    }
+
+    #[test]
+    fn app_is_added_when_missing() {
+        let d = Desired::new(m("app"), vec![]).unwrap();
+        assert_eq!(d.modules[0], (m("app"), Want::Latest));
+    }
+}

@@ -1,0 +1,161 @@
+//! Checked names: module names, versions and MAC addresses.
+//!
+//! Everything a user or a board sends that ends up in a path or a key passes through here
+//! first, so a name like `../../x` is refused before it can touch the filesystem.
+
+use std::fmt;
+
+/// A module's import name: a Python identifier (ASCII), at most 64 characters.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ModuleName(String);
+
+impl ModuleName {
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let mut chars = s.chars();
+        let ok_first = matches!(chars.next(), Some(c) if c == '_' || c.is_ascii_alphabetic());
+        if !ok_first || s.len() > 64 || !s.chars().all(|c| c == '_' || c.is_ascii_alphanumeric()) {
+            return Err(format!(
+                "invalid module name {s:?}: a module name is a Python identifier \
+                 (letters, digits and _, not starting with a digit, at most 64 characters)"
+            ));
+        }
+        Ok(Self(s.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for ModuleName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A version: an opaque string of `[A-Za-z0-9._-]{1,32}`, compared only for equality.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Version(String);
+
+impl Version {
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let ok = (1..=32).contains(&s.len())
+            && s.chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+            && s != "."
+            && s != ".."
+            && s != "latest";
+        if !ok {
+            return Err(format!(
+                "invalid version {s:?}: a version is 1 to 32 of A-Z a-z 0-9 . _ - \
+                 (and not \".\", \"..\" or \"latest\")"
+            ));
+        }
+        Ok(Self(s.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The version as a number, when it is purely numeric (used to pick the next default).
+    pub fn numeric(&self) -> Option<u64> {
+        if self.0.bytes().all(|b| b.is_ascii_digit()) {
+            self.0.parse().ok()
+        } else {
+            None
+        }
+    }
+}
+
+impl fmt::Display for Version {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A board's Wi-Fi MAC, normalised to 12 lowercase hex digits.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Mac(String);
+
+impl Mac {
+    /// Accepts `deadbeef1234`, `DE:AD:BE:EF:12:34`, `de-ad-be-ef-12-34`, `dead.beef.1234`
+    /// and `de ad be ef 12 34`.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let t = s.trim();
+        let hex: String = t
+            .chars()
+            .filter(|c| !matches!(c, ':' | '-' | '.' | ' '))
+            .collect();
+        let separators_ok = {
+            // Separators, if any, must split the address into equal groups of 2 or 4 digits.
+            let groups: Vec<&str> = t.split([':', '-', '.', ' ']).collect();
+            groups.len() == 1
+                || (groups.len() == 6 && groups.iter().all(|g| g.len() == 2))
+                || (groups.len() == 3 && groups.iter().all(|g| g.len() == 4))
+        };
+        if hex.len() != 12 || !hex.chars().all(|c| c.is_ascii_hexdigit()) || !separators_ok {
+            return Err(format!(
+                "invalid MAC address {s:?}: expected 12 hex digits such as deadbeef1234 \
+                 or DE:AD:BE:EF:12:34"
+            ));
+        }
+        Ok(Self(hex.to_ascii_lowercase()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for Mac {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn module_names() {
+        assert!(ModuleName::parse("sensorclass").is_ok());
+        assert!(ModuleName::parse("_x9").is_ok());
+        for bad in ["", "../../x", "9a", "a-b", "a.b", "a/b", "é"] {
+            assert!(ModuleName::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn versions() {
+        assert!(Version::parse("1.2.3-rc_1").is_ok());
+        for bad in ["", "a/b", "..", ".", "latest", &"1".repeat(33), "1 2"] {
+            assert!(Version::parse(bad).is_err(), "{bad}");
+        }
+        assert_eq!(Version::parse("12").unwrap().numeric(), Some(12));
+        assert_eq!(Version::parse("1.2").unwrap().numeric(), None);
+    }
+
+    #[test]
+    fn macs() {
+        for ok in [
+            "deadbeef1234",
+            "DE:AD:BE:EF:12:34",
+            "de-ad-be-ef-12-34",
+            "dead.beef.1234",
+            " DEADBEEF1234 ",
+        ] {
+            assert_eq!(Mac::parse(ok).unwrap().as_str(), "deadbeef1234", "{ok}");
+        }
+        for bad in [
+            "",
+            "deadbeef123",
+            "deadbeef12345",
+            "zzadbeef1234",
+            "d:eadbeef1234",
+        ] {
+            assert!(Mac::parse(bad).is_err(), "{bad}");
+        }
+    }
+}

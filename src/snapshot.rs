@@ -1,0 +1,109 @@
+//! The device-facing tree: every path a board can GET, with its bytes and ETag.
+//!
+//! It is a pure function of the store's state, built once per change. `serve` keeps the
+//! current one in memory and answers device reads from it without touching the database;
+//! `export` writes the same one to disk. Both therefore serve the same bytes.
+
+use crate::manifest::version_path;
+use crate::store::Store;
+use anyhow::Result;
+use axum::body::Bytes;
+use serde_json::{Map, Value};
+use std::collections::{BTreeMap, HashMap};
+
+/// One file of the tree.
+#[derive(Debug, Clone)]
+pub struct Entry {
+    pub body: Bytes,
+    /// A strong ETag, quoted, derived from the body.
+    pub etag: String,
+    pub content_type: &'static str,
+    /// `m/{module}/{version}.py` never changes: it may be cached forever.
+    pub immutable: bool,
+}
+
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    pub revision: i64,
+    files: BTreeMap<String, Entry>,
+    /// Blob bytes by SHA-256, reused by the next build so only new blobs are read.
+    blobs: HashMap<String, Bytes>,
+}
+
+const JSON: &str = "application/json";
+const PYTHON: &str = "text/x-python; charset=utf-8";
+
+fn entry(body: Bytes, content_type: &'static str, immutable: bool) -> Entry {
+    let etag = format!("\"{}\"", &crate::store::sha256_hex(&body)[..32]);
+    Entry {
+        body,
+        etag,
+        content_type,
+        immutable,
+    }
+}
+
+impl Snapshot {
+    /// Builds the tree from one consistent read of the store.
+    pub fn build(store: &mut Store, previous: Option<&Snapshot>) -> Result<Snapshot> {
+        store.read(|store| {
+            let revision = store.revision()?;
+            let catalog = store.catalog()?;
+            let devices = store.devices()?;
+            let mut files = BTreeMap::new();
+            let mut blobs = HashMap::new();
+            let mut blob = |sha: &str| -> Result<Bytes> {
+                if let Some(b) = blobs.get(sha) {
+                    return Ok(Bytes::clone(b));
+                }
+                let bytes = match previous.and_then(|p| p.blobs.get(sha)) {
+                    Some(b) => b.clone(),
+                    None => Bytes::from(store.blob(sha)?),
+                };
+                blobs.insert(sha.to_owned(), bytes.clone());
+                Ok(bytes)
+            };
+
+            let mut latest = Map::new();
+            for (name, info) in &catalog.modules {
+                latest.insert(name.to_string(), Value::String(info.latest.to_string()));
+                for (version, vi) in &info.versions {
+                    let body = blob(&vi.sha256)?;
+                    if *version == info.latest {
+                        files.insert(format!("{name}.py"), entry(body.clone(), PYTHON, false));
+                    }
+                    files.insert(version_path(name, version), entry(body, PYTHON, true));
+                }
+            }
+            let latest = Value::Object(latest).to_string();
+            files.insert("latestversions".into(), entry(latest.into(), JSON, false));
+
+            for d in &devices {
+                let desired = d.desired.to_seed_json();
+                files.insert(d.mac.to_string(), entry(desired.into(), JSON, false));
+                if let Ok(resolved) = catalog.resolve(&d.desired) {
+                    let body = resolved.to_json(&d.mac, d.generation);
+                    files.insert(
+                        format!("v1/{}.json", d.mac),
+                        entry(body.into(), JSON, false),
+                    );
+                }
+            }
+            Ok(Snapshot {
+                revision,
+                files,
+                blobs,
+            })
+        })
+    }
+
+    /// The file at `path` (relative to the base URL, no leading slash).
+    pub fn get(&self, path: &str) -> Option<&Entry> {
+        self.files.get(path)
+    }
+
+    /// Every file, in path order.
+    pub fn files(&self) -> impl Iterator<Item = (&str, &Entry)> {
+        self.files.iter().map(|(p, e)| (p.as_str(), e))
+    }
+}

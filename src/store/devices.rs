@@ -1,0 +1,153 @@
+//! Devices: their desired manifests, generations and what they last reported.
+
+use super::{bump, catalog, now, optional, Store};
+use crate::manifest::{Catalog, Desired};
+use crate::names::Mac;
+use anyhow::{Context, Result};
+use rusqlite::Transaction;
+use serde_json::Value;
+
+#[derive(Debug, Clone)]
+pub struct DeviceRow {
+    pub mac: Mac,
+    pub desired: Desired,
+    pub generation: i64,
+    pub created_at: i64,
+    pub last_seen: Option<i64>,
+    pub last_report: Option<Value>,
+    pub last_report_at: Option<i64>,
+}
+
+const SELECT: &str = "SELECT mac, desired, generation, created_at, last_seen, last_report,
+                             last_report_at FROM devices";
+
+/// A devices row as stored, before parsing.
+type RawDevice = (
+    String,
+    String,
+    i64,
+    i64,
+    Option<i64>,
+    Option<String>,
+    Option<i64>,
+);
+
+fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RawDevice> {
+    Ok((
+        r.get(0)?,
+        r.get(1)?,
+        r.get(2)?,
+        r.get(3)?,
+        r.get(4)?,
+        r.get(5)?,
+        r.get(6)?,
+    ))
+}
+
+fn to_device(raw: RawDevice) -> Result<DeviceRow> {
+    let (mac, desired, generation, created_at, last_seen, last_report, last_report_at) = raw;
+    Ok(DeviceRow {
+        mac: Mac::parse(&mac).map_err(anyhow::Error::msg)?,
+        desired: Desired::from_seed_json(&desired)
+            .with_context(|| format!("stored manifest of {mac}"))?,
+        generation,
+        created_at,
+        last_seen,
+        last_report: last_report.and_then(|t| serde_json::from_str(&t).ok()),
+        last_report_at,
+    })
+}
+
+/// Gives every device whose resolved content changed a new generation.
+pub(super) fn refresh_generations(tx: &Transaction<'_>) -> Result<()> {
+    let cat = catalog(tx)?;
+    let rows: Vec<(String, String, String)> = {
+        let mut stmt = tx.prepare("SELECT mac, desired, resolved_hash FROM devices")?;
+        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+        rows.collect::<rusqlite::Result<_>>()?
+    };
+    for (mac, desired, old_hash) in rows {
+        let desired = Desired::from_seed_json(&desired)?;
+        // A manifest that no longer resolves keeps its last generation; it cannot happen
+        // while versions are immutable and never deleted.
+        let Ok(resolved) = cat.resolve(&desired) else {
+            continue;
+        };
+        let hash = resolved.content_hash();
+        if hash != old_hash {
+            let generation = bump(tx, "generation")?;
+            tx.execute(
+                "UPDATE devices SET generation = ?2, resolved_hash = ?3 WHERE mac = ?1",
+                rusqlite::params![mac, generation, hash],
+            )?;
+        }
+    }
+    Ok(())
+}
+
+impl Store {
+    /// Stores the desired manifest of `mac`; returns its generation afterwards.
+    pub fn set_device(&mut self, mac: &Mac, desired: &Desired) -> Result<i64> {
+        let tx = self.write()?;
+        let cat: Catalog = catalog(&tx)?;
+        let resolved = cat.resolve(desired)?;
+        let text = desired.to_seed_json();
+        let old: Option<String> = optional(tx.query_row(
+            "SELECT desired FROM devices WHERE mac = ?1",
+            [mac.as_str()],
+            |r| r.get(0),
+        ))?;
+        if old.as_deref() != Some(text.as_str()) {
+            if old.is_none() {
+                tx.execute(
+                    "INSERT INTO devices (mac, desired, generation, resolved_hash, created_at)
+                     VALUES (?1, ?2, 0, '', ?3)",
+                    rusqlite::params![mac.as_str(), text, now()],
+                )?;
+            } else {
+                tx.execute(
+                    "UPDATE devices SET desired = ?2 WHERE mac = ?1",
+                    [mac.as_str(), text.as_str()],
+                )?;
+            }
+            tx.execute("DELETE FROM unknown_devices WHERE mac = ?1", [mac.as_str()])?;
+            refresh_generations(&tx)?;
+            bump(&tx, "revision")?;
+        }
+        let generation = tx.query_row(
+            "SELECT generation FROM devices WHERE mac = ?1",
+            [mac.as_str()],
+            |r| r.get(0),
+        )?;
+        tx.commit()?;
+        debug_assert!(!resolved.modules.is_empty());
+        Ok(generation)
+    }
+
+    /// Forgets a device and its reports. Returns false if it was not known.
+    pub fn remove_device(&mut self, mac: &Mac) -> Result<bool> {
+        let tx = self.write()?;
+        let n = tx.execute("DELETE FROM devices WHERE mac = ?1", [mac.as_str()])?;
+        tx.execute("DELETE FROM reports WHERE mac = ?1", [mac.as_str()])?;
+        if n > 0 {
+            bump(&tx, "revision")?;
+        }
+        tx.commit()?;
+        Ok(n > 0)
+    }
+
+    pub fn devices(&self) -> Result<Vec<DeviceRow>> {
+        let mut stmt = self.conn.prepare(&format!("{SELECT} ORDER BY mac"))?;
+        let rows = stmt.query_map([], row)?;
+        rows.map(|r| to_device(r?)).collect()
+    }
+
+    pub fn device(&self, mac: &Mac) -> Result<Option<DeviceRow>> {
+        let r = optional(self.conn.query_row(
+            &format!("{SELECT} WHERE mac = ?1"),
+            [mac.as_str()],
+            row,
+        ))?;
+        r.map(to_device).transpose()
+    }
+}

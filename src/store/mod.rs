@@ -1,0 +1,161 @@
+//! The store: a data directory holding the SQLite database and the blob store.
+//!
+//! Every mutation runs in one `BEGIN IMMEDIATE` transaction that also refreshes the
+//! generations of the devices it affects and bumps the `revision` counter, so two CLI commands
+//! at once serialise cleanly and a running `serve` sees a consistent new state.
+
+mod blobs;
+mod devices;
+mod modules;
+mod reports;
+mod schema;
+
+pub use blobs::sha256_hex;
+pub use devices::DeviceRow;
+pub use modules::{Published, VersionRow};
+pub use reports::{Report, Sighting, UnknownDevice, REPORT_HISTORY};
+
+use crate::manifest::{Catalog, ModuleInfo, VersionInfo};
+use crate::names::{ModuleName, Version};
+use anyhow::{Context, Result};
+use blobs::Blobs;
+use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// Largest module a store accepts. An ESP8266 has about 1 MB of flash for files.
+pub const MAX_MODULE_SIZE: usize = 512 * 1024;
+
+pub struct Store {
+    conn: Connection,
+    blobs: Blobs,
+    dir: PathBuf,
+}
+
+pub(crate) fn now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+impl Store {
+    /// Opens (creating if needed) the store in `dir`, migrates its schema and publishes the
+    /// runtime this binary carries if the store lacks those exact bytes.
+    pub fn open(dir: &Path) -> Result<Self> {
+        let mut store = Self::open_plain(dir)?;
+        crate::runtime::ensure_published(&mut store)?;
+        Ok(store)
+    }
+
+    /// Opens without publishing the runtime: for a second connection in a process that has
+    /// already opened the store with [`Store::open`].
+    pub fn open_plain(dir: &Path) -> Result<Self> {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("creating data directory {}", dir.display()))?;
+        let db = dir.join("mpfleet.db");
+        let mut conn =
+            Connection::open(&db).with_context(|| format!("opening database {}", db.display()))?;
+        conn.busy_timeout(Duration::from_secs(30))?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .with_context(|| format!("setting WAL mode on {}", db.display()))?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        schema::migrate(&mut conn).with_context(|| format!("migrating {}", db.display()))?;
+        let blobs = Blobs::open(dir.join("blobs"))?;
+        Ok(Self {
+            conn,
+            blobs,
+            dir: dir.to_owned(),
+        })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// A write transaction; callers finish with [`Store::commit_change`] or plain commit.
+    fn write(&mut self) -> Result<Transaction<'_>> {
+        Ok(self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?)
+    }
+
+    /// The counter that grows with every change a board could see.
+    pub fn revision(&self) -> Result<i64> {
+        Ok(self.conn.query_row(
+            "SELECT value FROM counters WHERE name = 'revision'",
+            [],
+            |r| r.get(0),
+        )?)
+    }
+
+    /// The bytes of one blob, checked against its hash.
+    pub fn blob(&self, sha256: &str) -> Result<Vec<u8>> {
+        self.blobs.get(sha256)
+    }
+
+    pub fn catalog(&self) -> Result<Catalog> {
+        catalog(&self.conn)
+    }
+
+    /// Runs `f` inside one read transaction, so everything it reads is one consistent state.
+    pub fn read<T>(&mut self, f: impl FnOnce(&Store) -> Result<T>) -> Result<T> {
+        self.conn.execute_batch("BEGIN DEFERRED")?;
+        let out = f(self);
+        self.conn.execute_batch("COMMIT")?;
+        out
+    }
+}
+
+fn bump(tx: &Transaction<'_>, counter: &str) -> Result<i64> {
+    Ok(tx.query_row(
+        "UPDATE counters SET value = value + 1 WHERE name = ?1 RETURNING value",
+        [counter],
+        |r| r.get(0),
+    )?)
+}
+
+pub(crate) fn catalog(conn: &Connection) -> Result<Catalog> {
+    let mut cat = Catalog::default();
+    let mut stmt = conn.prepare("SELECT name, latest FROM modules")?;
+    let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
+    for row in rows {
+        let (name, latest) = row?;
+        cat.modules.insert(
+            ModuleName::parse(&name).map_err(anyhow::Error::msg)?,
+            ModuleInfo {
+                latest: Version::parse(&latest).map_err(anyhow::Error::msg)?,
+                versions: Default::default(),
+            },
+        );
+    }
+    let mut stmt = conn.prepare("SELECT module, version, sha256, size FROM versions")?;
+    let rows = stmt.query_map([], |r| {
+        Ok((
+            r.get::<_, String>(0)?,
+            r.get::<_, String>(1)?,
+            r.get::<_, String>(2)?,
+            r.get::<_, i64>(3)?,
+        ))
+    })?;
+    for row in rows {
+        let (module, version, sha256, size) = row?;
+        let name = ModuleName::parse(&module).map_err(anyhow::Error::msg)?;
+        if let Some(info) = cat.modules.get_mut(&name) {
+            info.versions.insert(
+                Version::parse(&version).map_err(anyhow::Error::msg)?,
+                VersionInfo {
+                    sha256,
+                    size: size as u64,
+                },
+            );
+        }
+    }
+    Ok(cat)
+}
+
+/// Looks up one optional value; a small helper over rusqlite's `optional()`.
+pub(crate) fn optional<T>(r: rusqlite::Result<T>) -> Result<Option<T>> {
+    Ok(r.optional()?)
+}

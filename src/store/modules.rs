@@ -1,0 +1,173 @@
+//! Publishing module versions and moving `latest`.
+
+use super::{bump, catalog, devices, now, optional, Store, MAX_MODULE_SIZE};
+use crate::names::{ModuleName, Version};
+use anyhow::{bail, Result};
+
+/// What `publish` did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Published {
+    /// A new version was stored.
+    New { version: Version, latest: bool },
+    /// These exact bytes were already published as this version; nothing changed.
+    Unchanged { version: Version },
+}
+
+/// One row of `module show`.
+#[derive(Debug, Clone)]
+pub struct VersionRow {
+    pub version: Version,
+    pub sha256: String,
+    pub size: u64,
+    pub published_at: i64,
+}
+
+impl Store {
+    /// Publishes `bytes` as `name`, at `version` or the next numeric version.
+    ///
+    /// Without a version, bytes identical to an existing version are a no-op. With a version,
+    /// the same bytes are a no-op and other bytes are an error: versions are immutable.
+    pub fn publish(
+        &mut self,
+        name: &ModuleName,
+        version: Option<&Version>,
+        bytes: &[u8],
+        move_latest: bool,
+    ) -> Result<Published> {
+        if bytes.len() > MAX_MODULE_SIZE {
+            bail!(
+                "{name} is {} bytes, over the limit of {MAX_MODULE_SIZE} bytes",
+                bytes.len()
+            );
+        }
+        if std::str::from_utf8(bytes).is_err() {
+            bail!("{name} is not UTF-8 text: a module is a .py source file");
+        }
+        // The blob is durable before the transaction can name it.
+        let sha = self.blobs.put(bytes)?;
+        let tx = self.write()?;
+        let existing: Vec<(String, String)> = {
+            let mut stmt = tx.prepare("SELECT version, sha256 FROM versions WHERE module = ?1")?;
+            let rows = stmt.query_map([name.as_str()], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            rows.collect::<rusqlite::Result<_>>()?
+        };
+        let version = match version {
+            Some(v) => {
+                if let Some((_, old)) = existing.iter().find(|(ev, _)| ev == v.as_str()) {
+                    if *old == sha {
+                        return Ok(Published::Unchanged { version: v.clone() });
+                    }
+                    bail!(
+                        "{name} version {v} is already published with other bytes \
+                         (sha256 {}): versions are immutable, publish a new version",
+                        &old[..12]
+                    );
+                }
+                v.clone()
+            }
+            None => {
+                if let Some((ev, _)) = existing.iter().find(|(_, es)| *es == sha) {
+                    return Ok(Published::Unchanged {
+                        version: Version::parse(ev).map_err(anyhow::Error::msg)?,
+                    });
+                }
+                let next = existing
+                    .iter()
+                    .filter_map(|(v, _)| Version::parse(v).ok()?.numeric())
+                    .max()
+                    .map_or(1, |n| n + 1);
+                Version::parse(&next.to_string()).map_err(anyhow::Error::msg)?
+            }
+        };
+        let first = existing.is_empty();
+        if first {
+            tx.execute(
+                "INSERT INTO modules (name, latest) VALUES (?1, ?2)",
+                [name.as_str(), version.as_str()],
+            )?;
+        }
+        tx.execute(
+            "INSERT INTO versions (module, version, sha256, size, published_at)
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+            rusqlite::params![
+                name.as_str(),
+                version.as_str(),
+                sha,
+                bytes.len() as i64,
+                now()
+            ],
+        )?;
+        let latest = first || move_latest;
+        if latest {
+            tx.execute(
+                "UPDATE modules SET latest = ?2 WHERE name = ?1",
+                [name.as_str(), version.as_str()],
+            )?;
+        }
+        devices::refresh_generations(&tx)?;
+        bump(&tx, "revision")?;
+        tx.commit()?;
+        Ok(Published::New { version, latest })
+    }
+
+    /// Points `latest` of `name` at `version`. Returns false if it already pointed there.
+    pub fn set_latest(&mut self, name: &ModuleName, version: &Version) -> Result<bool> {
+        let tx = self.write()?;
+        let cat = catalog(&tx)?;
+        let Some(info) = cat.modules.get(name) else {
+            bail!("module {name} is not published");
+        };
+        if !info.versions.contains_key(version) {
+            bail!("module {name} has no version {version}");
+        }
+        if info.latest == *version {
+            return Ok(false);
+        }
+        tx.execute(
+            "UPDATE modules SET latest = ?2 WHERE name = ?1",
+            [name.as_str(), version.as_str()],
+        )?;
+        devices::refresh_generations(&tx)?;
+        bump(&tx, "revision")?;
+        tx.commit()?;
+        Ok(true)
+    }
+
+    /// The versions of one module, oldest first, or `None` if it was never published.
+    pub fn versions(&self, name: &ModuleName) -> Result<Option<(Version, Vec<VersionRow>)>> {
+        let latest: Option<String> = optional(self.conn.query_row(
+            "SELECT latest FROM modules WHERE name = ?1",
+            [name.as_str()],
+            |r| r.get(0),
+        ))?;
+        let Some(latest) = latest else {
+            return Ok(None);
+        };
+        let mut stmt = self.conn.prepare(
+            "SELECT version, sha256, size, published_at FROM versions
+             WHERE module = ?1 ORDER BY published_at, rowid",
+        )?;
+        let rows = stmt.query_map([name.as_str()], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, i64>(2)?,
+                r.get::<_, i64>(3)?,
+            ))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (version, sha256, size, published_at) = row?;
+            out.push(VersionRow {
+                version: Version::parse(&version).map_err(anyhow::Error::msg)?,
+                sha256,
+                size: size as u64,
+                published_at,
+            });
+        }
+        Ok(Some((
+            Version::parse(&latest).map_err(anyhow::Error::msg)?,
+            out,
+        )))
+    }
+}

@@ -1,0 +1,129 @@
+//! What boards tell the server: reports, when each was last seen, and unknown MACs.
+//!
+//! `serve` writes these in batches (one transaction for many boards), so a storm of boards
+//! rebooting after a power cut does not serialise on the database.
+
+use super::Store;
+use crate::names::Mac;
+use anyhow::Result;
+use serde_json::Value;
+
+/// Reports kept per device; older ones are dropped.
+pub const REPORT_HISTORY: i64 = 50;
+
+/// One thing a board did that the server records.
+#[derive(Debug, Clone)]
+pub enum Sighting {
+    /// A known device asked for something.
+    Seen { mac: Mac, at: i64 },
+    /// A MAC that is not a device asked for its manifest.
+    Unknown { mac: Mac, at: i64 },
+    /// A known device sent a report (already validated JSON text).
+    Report { mac: Mac, at: i64, body: String },
+}
+
+#[derive(Debug, Clone)]
+pub struct Report {
+    pub at: i64,
+    pub body: Value,
+}
+
+#[derive(Debug, Clone)]
+pub struct UnknownDevice {
+    pub mac: Mac,
+    pub first_seen: i64,
+    pub last_seen: i64,
+    pub requests: i64,
+}
+
+impl Store {
+    /// Records a batch of sightings in one transaction.
+    pub fn record(&mut self, batch: &[Sighting]) -> Result<()> {
+        let tx = self.write()?;
+        for s in batch {
+            match s {
+                Sighting::Seen { mac, at } => {
+                    tx.execute(
+                        "UPDATE devices SET last_seen = max(coalesce(last_seen, 0), ?2)
+                         WHERE mac = ?1",
+                        rusqlite::params![mac.as_str(), at],
+                    )?;
+                }
+                Sighting::Unknown { mac, at } => {
+                    tx.execute(
+                        "INSERT INTO unknown_devices (mac, first_seen, last_seen, requests)
+                         VALUES (?1, ?2, ?2, 1)
+                         ON CONFLICT (mac) DO UPDATE SET
+                           last_seen = max(last_seen, excluded.last_seen),
+                           requests = requests + 1",
+                        rusqlite::params![mac.as_str(), at],
+                    )?;
+                }
+                Sighting::Report { mac, at, body } => {
+                    tx.execute(
+                        "INSERT INTO reports (mac, at, body) VALUES (?1, ?2, ?3)",
+                        rusqlite::params![mac.as_str(), at, body],
+                    )?;
+                    tx.execute(
+                        "UPDATE devices SET last_report = ?3, last_report_at = ?2,
+                                last_seen = max(coalesce(last_seen, 0), ?2)
+                         WHERE mac = ?1",
+                        rusqlite::params![mac.as_str(), at, body],
+                    )?;
+                    tx.execute(
+                        "DELETE FROM reports WHERE mac = ?1 AND id NOT IN
+                           (SELECT id FROM reports WHERE mac = ?1 ORDER BY id DESC LIMIT ?2)",
+                        rusqlite::params![mac.as_str(), REPORT_HISTORY],
+                    )?;
+                }
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// The last `limit` reports of a device, newest first.
+    pub fn reports(&self, mac: &Mac, limit: i64) -> Result<Vec<Report>> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT at, body FROM reports WHERE mac = ?1 ORDER BY id DESC LIMIT ?2")?;
+        let rows = stmt.query_map(rusqlite::params![mac.as_str(), limit], |r| {
+            Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?))
+        })?;
+        let mut out = Vec::new();
+        for r in rows {
+            let (at, body) = r?;
+            out.push(Report {
+                at,
+                body: serde_json::from_str(&body).unwrap_or(Value::String(body)),
+            });
+        }
+        Ok(out)
+    }
+
+    pub fn unknown_devices(&self) -> Result<Vec<UnknownDevice>> {
+        let mut stmt = self.conn.prepare(
+            "SELECT mac, first_seen, last_seen, requests FROM unknown_devices
+             ORDER BY last_seen DESC, mac",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, i64>(1)?,
+                r.get::<_, i64>(2)?,
+                r.get::<_, i64>(3)?,
+            ))
+        })?;
+        let mut out = Vec::new();
+        for r in rows {
+            let (mac, first_seen, last_seen, requests) = r?;
+            out.push(UnknownDevice {
+                mac: Mac::parse(&mac).map_err(anyhow::Error::msg)?,
+                first_seen,
+                last_seen,
+                requests,
+            });
+        }
+        Ok(out)
+    }
+}

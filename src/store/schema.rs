@@ -1,0 +1,63 @@
+//! The database schema and its migrations.
+//!
+//! `PRAGMA user_version` holds how many migrations have run; opening a store runs the rest in
+//! one transaction, so an old data directory is brought up to date and a new one is created.
+
+use rusqlite::Connection;
+
+/// Each entry is one migration; never edit one that has shipped, append a new one.
+const MIGRATIONS: &[&str] = &[
+    // 1: modules, versions, devices, reports, unknown devices.
+    "CREATE TABLE modules (
+        name   TEXT PRIMARY KEY,
+        latest TEXT NOT NULL
+     );
+     CREATE TABLE versions (
+        module       TEXT NOT NULL REFERENCES modules(name),
+        version      TEXT NOT NULL,
+        sha256       TEXT NOT NULL,
+        size         INTEGER NOT NULL,
+        published_at INTEGER NOT NULL,
+        PRIMARY KEY (module, version)
+     );
+     CREATE TABLE devices (
+        mac           TEXT PRIMARY KEY,
+        desired       TEXT NOT NULL,
+        generation    INTEGER NOT NULL,
+        resolved_hash TEXT NOT NULL,
+        created_at    INTEGER NOT NULL,
+        last_seen     INTEGER,
+        last_report   TEXT,
+        last_report_at INTEGER
+     );
+     CREATE TABLE reports (
+        id   INTEGER PRIMARY KEY,
+        mac  TEXT NOT NULL,
+        at   INTEGER NOT NULL,
+        body TEXT NOT NULL
+     );
+     CREATE INDEX reports_by_mac ON reports (mac, id);
+     CREATE TABLE unknown_devices (
+        mac        TEXT PRIMARY KEY,
+        first_seen INTEGER NOT NULL,
+        last_seen  INTEGER NOT NULL,
+        requests   INTEGER NOT NULL
+     );
+     -- counters: 'revision' grows with every change a board can see (serve polls it to
+     -- rebuild its snapshot); 'generation' hands out device generations, never reused.
+     CREATE TABLE counters (
+        name  TEXT PRIMARY KEY,
+        value INTEGER NOT NULL
+     );
+     INSERT INTO counters VALUES ('revision', 0), ('generation', 0);",
+];
+
+pub(crate) fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    let done: usize = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(done) {
+        tx.execute_batch(sql)?;
+        tx.pragma_update(None, "user_version", i + 1)?;
+    }
+    tx.commit()
+}

@@ -1,0 +1,175 @@
+//! `mpfleet module ...` as a user runs it.
+
+use crate::harness::Fleet;
+
+#[test]
+fn publish_numbers_versions_and_moves_latest() {
+    let f = Fleet::new();
+    assert!(f
+        .publish("sensorclass", "x = 1\n", &[])
+        .contains("published sensorclass 1"));
+    assert!(f
+        .publish("sensorclass", "x = 2\n", &[])
+        .contains("published sensorclass 2"));
+    let list = f.json(&["module", "list", "--json"]);
+    let sc = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["name"] == "sensorclass")
+        .unwrap();
+    assert_eq!(sc["latest"], "2");
+    assert_eq!(sc["versions"], 2);
+    // A non-numeric version does not disturb the numbering.
+    f.publish(
+        "sensorclass",
+        "x = 3\n",
+        &["--version", "3.0-beta", "--no-latest"],
+    );
+    assert!(f
+        .publish("sensorclass", "x = 4\n", &[])
+        .contains("published sensorclass 3"));
+    let table = f.ok(&["module", "list"]);
+    assert!(
+        table.lines().next().unwrap().starts_with("MODULE"),
+        "{table}"
+    );
+}
+
+#[test]
+fn same_bytes_is_a_noop_and_versions_are_immutable() {
+    let f = Fleet::new();
+    f.publish("sensorclass", "x = 1\n", &["--version", "1"]);
+    let again = f.publish("sensorclass", "x = 1\n", &["--version", "1"]);
+    assert!(again.contains("nothing changed"), "{again}");
+    let again = f.publish("sensorclass", "x = 1\n", &[]);
+    assert!(again.contains("nothing changed"), "{again}");
+    let file = f.file("sensorclass.py", "x = 'other'\n");
+    let err = f.fails(&[
+        "module",
+        "publish",
+        file.to_str().unwrap(),
+        "--version",
+        "1",
+    ]);
+    assert!(err.contains("already published with other bytes"), "{err}");
+    // Nothing changed: still one version with the first bytes.
+    let show = f.json(&["module", "show", "sensorclass", "--json"]);
+    assert_eq!(show["versions"].as_array().unwrap().len(), 1);
+    assert_eq!(show["versions"][0]["size"], 6);
+}
+
+#[test]
+fn no_latest_and_explicit_latest() {
+    let f = Fleet::new();
+    f.publish("m", "a\n", &[]);
+    f.publish("m", "b\n", &["--no-latest"]);
+    assert_eq!(f.json(&["module", "show", "m", "--json"])["latest"], "1");
+    assert!(f
+        .ok(&["module", "latest", "m", "2"])
+        .contains("latest is now 2"));
+    assert_eq!(f.json(&["module", "show", "m", "--json"])["latest"], "2");
+    let err = f.fails(&["module", "latest", "m", "9"]);
+    assert!(err.contains("has no version 9"), "{err}");
+    let err = f.fails(&["module", "show", "nosuch"]);
+    assert!(err.contains("not published"), "{err}");
+}
+
+#[test]
+fn show_lists_hashes_and_devices() {
+    let f = Fleet::new();
+    f.publish("app", "print('hi')\n", &[]);
+    f.ok(&["device", "set", "deadbeef1234", "--app", "app"]);
+    let show = f.json(&["module", "show", "app", "--json"]);
+    let v = &show["versions"][0];
+    assert_eq!(v["sha256"].as_str().unwrap().len(), 64);
+    assert_eq!(v["latest"], true);
+    assert_eq!(v["devices"], serde_json::json!(["deadbeef1234"]));
+    let table = f.ok(&["module", "show", "app"]);
+    assert!(table.contains("deadbeef1234"), "{table}");
+}
+
+#[test]
+fn bad_names_and_versions_touch_nothing() {
+    let f = Fleet::new();
+    let file = f.file("ok.py", "x=1\n");
+    let p = file.to_str().unwrap();
+    for (flag, bad) in [
+        ("--name", "../../x"),
+        ("--name", "a/b"),
+        ("--name", "9lives"),
+        ("--version", "../1"),
+        ("--version", "a/b"),
+        ("--version", "latest"),
+    ] {
+        let err = f.fails(&["module", "publish", p, flag, bad]);
+        assert!(err.starts_with("error: invalid"), "{flag} {bad}: {err}");
+    }
+    let file = f.file("my-module.py", "x=1\n");
+    let err = f.fails(&["module", "publish", file.to_str().unwrap()]);
+    assert!(err.contains("--name"), "{err}");
+    let list = f.json(&["module", "list", "--json"]);
+    let names: Vec<_> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["name"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(
+        names,
+        ["config", "main", "updater"],
+        "only the runtime is in the store"
+    );
+    // No file escaped the data directory.
+    assert!(!f.dir.path().join("x").exists());
+}
+
+#[test]
+fn oversized_and_binary_uploads_are_refused() {
+    let f = Fleet::new();
+    let big = f.file("big.py", &"#".repeat(600 * 1024));
+    let err = f.fails(&["module", "publish", big.to_str().unwrap()]);
+    assert!(err.contains("over the limit"), "{err}");
+    let bin = f.dir.path().join("bin.py");
+    std::fs::write(&bin, [0xff, 0xfe, 0x00]).unwrap();
+    let err = f.fails(&["module", "publish", bin.to_str().unwrap()]);
+    assert!(err.contains("not UTF-8"), "{err}");
+}
+
+#[test]
+fn concurrent_publishes_both_end_consistent() {
+    let f = Fleet::new();
+    f.ok(&["module", "list"]); // create the store first
+    let files: Vec<_> = (0..8)
+        .map(|i| f.file(&format!("c{i}/m.py"), &format!("x = {i}\n")))
+        .collect();
+    std::thread::scope(|s| {
+        for file in &files {
+            s.spawn(|| f.ok(&["module", "publish", file.to_str().unwrap()]));
+        }
+    });
+    let show = f.json(&["module", "show", "m", "--json"]);
+    let mut versions: Vec<String> = show["versions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["version"].as_str().unwrap().to_owned())
+        .collect();
+    versions.sort_by_key(|v| v.parse::<u32>().unwrap());
+    assert_eq!(versions, ["1", "2", "3", "4", "5", "6", "7", "8"]);
+}
+
+#[test]
+fn runtime_is_published_on_first_open() {
+    let f = Fleet::new();
+    let list = f.json(&["module", "list", "--json"]);
+    for rt in ["config", "updater", "main"] {
+        assert!(
+            list.as_array().unwrap().iter().any(|m| m["name"] == rt),
+            "{rt} missing: {list}"
+        );
+    }
+    // Opening again publishes nothing new.
+    let again = f.json(&["module", "list", "--json"]);
+    assert_eq!(list, again);
+}

@@ -1,0 +1,258 @@
+//! The test harness: a temporary data directory, the CLI run as a user runs it, and a real
+//! `mpfleet serve` child on port 0 that is killed when dropped.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_mpfleet");
+
+/// Polls `f` until it returns `Some`, or panics after `timeout` naming `what`.
+pub fn eventually<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// One store in a temporary directory, and the CLI pointed at it.
+pub struct Fleet {
+    pub dir: tempfile::TempDir,
+}
+
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Fleet {
+    pub fn new() -> Self {
+        Self {
+            dir: tempfile::tempdir().expect("tempdir"),
+        }
+    }
+
+    pub fn data(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    /// Writes a file in the fleet's scratch directory and returns its path.
+    pub fn file(&self, name: &str, content: &str) -> PathBuf {
+        let p = self.dir.path().join("src").join(name);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(&p, content).unwrap();
+        p
+    }
+
+    pub fn run(&self, args: &[&str]) -> Run {
+        let out = Command::new(BIN)
+            .args(args)
+            .env("MPFLEET_DATA", self.data())
+            .env_remove("RUST_LOG")
+            .current_dir(self.dir.path())
+            .output()
+            .expect("running mpfleet");
+        Run {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
+    /// Runs and expects success; returns stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let r = self.run(args);
+        assert_eq!(
+            r.code, 0,
+            "mpfleet {args:?} failed\nstdout:\n{}\nstderr:\n{}",
+            r.stdout, r.stderr
+        );
+        r.stdout
+    }
+
+    /// Runs and expects failure; returns stderr, which must be one clear `error:` line.
+    pub fn fails(&self, args: &[&str]) -> String {
+        let r = self.run(args);
+        assert_ne!(
+            r.code, 0,
+            "mpfleet {args:?} should fail\nstdout:\n{}",
+            r.stdout
+        );
+        assert!(
+            !r.stderr.contains("panicked"),
+            "mpfleet {args:?} panicked:\n{}",
+            r.stderr
+        );
+        r.stderr
+    }
+
+    pub fn json(&self, args: &[&str]) -> serde_json::Value {
+        let out = self.ok(args);
+        serde_json::from_str(&out)
+            .unwrap_or_else(|e| panic!("{args:?} printed bad JSON ({e}):\n{out}"))
+    }
+
+    /// Publishes `name` with `content`; returns the CLI's output.
+    pub fn publish(&self, name: &str, content: &str, extra: &[&str]) -> String {
+        let f = self.file(&format!("{name}.py"), content);
+        let mut args = vec!["module", "publish", f.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        self.ok(&args)
+    }
+
+    pub fn serve(&self) -> Server {
+        Server::start(&self.data())
+    }
+}
+
+/// A running `mpfleet serve`.
+pub struct Server {
+    child: Child,
+    pub base: String,
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+pub struct Reply {
+    pub status: u16,
+    pub etag: Option<String>,
+    pub content_type: Option<String>,
+    pub body: Vec<u8>,
+}
+
+impl Reply {
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("body is not JSON ({e}): {}", self.text()))
+    }
+}
+
+impl Server {
+    pub fn start(data: &Path) -> Self {
+        let mut child = Command::new(BIN)
+            .args(["serve", "--listen", "127.0.0.1:0"])
+            .env("MPFLEET_DATA", data)
+            .env("RUST_LOG", "info,mpfleet::access=info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("starting mpfleet serve");
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let stderr = child.stderr.take().unwrap();
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                eprintln!("[serve] {line}");
+                sink.lock().unwrap().push(line);
+            }
+        });
+        let (tx, rx) = mpsc::channel();
+        let stdout = child.stdout.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        let first = rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("mpfleet serve printed no address within 30s");
+        let base = first
+            .split_whitespace()
+            .find(|w| w.starts_with("http://"))
+            .unwrap_or_else(|| panic!("no URL on serve's first line: {first}"))
+            .to_owned();
+        assert!(base.ends_with('/'), "{base}");
+        Self { child, base, log }
+    }
+
+    fn agent() -> ureq::Agent {
+        ureq::AgentBuilder::new()
+            .timeout(Duration::from_secs(10))
+            .build()
+    }
+
+    fn reply(r: Result<ureq::Response, ureq::Error>) -> Reply {
+        let resp = match r {
+            Ok(resp) => resp,
+            Err(ureq::Error::Status(_, resp)) => resp,
+            Err(e) => panic!("request failed: {e}"),
+        };
+        let status = resp.status();
+        let etag = resp.header("etag").map(str::to_owned);
+        let content_type = resp.header("content-type").map(str::to_owned);
+        let mut body = Vec::new();
+        std::io::Read::read_to_end(&mut resp.into_reader(), &mut body).unwrap();
+        Reply {
+            status,
+            etag,
+            content_type,
+            body,
+        }
+    }
+
+    pub fn get(&self, path: &str) -> Reply {
+        Self::reply(Self::agent().get(&format!("{}{path}", self.base)).call())
+    }
+
+    pub fn get_if_none_match(&self, path: &str, etag: &str) -> Reply {
+        Self::reply(
+            Self::agent()
+                .get(&format!("{}{path}", self.base))
+                .set("If-None-Match", etag)
+                .call(),
+        )
+    }
+
+    pub fn post(&self, path: &str, body: &[u8]) -> Reply {
+        Self::reply(
+            Self::agent()
+                .post(&format!("{}{path}", self.base))
+                .set("Content-Type", "application/json")
+                .send_bytes(body),
+        )
+    }
+
+    /// Waits until GET `path` satisfies `ok` (the server picks up CLI changes by polling).
+    pub fn wait_get(&self, path: &str, ok: impl Fn(&Reply) -> bool) -> Reply {
+        eventually(
+            &format!("GET {path} to change"),
+            Duration::from_secs(10),
+            || {
+                let r = self.get(path);
+                ok(&r).then_some(r)
+            },
+        )
+    }
+
+    /// The access log lines so far (`GET /path 200 ...`).
+    pub fn requests(&self) -> Vec<String> {
+        self.log
+            .lock()
+            .unwrap()
+            .iter()
+            .filter_map(|l| {
+                let i = l.find(" INFO ")?;
+                let rest = &l[i + 6..];
+                (rest.starts_with("GET ") || rest.starts_with("POST ") || rest.starts_with("HEAD "))
+                    .then(|| rest.to_owned())
+            })
+            .collect()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -1,0 +1,9 @@
+//! All integration tests, compiled into one test binary. Each starts the real `mpfleet`
+//! binary (on port 0 when it serves) and talks to it as a user or a board does.
+
+mod harness;
+
+mod cli_device;
+mod cli_module;
+mod export;
+mod serve;
