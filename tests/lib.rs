@@ -3,7 +3,9 @@
 
 mod harness;
 
+mod board;
 mod cli_device;
 mod cli_module;
 mod export;
 mod serve;
+mod sim;

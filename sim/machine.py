@@ -1,0 +1,70 @@
+# Simulated board hardware: the unix port's machine module plus what mpfleet
+# uses on a real board. On MICROPYPATH this file replaces the built-in.
+#   RTC().memory()  kept in the file named by env MPFLEET_RTC (the harness
+#                   deletes it to simulate power-off)
+#   reset()         exits the process with code 42; the harness restarts it
+#   WDT(timeout=ms) writes its deadline (Unix time in ms) to env MPFLEET_WDT at
+#                   creation and at every feed(); the harness kills a board
+#                   whose deadline passes
+#   unique_id()     the MAC from env MPFLEET_MAC
+import os
+import sys
+
+import vfs
+from umachine import *  # noqa: F401,F403
+
+_RTC_SIZE = 492  # an ESP8266's RTC memory: the smallest board we promise to fit
+
+# The board's flash gets mounted at / later; host files go through this.
+host = vfs.VfsPosix()
+
+
+def _host_path(name):
+    path = os.getenv(name)
+    if path and not path.startswith("/"):
+        path = os.getcwd() + "/" + path
+    return path
+
+
+_rtc_path = _host_path("MPFLEET_RTC")
+_wdt_path = _host_path("MPFLEET_WDT")
+
+
+class RTC:
+    def __init__(self, id=0):
+        pass
+
+    def memory(self, data=None):
+        if data is None:
+            try:
+                with host.open(_rtc_path, "rb") as f:
+                    return f.read()
+            except (OSError, TypeError):  # no file yet: power-on
+                return b""
+        if len(data) > _RTC_SIZE:
+            raise ValueError("RTC memory holds %d bytes" % _RTC_SIZE)
+        if _rtc_path:
+            with host.open(_rtc_path, "wb") as f:
+                f.write(data)
+
+
+def reset():
+    sys.stdout.flush() if hasattr(sys.stdout, "flush") else None
+    raise SystemExit(42)
+
+
+def unique_id():
+    return bytes.fromhex(os.getenv("MPFLEET_MAC") or "020000000001")
+
+
+class WDT:
+    def __init__(self, id=0, timeout=5000):
+        self._timeout = timeout
+        self.feed()
+
+    def feed(self):
+        if _wdt_path:
+            import time
+
+            with host.open(_wdt_path, "w") as f:
+                f.write("%d\n" % (time.time_ns() // 1000000 + self._timeout))

@@ -1,0 +1,272 @@
+//! One simulated board: boots the real MicroPython on its flash until it settles.
+//!
+//! A boot is one `micropython` process running `board.py`. Exit code 42 is `machine.reset()`
+//! (RTC memory kept, boot again); death by SIGKILL after a requested cut is a power cut (RTC
+//! memory lost, boot again); a watchdog deadline that passes is a watchdog reset. A boot that
+//! returns, or keeps running quietly, has settled.
+
+use anyhow::{Context, Result};
+use std::fmt;
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// The exit code `machine.reset()` ends a simulated board's process with.
+pub const RESET_EXIT: i32 = 42;
+
+/// What `main.py` prints just before it imports the application.
+const APP_STARTS: &str = "mpfleet: running ";
+
+/// A boot that has not reached its app by then (and has no watchdog) is stuck.
+const HUNG: Duration = Duration::from_secs(120);
+
+#[derive(Debug, Clone)]
+pub enum Flash {
+    /// A littlefs2 image file (created and formatted when missing).
+    Image(PathBuf),
+    /// A plain host directory.
+    Dir(PathBuf),
+}
+
+#[derive(Debug, Clone)]
+pub struct BoardOptions {
+    pub micropython: PathBuf,
+    pub shims: PathBuf,
+    pub server: String,
+    pub mac: crate::names::Mac,
+    pub flash: Flash,
+    pub flash_blocks: u32,
+    pub rtc: PathBuf,
+    pub heap: u64,
+    pub settle: Duration,
+    /// Print each line the board says, prefixed with its MAC and boot number.
+    pub echo: bool,
+}
+
+/// How one boot ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Boot {
+    Reset,
+    PowerCut {
+        writes: u64,
+    },
+    Watchdog,
+    Settled,
+    Crashed {
+        code: i32,
+    },
+    /// Never reached its app and never reset: a real board would hang here.
+    Hung,
+}
+
+/// How the whole run ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Ending {
+    Settled { boots: u32 },
+    OutOfBoots { boots: u32 },
+    Crashed { boots: u32, code: i32 },
+    Hung { boots: u32 },
+}
+
+impl fmt::Display for Ending {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Settled { boots } => write!(f, "settled after {boots} boot(s)"),
+            Self::OutOfBoots { boots } => write!(f, "did not settle in {boots} boot(s)"),
+            Self::Hung { boots } => {
+                write!(f, "hung at boot {boots}: no app, no reset, no watchdog")
+            }
+            Self::Crashed { boots, code } => {
+                write!(
+                    f,
+                    "stopped at boot {boots}: the interpreter exited with {code}"
+                )
+            }
+        }
+    }
+}
+
+pub struct Board {
+    pub options: BoardOptions,
+}
+
+fn now_ms() -> u128 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis())
+        .unwrap_or(0)
+}
+
+impl Board {
+    pub fn new(options: BoardOptions) -> Self {
+        Self { options }
+    }
+
+    fn wdt_path(&self) -> PathBuf {
+        self.options.rtc.with_extension("wdt")
+    }
+
+    /// Sets the `update` boot flag, as application code does before `machine.reset()`.
+    pub fn request_update(&self) -> Result<()> {
+        let mut flags: serde_json::Map<String, serde_json::Value> =
+            std::fs::read(&self.options.rtc)
+                .ok()
+                .and_then(|b| serde_json::from_slice(&b).ok())
+                .unwrap_or_default();
+        flags.insert("update".into(), true.into());
+        std::fs::write(
+            &self.options.rtc,
+            serde_json::Value::Object(flags).to_string(),
+        )
+        .with_context(|| format!("writing {}", self.options.rtc.display()))
+    }
+
+    /// Boots until the board settles, crashes, or `max_boots` boots have run. A power cut
+    /// after `cut` block writes is applied to the first boot only.
+    pub fn run(&self, max_boots: u32, cut: Option<u64>) -> Result<Ending> {
+        for n in 1..=max_boots {
+            let boot = self.boot(n, if n == 1 { cut } else { None })?;
+            self.say(n, &format!("--- boot {n} ended: {boot:?}"));
+            match boot {
+                Boot::Settled => return Ok(Ending::Settled { boots: n }),
+                Boot::Crashed { code } => return Ok(Ending::Crashed { boots: n, code }),
+                Boot::Hung => return Ok(Ending::Hung { boots: n }),
+                Boot::PowerCut { .. } => {
+                    let _ = std::fs::remove_file(&self.options.rtc);
+                }
+                Boot::Reset | Boot::Watchdog => {}
+            }
+        }
+        Ok(Ending::OutOfBoots { boots: max_boots })
+    }
+
+    fn say(&self, boot: u32, line: &str) {
+        if self.options.echo {
+            println!("[{} #{boot}] {line}", self.options.mac);
+        }
+    }
+
+    /// One boot: one interpreter process.
+    pub fn boot(&self, n: u32, cut: Option<u64>) -> Result<Boot> {
+        let o = &self.options;
+        let wdt = self.wdt_path();
+        let _ = std::fs::remove_file(&wdt);
+        let mut cmd = Command::new(&o.micropython);
+        cmd.arg("-X")
+            .arg(format!("heapsize={}", o.heap))
+            .arg(o.shims.join("board.py"))
+            .env("MICROPYPATH", &o.shims)
+            .env("MPFLEET_MAC", o.mac.as_str())
+            .env("MPFLEET_RTC", &o.rtc)
+            .env("MPFLEET_WDT", &wdt)
+            .env("MPFLEET_SERVER", &o.server)
+            .env("MPFLEET_BOOTSTRAP", o.shims.join("bootstrap.py"))
+            .env("MPFLEET_COUNT_WRITES", "1")
+            .env("MPFLEET_FLASH_BLOCKS", o.flash_blocks.to_string())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        match &o.flash {
+            Flash::Image(p) => cmd.env("MPFLEET_FLASH_IMG", p),
+            Flash::Dir(d) => {
+                std::fs::create_dir_all(d)?;
+                cmd.env("MPFLEET_FLASH_DIR", d)
+            }
+        };
+        if let Some(k) = cut {
+            cmd.env("MPFLEET_CUT_AFTER_WRITES", k.to_string());
+        }
+        let mut child = cmd
+            .spawn()
+            .with_context(|| format!("starting {}", o.micropython.display()))?;
+        let (tx, rx) = mpsc::channel::<String>();
+        for stream in [
+            Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
+            Box::new(child.stderr.take().unwrap()),
+        ] {
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                    let _ = tx.send(line);
+                }
+            });
+        }
+        drop(tx);
+        let started = Instant::now();
+        let mut last_line = Instant::now();
+        let mut writes = 0u64;
+        let mut streams_open = true;
+        // Set once main.py says it starts the app: only then can the board settle.
+        let mut app_started: Option<Instant> = None;
+        loop {
+            match rx.recv_timeout(Duration::from_millis(20)) {
+                Ok(line) => {
+                    last_line = Instant::now();
+                    if let Some(w) = line.strip_prefix("writes=") {
+                        writes = w.trim().parse().unwrap_or(0);
+                    }
+                    if line.starts_with(APP_STARTS) && app_started.is_none() {
+                        app_started = Some(Instant::now());
+                    }
+                    self.say(n, &line);
+                    continue;
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => streams_open = false,
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+            }
+            if let Some(status) = child.try_wait()? {
+                // Drain what is left of its output.
+                while streams_open {
+                    match rx.recv_timeout(Duration::from_secs(2)) {
+                        Ok(line) => {
+                            if let Some(w) = line.strip_prefix("writes=") {
+                                writes = w.trim().parse().unwrap_or(0);
+                            }
+                            self.say(n, &line);
+                        }
+                        Err(_) => break,
+                    }
+                }
+                #[cfg(unix)]
+                {
+                    use std::os::unix::process::ExitStatusExt;
+                    if status.signal() == Some(9) && cut.is_some() {
+                        return Ok(Boot::PowerCut {
+                            writes: cut.unwrap_or(writes),
+                        });
+                    }
+                }
+                return Ok(match status.code() {
+                    Some(RESET_EXIT) => Boot::Reset,
+                    Some(0) => Boot::Settled,
+                    Some(code) => Boot::Crashed { code },
+                    None => Boot::Crashed { code: -1 },
+                });
+            }
+            if let Some(deadline) = std::fs::read_to_string(&wdt)
+                .ok()
+                .and_then(|s| s.trim().parse::<u128>().ok())
+            {
+                if now_ms() > deadline {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    return Ok(Boot::Watchdog);
+                }
+            }
+            if let Some(app) = app_started {
+                let quiet = last_line.elapsed() >= o.settle;
+                if (quiet && app.elapsed() >= o.settle) || app.elapsed() >= o.settle * 4 {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    return Ok(Boot::Settled);
+                }
+            } else if started.elapsed() >= HUNG {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Ok(Boot::Hung);
+            }
+        }
+    }
+}

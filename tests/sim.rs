@@ -1,0 +1,297 @@
+//! The simulated board, driven through `mpfleet sim` exactly as a user runs it, and a fault
+//! injecting proxy that stands between a board and the real server.
+
+use crate::harness::{Fleet, BIN};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// A board's flash as a plain directory, so tests can read what is on it.
+pub struct SimBoard {
+    pub mac: String,
+    pub flash: PathBuf,
+    pub state: PathBuf,
+    pub heap: String,
+}
+
+pub struct SimRun {
+    pub code: i32,
+    pub out: String,
+}
+
+impl SimRun {
+    /// Lines the board printed (without the `[mac #n] ` prefix).
+    pub fn said(&self) -> Vec<&str> {
+        self.out
+            .lines()
+            .filter_map(|l| l.split_once("] ").map(|(_, rest)| rest))
+            .collect()
+    }
+
+    /// The app's `APP ...` lines.
+    pub fn app_lines(&self) -> Vec<&str> {
+        self.said()
+            .into_iter()
+            .filter(|l| l.starts_with("APP "))
+            .collect()
+    }
+
+    pub fn last_app_line(&self) -> &str {
+        self.app_lines()
+            .last()
+            .copied()
+            .unwrap_or_else(|| panic!("the app never ran:\n{}", self.out))
+    }
+
+    pub fn settled(&self) -> bool {
+        self.code == 0 && self.out.contains("settled after")
+    }
+}
+
+impl SimBoard {
+    pub fn new(fleet: &Fleet, mac: &str) -> Self {
+        let root = fleet.dir.path().join(format!("board-{mac}"));
+        Self {
+            mac: mac.to_owned(),
+            flash: root.join("flash"),
+            state: root.join("state"),
+            heap: "96k".into(),
+        }
+    }
+
+    /// Boots the board until it settles (at most `boots` boots).
+    pub fn boot(&self, server: &str, boots: u32) -> SimRun {
+        let out = Command::new(BIN)
+            .args([
+                "sim", "--server", server, "--mac", &self.mac, "--settle", "1",
+            ])
+            .arg("--flash-dir")
+            .arg(&self.flash)
+            .arg("--state")
+            .arg(&self.state)
+            .args(["--heap", &self.heap, "--boots", &boots.to_string()])
+            .output()
+            .expect("running mpfleet sim");
+        let run = SimRun {
+            code: out.status.code().unwrap_or(-1),
+            out: format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        };
+        eprintln!("--- mpfleet sim {}:\n{}", self.mac, run.out);
+        run
+    }
+
+    /// Asks for an update the way application code does: our test app sees this file,
+    /// calls `config.set('update')` and resets.
+    pub fn ask_for_update(&self) {
+        std::fs::write(self.flash.join("request_update"), "").unwrap();
+    }
+
+    pub fn read(&self, path: &str) -> Option<String> {
+        std::fs::read_to_string(self.flash.join(path.trim_start_matches('/'))).ok()
+    }
+
+    pub fn json(&self, path: &str) -> serde_json::Value {
+        serde_json::from_str(
+            &self
+                .read(path)
+                .unwrap_or_else(|| panic!("{path} missing on flash")),
+        )
+        .unwrap()
+    }
+
+    pub fn ls(&self, path: &str) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(self.flash.join(path.trim_start_matches('/')))
+            .map(|d| {
+                d.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        v.sort();
+        v
+    }
+}
+
+/// The test application: prints what it runs, asks for an update when told to.
+pub fn app_source() -> &'static str {
+    "import os\n\
+     import config\n\
+     import machine\n\
+     import sensorclass\n\
+     print('APP', sensorclass.VALUE, 'primary' if config.primary else 'alternate', config.generation)\n\
+     config.set('reboots', 0)\n\
+     try:\n\
+     \x20   os.stat('/request_update')\n\
+     \x20   os.remove('/request_update')\n\
+     \x20   print('APP asks for an update')\n\
+     \x20   config.set('update')\n\
+     \x20   machine.reset()\n\
+     except OSError:\n\
+     \x20   pass\n"
+}
+
+/// A fleet with `app` (the test app) and `sensorclass` 1, and `mac` assigned to it.
+pub fn fleet_with_board(mac: &str, extra: &[&str]) -> Fleet {
+    let f = Fleet::new();
+    f.publish("app", app_source(), &[]);
+    f.publish("sensorclass", "VALUE = 'one'\n", &[]);
+    let mut args = vec!["device", "set", mac, "--app", "app"];
+    if !extra.iter().any(|e| e.starts_with("sensorclass=")) {
+        args.push("sensorclass=latest");
+    }
+    args.extend_from_slice(extra);
+    f.ok(&args);
+    f
+}
+
+/// How the proxy misbehaves on requests whose path starts with `prefix`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    None,
+    Status500,
+    /// Announce the full length, send half, close.
+    Truncate,
+    /// Flip one byte of the body.
+    FlipByte,
+    /// Add one byte to the body (and to Content-Length).
+    ExtraByte,
+    /// Accept the connection and never answer.
+    Stall,
+}
+
+/// A proxy in front of the real server that applies a fault to matching paths.
+pub struct FaultProxy {
+    pub base: String,
+    state: Arc<Mutex<(Fault, String)>>,
+}
+
+impl FaultProxy {
+    pub fn start(upstream: &str) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let base = format!("http://{}/", listener.local_addr().unwrap());
+        let upstream = upstream
+            .trim_start_matches("http://")
+            .trim_end_matches('/')
+            .to_owned();
+        let state = Arc::new(Mutex::new((Fault::None, String::new())));
+        let shared = state.clone();
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(conn) = conn else { break };
+                let (fault, prefix) = shared.lock().unwrap().clone();
+                let upstream = upstream.clone();
+                std::thread::spawn(move || {
+                    let _ = proxy_one(conn, &upstream, fault, &prefix);
+                });
+            }
+        });
+        Self { base, state }
+    }
+
+    pub fn set(&self, fault: Fault, path_prefix: &str) {
+        *self.state.lock().unwrap() = (fault, path_prefix.to_owned());
+    }
+}
+
+fn proxy_one(
+    mut conn: TcpStream,
+    upstream: &str,
+    fault: Fault,
+    prefix: &str,
+) -> std::io::Result<()> {
+    conn.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let mut reader = BufReader::new(conn.try_clone()?);
+    let mut head = String::new();
+    let mut content_length = 0usize;
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line)? == 0 {
+            return Ok(());
+        }
+        if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+            content_length = v.trim().parse().unwrap_or(0);
+        }
+        let end = line == "\r\n";
+        head.push_str(&line);
+        if end {
+            break;
+        }
+    }
+    let mut body = vec![0; content_length];
+    reader.read_exact(&mut body)?;
+    let path = head
+        .split_whitespace()
+        .nth(1)
+        .unwrap_or("/")
+        .trim_start_matches('/')
+        .to_owned();
+    let fault = if path.starts_with(prefix) {
+        fault
+    } else {
+        Fault::None
+    };
+    if fault == Fault::Stall {
+        std::thread::sleep(Duration::from_secs(60));
+        return Ok(());
+    }
+    if fault == Fault::Status500 {
+        let msg = b"{\"error\":\"injected\"}";
+        write!(
+            conn,
+            "HTTP/1.1 500 Internal Server Error\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            msg.len()
+        )?;
+        conn.write_all(msg)?;
+        return Ok(());
+    }
+    // Forward as is, with Connection: close.
+    let mut up = TcpStream::connect(upstream)?;
+    up.write_all(
+        head.replace("\r\n\r\n", "\r\nConnection: close\r\n\r\n")
+            .as_bytes(),
+    )?;
+    up.write_all(&body)?;
+    let mut response = Vec::new();
+    up.read_to_end(&mut response)?;
+    let split = response
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map_or(response.len(), |p| p + 4);
+    let (rhead, rbody) = response.split_at(split);
+    let mut rbody = rbody.to_vec();
+    let rhead = String::from_utf8_lossy(rhead).into_owned();
+    match fault {
+        Fault::FlipByte if !rbody.is_empty() => {
+            let i = rbody.len() / 2;
+            rbody[i] ^= 0x20;
+        }
+        Fault::ExtraByte => rbody.push(b'\n'),
+        _ => {}
+    }
+    let mut out_head = String::new();
+    for line in rhead.split("\r\n").filter(|l| !l.is_empty()) {
+        if !line.to_ascii_lowercase().starts_with("content-length:")
+            && !line.to_ascii_lowercase().starts_with("connection:")
+        {
+            out_head.push_str(line);
+            out_head.push_str("\r\n");
+        }
+    }
+    write!(
+        conn,
+        "{out_head}Content-Length: {}\r\nConnection: close\r\n\r\n",
+        rbody.len()
+    )?;
+    if fault == Fault::Truncate {
+        conn.write_all(&rbody[..rbody.len() / 2])?;
+    } else {
+        conn.write_all(&rbody)?;
+    }
+    conn.flush()
+}
