@@ -218,15 +218,12 @@ impl Board {
             }
             if let Some(status) = child.try_wait()? {
                 // Drain what is left of its output.
-                while streams_open {
-                    match rx.recv_timeout(Duration::from_secs(2)) {
-                        Ok(line) => {
-                            if let Some(w) = line.strip_prefix("writes=") {
-                                writes = w.trim().parse().unwrap_or(0);
-                            }
-                            self.say(n, &line);
+                if streams_open {
+                    while let Ok(line) = rx.recv_timeout(Duration::from_secs(2)) {
+                        if let Some(w) = line.strip_prefix("writes=") {
+                            writes = w.trim().parse().unwrap_or(0);
                         }
-                        Err(_) => break,
+                        self.say(n, &line);
                     }
                 }
                 #[cfg(unix)]
