@@ -16,6 +16,7 @@ import hashlib
 import json
 import os
 import socket
+import sys
 
 import machine
 import network
@@ -111,6 +112,9 @@ def bootstrap():
             if not (c in "._-" or "a" <= c <= "z" or "A" <= c <= "Z" or "0" <= c <= "9"):
                 raise ValueError("bad version " + version)
         _mkdir("/ota/m/" + name)
+        mpy = m.get("mpy")  # precompiled variant: take it if this port loads it
+        if mpy and mpy.get("version") == getattr(sys.implementation, "_mpy", -1) & 0xFF:
+            m = mpy
         ext = ".mpy" if m["url"].endswith(".mpy") else ".py"  # .mpy: precompiled
         path = "/ota/m/%s/%s%s" % (name, version, ext)
         try:

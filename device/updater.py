@@ -4,7 +4,8 @@
 # after bootstrap). It fetches {server}v1/{mac}.json and downloads only the
 # modules whose version differs from the running configuration, each streamed
 # into /ota/tmp/ and checked for size and SHA-256 before it moves to
-# /ota/m/{module}/{version}.py. With every file in place it writes the running
+# /ota/m/{module}/{version}.py (or .mpy: a module entry may offer an "mpy"
+# variant, precompiled bytecode, taken when its version is this port's). With every file in place it writes the running
 # configuration as /ota/alternate.json, the new one as /ota/primary.json, and
 # resets. Any error leaves the configuration as it was and sets a bootflag:
 #   server_failed  the manifest could not be fetched: no connection, timeout, 5xx
@@ -35,6 +36,9 @@ _OTA = "/ota/"
 _TMP = "/ota/tmp/"
 
 _buf = memoryview(bytearray(512))
+# The .mpy major version this port loads; None (source only) if it does not say.
+_MPY = getattr(sys.implementation, "_mpy", None)
+_MPY = _MPY & 0xFF if _MPY is not None else None
 
 
 class ServerFailed(Exception):
@@ -210,17 +214,29 @@ def _download(url, path, size, sha256):
         raise ValueError("%s: sha256 mismatch" % url)
 
 
+def variant(m, mpy):
+    # The file to install for manifest entry m: its "mpy" variant when that is
+    # bytecode this port loads (mpy: the port's .mpy major version), else m itself.
+    v = m.get("mpy")
+    if mpy is not None and isinstance(v, dict) and v.get("version") == mpy:
+        if isinstance(v.get("size"), int) and len(v.get("sha256", "")) == 64:
+            if v.get("url", "").endswith(".mpy"):
+                return v
+    return m
+
+
 def _install(server, manifest, running):
     # Put in place every module running lacks, then swap the configurations.
     # On error remove what this call added and re-raise.
     mods = manifest["modules"]
     todo = []
     for name, m in mods.items():
+        f = variant(m, _MPY)
         # A url ending in .mpy is precompiled bytecode; main.py's importer takes either.
-        ext = ".mpy" if m["url"].endswith(".mpy") else ".py"
+        ext = ".mpy" if f["url"].endswith(".mpy") else ".py"
         path = "%sm/%s/%s%s" % (_OTA, name, m["version"], ext)
-        if running["modules"].get(name) != m["version"] and _size(path) != m["size"]:
-            todo.append((name, m, path))
+        if running["modules"].get(name) != m["version"] and _size(path) != f["size"]:
+            todo.append((name, f, path))
     st = os.statvfs("/")
     need = _MARGIN_BLOCKS
     for name, m, path in todo:
@@ -230,7 +246,7 @@ def _install(server, manifest, running):
     added = []
     try:
         for name, m, path in todo:
-            print("mpfleet: downloading", name, m["version"])
+            print("mpfleet: downloading", name, m["url"])
             tmp = _TMP + name
             added.append(tmp)
             _download(server + m["url"], tmp, m["size"], m["sha256"])
