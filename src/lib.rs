@@ -9,6 +9,7 @@ mod commands;
 pub mod export;
 pub mod http;
 pub mod manifest;
+pub mod mpy;
 pub mod names;
 pub mod runtime;
 pub mod sim;

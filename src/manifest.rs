@@ -110,6 +110,17 @@ impl Desired {
 pub struct VersionInfo {
     pub sha256: String,
     pub size: u64,
+    /// Its precompiled variant, if it has one.
+    pub mpy: Option<MpyInfo>,
+}
+
+/// A version's bytecode-only `.mpy` variant.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MpyInfo {
+    pub sha256: String,
+    pub size: u64,
+    /// The .mpy major version (`sys.implementation._mpy & 0xff` on a board that loads it).
+    pub version: u8,
 }
 
 /// Every module's versions and latest pointer: all that resolution needs.
@@ -174,7 +185,13 @@ impl Resolved {
         let modules: Map<String, Value> = self
             .modules
             .iter()
-            .map(|(n, m)| (n.to_string(), json!([m.version.as_str(), m.info.sha256])))
+            .map(|(n, m)| {
+                let mpy = m.info.mpy.as_ref().map(|x| x.sha256.as_str());
+                (
+                    n.to_string(),
+                    json!([m.version.as_str(), m.info.sha256, mpy]),
+                )
+            })
             .collect();
         crate::store::sha256_hex(
             json!({"app": self.app.as_str(), "modules": modules})
@@ -189,15 +206,21 @@ impl Resolved {
             .modules
             .iter()
             .map(|(n, m)| {
-                (
-                    n.to_string(),
-                    json!({
-                        "version": m.version.as_str(),
-                        "size": m.info.size,
-                        "sha256": m.info.sha256,
-                        "url": version_path(n, &m.version),
-                    }),
-                )
+                let mut entry = json!({
+                    "version": m.version.as_str(),
+                    "size": m.info.size,
+                    "sha256": m.info.sha256,
+                    "url": version_path(n, &m.version),
+                });
+                if let Some(mpy) = &m.info.mpy {
+                    entry["mpy"] = json!({
+                        "version": mpy.version,
+                        "size": mpy.size,
+                        "sha256": mpy.sha256,
+                        "url": mpy_path(n, &m.version),
+                    });
+                }
+                (n.to_string(), entry)
             })
             .collect();
         json!({
@@ -213,6 +236,11 @@ impl Resolved {
 /// The device-facing path of one version's bytes, relative to the base URL.
 pub fn version_path(module: &ModuleName, version: &Version) -> String {
     format!("m/{module}/{version}.py")
+}
+
+/// The device-facing path of one version's precompiled variant.
+pub fn mpy_path(module: &ModuleName, version: &Version) -> String {
+    format!("m/{module}/{version}.mpy")
 }
 
 #[cfg(test)]

@@ -36,5 +36,9 @@ pub(crate) fn ensure_published(store: &mut Store) -> Result<()> {
             }
         }
     }
+    let n = store.precompile_missing()?;
+    if n > 0 {
+        tracing::info!("precompiled {n} module version(s) to .mpy");
+    }
     Ok(())
 }

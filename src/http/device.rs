@@ -15,6 +15,9 @@ use axum::Json;
 /// Largest report body accepted.
 pub const MAX_REPORT: usize = 16 * 1024;
 
+/// Largest oversized body still read before refusing it.
+const DRAIN_LIMIT: usize = 1024 * 1024;
+
 /// The events a report may carry (see `DESIGN.md`).
 pub const EVENTS: [&str; 5] = [
     "boot",
@@ -107,6 +110,11 @@ pub async fn report(
         .and_then(|v| v.parse::<usize>().ok());
     let too_large = || ApiError::TooLarge(format!("report is over {MAX_REPORT} bytes"));
     if declared.is_some_and(|n| n > MAX_REPORT) {
+        // Read (and drop) a moderately sized body first: answering before the client has
+        // sent it makes the connection reset under the client, which then never sees the 413.
+        if declared.is_some_and(|n| n <= DRAIN_LIMIT) {
+            let _ = axum::body::to_bytes(body, DRAIN_LIMIT).await;
+        }
         return Err(too_large());
     }
     let bytes: Bytes = axum::body::to_bytes(body, MAX_REPORT)

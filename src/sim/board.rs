@@ -41,6 +41,8 @@ pub struct BoardOptions {
     pub rtc: PathBuf,
     pub heap: u64,
     pub settle: Duration,
+    /// What reaches the flash of the write a power cut interrupts: `half` or `lost`.
+    pub cut_tear: String,
     /// Print each line the board says, prefixed with its MAC and boot number.
     pub echo: bool,
 }
@@ -123,23 +125,35 @@ impl Board {
         .with_context(|| format!("writing {}", self.options.rtc.display()))
     }
 
-    /// Boots until the board settles, crashes, or `max_boots` boots have run. A power cut
-    /// after `cut` block writes is applied to the first boot only.
-    pub fn run(&self, max_boots: u32, cut: Option<u64>) -> Result<Ending> {
+    /// Boots until the board settles, crashes, or `max_boots` boots have run. Returns how it
+    /// ended and the flash writes (progs and erases) of the whole run.
+    ///
+    /// `cut`: power fails during the K-th flash write of the run, counted across resets: that
+    /// write is torn (see `cut_tear`), the process dies at once, RTC memory is lost, and the
+    /// board boots again. A boot killed by its watchdog reports no count, so its writes are
+    /// not counted (a cut still pending moves later).
+    pub fn run(&self, max_boots: u32, cut: Option<u64>) -> Result<(Ending, u64)> {
+        let mut pending = cut;
+        let mut total = 0u64;
         for n in 1..=max_boots {
-            let boot = self.boot(n, if n == 1 { cut } else { None })?;
+            let (boot, writes) = self.boot(n, pending)?;
+            total += writes;
             self.say(n, &format!("--- boot {n} ended: {boot:?}"));
+            pending = match (pending, &boot) {
+                (_, Boot::PowerCut { .. }) | (None, _) => None,
+                (Some(k), _) => Some(k.saturating_sub(writes).max(1)),
+            };
             match boot {
-                Boot::Settled => return Ok(Ending::Settled { boots: n }),
-                Boot::Crashed { code } => return Ok(Ending::Crashed { boots: n, code }),
-                Boot::Hung => return Ok(Ending::Hung { boots: n }),
+                Boot::Settled => return Ok((Ending::Settled { boots: n }, total)),
+                Boot::Crashed { code } => return Ok((Ending::Crashed { boots: n, code }, total)),
+                Boot::Hung => return Ok((Ending::Hung { boots: n }, total)),
                 Boot::PowerCut { .. } => {
                     let _ = std::fs::remove_file(&self.options.rtc);
                 }
                 Boot::Reset | Boot::Watchdog => {}
             }
         }
-        Ok(Ending::OutOfBoots { boots: max_boots })
+        Ok((Ending::OutOfBoots { boots: max_boots }, total))
     }
 
     fn say(&self, boot: u32, line: &str) {
@@ -148,8 +162,9 @@ impl Board {
         }
     }
 
-    /// One boot: one interpreter process.
-    pub fn boot(&self, n: u32, cut: Option<u64>) -> Result<Boot> {
+    /// One boot: one interpreter process. Returns how it ended and its flash writes (0 when
+    /// it did not say: killed by the watchdog or as hung).
+    pub fn boot(&self, n: u32, cut: Option<u64>) -> Result<(Boot, u64)> {
         let o = &self.options;
         let wdt = self.wdt_path();
         let _ = std::fs::remove_file(&wdt);
@@ -176,7 +191,8 @@ impl Board {
             }
         };
         if let Some(k) = cut {
-            cmd.env("MPFLEET_CUT_AFTER_WRITES", k.to_string());
+            cmd.env("MPFLEET_CUT_AFTER_WRITES", k.to_string())
+                .env("MPFLEET_CUT_TEAR", &o.cut_tear);
         }
         let mut child = cmd
             .spawn()
@@ -229,18 +245,17 @@ impl Board {
                 #[cfg(unix)]
                 {
                     use std::os::unix::process::ExitStatusExt;
-                    if status.signal() == Some(9) && cut.is_some() {
-                        return Ok(Boot::PowerCut {
-                            writes: cut.unwrap_or(writes),
-                        });
+                    if let (Some(9), Some(k)) = (status.signal(), cut) {
+                        return Ok((Boot::PowerCut { writes: k }, k));
                     }
                 }
-                return Ok(match status.code() {
+                let boot = match status.code() {
                     Some(RESET_EXIT) => Boot::Reset,
                     Some(0) => Boot::Settled,
                     Some(code) => Boot::Crashed { code },
                     None => Boot::Crashed { code: -1 },
-                });
+                };
+                return Ok((boot, writes));
             }
             if let Some(deadline) = std::fs::read_to_string(&wdt)
                 .ok()
@@ -249,7 +264,7 @@ impl Board {
                 if now_ms() > deadline {
                     let _ = child.kill();
                     let _ = child.wait();
-                    return Ok(Boot::Watchdog);
+                    return Ok((Boot::Watchdog, 0));
                 }
             }
             if let Some(app) = app_started {
@@ -257,12 +272,12 @@ impl Board {
                 if (quiet && app.elapsed() >= o.settle) || app.elapsed() >= o.settle * 4 {
                     let _ = child.kill();
                     let _ = child.wait();
-                    return Ok(Boot::Settled);
+                    return Ok((Boot::Settled, writes));
                 }
             } else if started.elapsed() >= HUNG {
                 let _ = child.kill();
                 let _ = child.wait();
-                return Ok(Boot::Hung);
+                return Ok((Boot::Hung, 0));
             }
         }
     }

@@ -15,7 +15,7 @@ pub use devices::DeviceRow;
 pub use modules::{Published, VersionRow};
 pub use reports::{Report, Sighting, UnknownDevice, REPORT_HISTORY};
 
-use crate::manifest::{Catalog, ModuleInfo, VersionInfo};
+use crate::manifest::{Catalog, ModuleInfo, MpyInfo, VersionInfo};
 use crate::names::{ModuleName, Version};
 use anyhow::{Context, Result};
 use blobs::Blobs;
@@ -130,17 +130,30 @@ pub(crate) fn catalog(conn: &Connection) -> Result<Catalog> {
             },
         );
     }
-    let mut stmt = conn.prepare("SELECT module, version, sha256, size FROM versions")?;
+    let mut stmt = conn.prepare(
+        "SELECT module, version, sha256, size, mpy_sha256, mpy_size, mpy_version FROM versions",
+    )?;
     let rows = stmt.query_map([], |r| {
         Ok((
             r.get::<_, String>(0)?,
             r.get::<_, String>(1)?,
             r.get::<_, String>(2)?,
             r.get::<_, i64>(3)?,
+            r.get::<_, Option<String>>(4)?,
+            r.get::<_, Option<i64>>(5)?,
+            r.get::<_, Option<i64>>(6)?,
         ))
     })?;
     for row in rows {
-        let (module, version, sha256, size) = row?;
+        let (module, version, sha256, size, mpy_sha, mpy_size, mpy_version) = row?;
+        let mpy = match (mpy_sha, mpy_size, mpy_version) {
+            (Some(sha256), Some(size), Some(v)) if v > 0 => Some(MpyInfo {
+                sha256,
+                size: size as u64,
+                version: v as u8,
+            }),
+            _ => None,
+        };
         let name = ModuleName::parse(&module).map_err(anyhow::Error::msg)?;
         if let Some(info) = cat.modules.get_mut(&name) {
             info.versions.insert(
@@ -148,6 +161,7 @@ pub(crate) fn catalog(conn: &Connection) -> Result<Catalog> {
                 VersionInfo {
                     sha256,
                     size: size as u64,
+                    mpy,
                 },
             );
         }

@@ -1,14 +1,20 @@
 //! Publishing module versions and moving `latest`.
 
 use super::{bump, catalog, devices, now, optional, Store, MAX_MODULE_SIZE};
+use crate::mpy::Compiled;
 use crate::names::{ModuleName, Version};
 use anyhow::{bail, Result};
 
 /// What `publish` did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Published {
-    /// A new version was stored.
-    New { version: Version, latest: bool },
+    /// A new version was stored. `mpy` says how precompiling went: `None` when mpy-cross
+    /// is not installed, the size of the `.mpy`, or why the source does not compile.
+    New {
+        version: Version,
+        latest: bool,
+        mpy: Option<Result<u64, String>>,
+    },
     /// These exact bytes were already published as this version; nothing changed.
     Unchanged { version: Version },
 }
@@ -43,8 +49,10 @@ impl Store {
         if std::str::from_utf8(bytes).is_err() {
             bail!("{name} is not UTF-8 text: a module is a .py source file");
         }
-        // The blob is durable before the transaction can name it.
+        // The blobs are durable before the transaction can name them.
         let sha = self.blobs.put(bytes)?;
+        let compiled = crate::mpy::compile(name.as_str(), bytes);
+        let mpy = self.put_compiled(&compiled)?;
         let tx = self.write()?;
         let existing: Vec<(String, String)> = {
             let mut stmt = tx.prepare("SELECT version, sha256 FROM versions WHERE module = ?1")?;
@@ -87,14 +95,18 @@ impl Store {
             )?;
         }
         tx.execute(
-            "INSERT INTO versions (module, version, sha256, size, published_at)
-             VALUES (?1, ?2, ?3, ?4, ?5)",
+            "INSERT INTO versions (module, version, sha256, size, published_at,
+                                   mpy_sha256, mpy_size, mpy_version)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
             rusqlite::params![
                 name.as_str(),
                 version.as_str(),
                 sha,
                 bytes.len() as i64,
-                now()
+                now(),
+                mpy.0,
+                mpy.1,
+                mpy.2
             ],
         )?;
         let latest = first || move_latest;
@@ -107,7 +119,68 @@ impl Store {
         devices::refresh_generations(&tx)?;
         bump(&tx, "revision")?;
         tx.commit()?;
-        Ok(Published::New { version, latest })
+        Ok(Published::New {
+            version,
+            latest,
+            mpy: match compiled {
+                Ok(None) => None,
+                Ok(Some(c)) => Some(Ok(c.bytes.len() as u64)),
+                Err(e) => Some(Err(e)),
+            },
+        })
+    }
+
+    /// Stores a compiled variant's bytes; returns the columns (sha256, size, version) to
+    /// record: all NULL without mpy-cross, version 0 when the source does not compile.
+    fn put_compiled(
+        &self,
+        compiled: &Result<Option<Compiled>, String>,
+    ) -> Result<(Option<String>, Option<i64>, Option<i64>)> {
+        Ok(match compiled {
+            Ok(None) => (None, None, None),
+            Err(_) => (None, None, Some(0)),
+            Ok(Some(c)) => (
+                Some(self.blobs.put(&c.bytes)?),
+                Some(c.bytes.len() as i64),
+                Some(i64::from(c.version)),
+            ),
+        })
+    }
+
+    /// Precompiles every version that has not been tried yet (published before mpy-cross
+    /// was installed). Returns how many were tried.
+    pub fn precompile_missing(&mut self) -> Result<usize> {
+        if crate::mpy::mpy_cross().is_none() {
+            return Ok(0);
+        }
+        let todo: Vec<(String, String, String)> = {
+            let mut stmt = self.conn.prepare(
+                "SELECT module, version, sha256 FROM versions WHERE mpy_version IS NULL",
+            )?;
+            let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+            rows.collect::<rusqlite::Result<_>>()?
+        };
+        if todo.is_empty() {
+            return Ok(0);
+        }
+        let mut columns = Vec::new();
+        for (module, version, sha) in &todo {
+            let compiled = crate::mpy::compile(module, &self.blobs.get(sha)?);
+            columns.push(self.put_compiled(&compiled)?);
+            let _ = version;
+        }
+        let tx = self.write()?;
+        for ((module, version, _), (mpy_sha, mpy_size, mpy_version)) in todo.iter().zip(columns) {
+            tx.execute(
+                "UPDATE versions SET mpy_sha256 = ?3, mpy_size = ?4, mpy_version = ?5
+                 WHERE module = ?1 AND version = ?2 AND mpy_version IS NULL",
+                rusqlite::params![module, version, mpy_sha, mpy_size, mpy_version],
+            )?;
+        }
+        devices::refresh_generations(&tx)?;
+        bump(&tx, "revision")?;
+        tx.commit()?;
+        Ok(todo.len())
     }
 
     /// Points `latest` of `name` at `version`. Returns false if it already pointed there.

@@ -50,6 +50,11 @@ const MIGRATIONS: &[&str] = &[
         value INTEGER NOT NULL
      );
      INSERT INTO counters VALUES ('revision', 0), ('generation', 0);",
+    // 2: a precompiled .mpy variant per version. mpy_version NULL: not tried yet (no
+    // mpy-cross); 0: the source does not compile; otherwise the .mpy major version.
+    "ALTER TABLE versions ADD COLUMN mpy_sha256 TEXT;
+     ALTER TABLE versions ADD COLUMN mpy_size INTEGER;
+     ALTER TABLE versions ADD COLUMN mpy_version INTEGER;",
 ];
 
 pub(crate) fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
