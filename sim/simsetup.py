@@ -27,7 +27,8 @@ def _mount():
         except OSError:
             fresh = True
         f = open(image, "w+b" if fresh else "r+b")
-        flash = Flash(f, blocks, _env_int("MPFLEET_CUT_AFTER_WRITES", 0))
+        cut = _env_int("MPFLEET_CUT_AFTER_WRITES", 0)
+        flash = Flash(f, blocks, cut, os.getenv("MPFLEET_CUT_TEAR") or "half")
         if fresh:
             f.write(bytearray(4096))
             f.seek(blocks * 4096 - 1)

