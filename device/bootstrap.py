@@ -8,7 +8,7 @@
 #
 # Its HTTP client is the smallest that works (HTTP/1.0: no chunked bodies);
 # the updater has the full one.
-SERVER = "http://192.168.1.10:8080/"  # your mpfleet server; ends with "/"
+SERVER = "http://mpfleet.local:8080/"  # your mpfleet server; ends with "/"
 INTERVAL = 3600  # seconds between update checks your application may use
 
 import binascii
