@@ -15,7 +15,7 @@ if [ ! -x "$venv/bin/pip" ]; then
   python3 -m venv "$venv"
 fi
 for pkg in "${PACKAGES[@]}"; do
-  have=$("$venv/bin/pip" show "${pkg%%==*}" 2>/dev/null | sed -n 's/^Version: //p')
+  have=$("$venv/bin/pip" show "${pkg%%==*}" 2>/dev/null | sed -n 's/^Version: //p' || true)
   if [ "$have" != "${pkg##*==}" ]; then
     echo "test.sh: installing $pkg into $venv"
     "$venv/bin/pip" install --quiet --disable-pip-version-check "$pkg"

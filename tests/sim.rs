@@ -295,3 +295,196 @@ fn proxy_one(
     }
     conn.flush()
 }
+
+/// A board whose flash is a littlefs2 image (`dir/flash.img`, RTC memory in `dir/flash.rtc`),
+/// so power can be cut at any flash write; `inspect` reads the image.
+pub struct ImageBoard {
+    pub mac: String,
+    pub dir: PathBuf,
+    pub heap: String,
+    pub flash_blocks: u32,
+}
+
+impl ImageBoard {
+    pub fn new(dir: PathBuf, mac: &str) -> Self {
+        std::fs::create_dir_all(&dir).unwrap();
+        Self {
+            mac: mac.to_owned(),
+            dir,
+            heap: "96k".into(),
+            flash_blocks: 256,
+        }
+    }
+
+    pub fn image(&self) -> PathBuf {
+        self.dir.join("flash.img")
+    }
+
+    pub fn rtc(&self) -> PathBuf {
+        self.dir.join("flash.rtc")
+    }
+
+    /// A copy of this board's flash and RTC memory in `dir`, as board `mac`.
+    pub fn copy_to(&self, dir: PathBuf, mac: &str) -> ImageBoard {
+        let b = ImageBoard::new(dir, mac);
+        std::fs::copy(self.image(), b.image()).unwrap();
+        let _ = std::fs::remove_file(b.rtc());
+        if self.rtc().exists() {
+            std::fs::copy(self.rtc(), b.rtc()).unwrap();
+        }
+        ImageBoard {
+            heap: self.heap.clone(),
+            flash_blocks: self.flash_blocks,
+            ..b
+        }
+    }
+
+    /// Boots until the board settles (at most `boots` boots); `update` asks for an update on
+    /// the first boot; `cut` cuts power during that flash write of the run. Quiet unless
+    /// `echo`.
+    pub fn boot_with(&self, server: &str, boots: u32, update: bool, cut: Option<u64>) -> SimRun {
+        let mut cmd = Command::new(BIN);
+        cmd.args(["sim", "--server", server, "--mac", &self.mac, "--settle", "1"])
+            .arg("--flash")
+            .arg(self.image())
+            .arg("--state")
+            .arg(&self.dir)
+            .args(["--heap", &self.heap, "--boots", &boots.to_string()])
+            .args(["--flash-blocks", &self.flash_blocks.to_string()]);
+        if update {
+            cmd.arg("--update");
+        }
+        if let Some(k) = cut {
+            cmd.args(["--cut-after-writes", &k.to_string()]);
+        }
+        let out = cmd.output().expect("running mpfleet sim");
+        SimRun {
+            code: out.status.code().unwrap_or(-1),
+            out: format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        }
+    }
+
+    /// The image's files and directories (`mpfleet sim --inspect`).
+    pub fn inspect(&self) -> serde_json::Value {
+        let out = Command::new(BIN)
+            .args(["sim", "--inspect"])
+            .arg(self.image())
+            .output()
+            .expect("running mpfleet sim --inspect");
+        assert!(
+            out.status.success(),
+            "inspect failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).expect("inspect JSON")
+    }
+}
+
+impl SimRun {
+    /// The flash writes of the whole run, from the run's last line.
+    pub fn flash_writes(&self) -> u64 {
+        self.out
+            .lines()
+            .find_map(|l| {
+                l.strip_suffix(" flash writes")
+                    .and_then(|l| l.rsplit("; ").next())
+                    .and_then(|n| n.parse().ok())
+            })
+            .unwrap_or_else(|| panic!("no flash writes count:\n{}", self.out))
+    }
+
+    /// Whether power was cut during the run.
+    pub fn power_cut(&self) -> bool {
+        self.out.contains("ended: PowerCut")
+    }
+}
+
+/// A proxy in front of the real server that serves each board the manifest of another device:
+/// `v1/{mac}.json` and `v1/{mac}/report` go to the device `route(mac)` names (or `mac` itself).
+/// Many simulated boards can then share one store, each following its own script.
+pub struct Router {
+    pub base: String,
+    routes: Arc<Mutex<std::collections::HashMap<String, String>>>,
+}
+
+impl Router {
+    pub fn start(upstream: &str) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let base = format!("http://{}/", listener.local_addr().unwrap());
+        let upstream = upstream
+            .trim_start_matches("http://")
+            .trim_end_matches('/')
+            .to_owned();
+        let routes = Arc::new(Mutex::new(std::collections::HashMap::new()));
+        let shared = routes.clone();
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(conn) = conn else { break };
+                let upstream = upstream.clone();
+                let routes = shared.clone();
+                std::thread::spawn(move || {
+                    let _ = route_one(conn, &upstream, &routes);
+                });
+            }
+        });
+        Self { base, routes }
+    }
+
+    /// Board `mac` is served device `device`'s manifest from now on.
+    pub fn route(&self, mac: &str, device: &str) {
+        self.routes
+            .lock()
+            .unwrap()
+            .insert(mac.to_owned(), device.to_owned());
+    }
+}
+
+fn route_one(
+    mut conn: TcpStream,
+    upstream: &str,
+    routes: &Mutex<std::collections::HashMap<String, String>>,
+) -> std::io::Result<()> {
+    conn.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let mut reader = BufReader::new(conn.try_clone()?);
+    let mut head = String::new();
+    let mut content_length = 0usize;
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line)? == 0 {
+            return Ok(());
+        }
+        if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+            content_length = v.trim().parse().unwrap_or(0);
+        }
+        let end = line == "\r\n";
+        head.push_str(&line);
+        if end {
+            break;
+        }
+    }
+    let mut body = vec![0; content_length];
+    reader.read_exact(&mut body)?;
+    let path = head.split_whitespace().nth(1).unwrap_or("/").to_owned();
+    if let Some(rest) = path.strip_prefix("/v1/") {
+        let mac: String = rest.chars().take_while(|c| c.is_ascii_hexdigit()).collect();
+        if let Some(device) = routes.lock().unwrap().get(&mac) {
+            let new_path = format!("/v1/{device}{}", &rest[mac.len()..]);
+            head = head.replacen(&path, &new_path, 1);
+        }
+    }
+    let mut up = TcpStream::connect(upstream)?;
+    up.write_all(
+        head.replace("\r\n\r\n", "\r\nConnection: close\r\n\r\n")
+            .as_bytes(),
+    )?;
+    up.write_all(&body)?;
+    let mut response = Vec::new();
+    up.read_to_end(&mut response)?;
+    conn.write_all(&response)?;
+    conn.flush()
+}
