@@ -3,17 +3,9 @@
 use crate::harness::Fleet;
 use serde_json::json;
 
-fn fleet_with_app() -> Fleet {
-    let f = Fleet::new();
-    f.publish("smartcharger", "import sensorclass\n", &[]);
-    f.publish("sensorclass", "x = 1\n", &[]);
-    f.publish("sensorclass", "x = 2\n", &[]);
-    f
-}
-
 #[test]
 fn every_mac_form_is_normalised() {
-    let f = fleet_with_app();
+    let f = Fleet::smartcharger();
     for form in [
         "deadbeef1234",
         "DEADBEEF1234",
@@ -30,7 +22,7 @@ fn every_mac_form_is_normalised() {
 
 #[test]
 fn bad_macs_are_refused() {
-    let f = fleet_with_app();
+    let f = Fleet::smartcharger();
     for bad in [
         "deadbeef123",
         "deadbeef12345",
@@ -47,7 +39,7 @@ fn bad_macs_are_refused() {
 
 #[test]
 fn set_adds_app_and_runtime_and_names_missing_modules() {
-    let f = fleet_with_app();
+    let f = Fleet::smartcharger();
     f.ok(&[
         "device",
         "set",
@@ -63,42 +55,23 @@ fn set_adds_app_and_runtime_and_names_missing_modules() {
                "config": "latest", "updater": "latest"})
     );
     assert_eq!(show["resolved"]["modules"]["sensorclass"]["version"], "1");
-    let err = f.fails(&[
-        "device",
-        "set",
-        "deadbeef1234",
-        "--app",
-        "smartcharger",
-        "mqttclass=latest",
-    ]);
-    assert!(err.contains("module mqttclass is not published"), "{err}");
-    let err = f.fails(&[
-        "device",
-        "set",
-        "deadbeef1234",
-        "--app",
-        "smartcharger",
-        "sensorclass=7",
-    ]);
-    assert!(err.contains("sensorclass has no version 7"), "{err}");
-    let err = f.fails(&[
-        "device",
-        "set",
-        "deadbeef1234",
-        "--app",
-        "smartcharger",
-        "sensorclass",
-    ]);
-    assert!(err.contains("MODULE=VERSION"), "{err}");
-    let err = f.fails(&[
-        "device",
-        "set",
-        "deadbeef1234",
-        "--app",
-        "smartcharger",
-        "../x=1",
-    ]);
-    assert!(err.contains("invalid module name"), "{err}");
+    for (pair, error) in [
+        ("mqttclass=latest", "module mqttclass is not published"),
+        ("sensorclass=7", "sensorclass has no version 7"),
+        ("sensorclass", "MODULE=VERSION"),
+        ("../x=1", "invalid module name"),
+        ("sensorclass=../1", "invalid version"),
+    ] {
+        let err = f.fails(&[
+            "device",
+            "set",
+            "deadbeef1234",
+            "--app",
+            "smartcharger",
+            pair,
+        ]);
+        assert!(err.contains(error), "{pair}: {err}");
+    }
     // The failed sets changed nothing.
     let after = f.json(&["device", "show", "deadbeef1234", "--json"]);
     assert_eq!(after["desired"], show["desired"]);
@@ -107,7 +80,7 @@ fn set_adds_app_and_runtime_and_names_missing_modules() {
 
 #[test]
 fn list_show_and_rm() {
-    let f = fleet_with_app();
+    let f = Fleet::smartcharger();
     f.ok(&["device", "set", "aabbccddeeff", "--app", "smartcharger"]);
     let table = f.ok(&["device", "list"]);
     assert!(
@@ -126,7 +99,7 @@ fn list_show_and_rm() {
 
 #[test]
 fn generation_grows_exactly_when_resolved_content_changes() {
-    let f = fleet_with_app();
+    let f = Fleet::smartcharger();
     f.publish("other", "y = 1\n", &[]);
     let g = |f: &Fleet| {
         f.json(&["device", "show", "deadbeef1234", "--json"])["generation"]

@@ -27,10 +27,7 @@ fn tree(root: &Path) -> BTreeMap<String, Vec<u8>> {
 }
 
 fn fleet() -> Fleet {
-    let f = Fleet::new();
-    f.publish("smartcharger", "import sensorclass\n", &[]);
-    f.publish("sensorclass", "x = 1\n", &[]);
-    f.publish("sensorclass", "x = 2\n", &[]);
+    let f = Fleet::smartcharger();
     f.ok(&[
         "device",
         "set",

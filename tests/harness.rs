@@ -39,6 +39,16 @@ impl Fleet {
         }
     }
 
+    /// The seed's modules: `smartcharger` 1 (importing `sensorclass`) and `sensorclass` 1
+    /// and 2.
+    pub fn smartcharger() -> Self {
+        let f = Self::new();
+        f.publish("smartcharger", "import sensorclass\n", &[]);
+        f.publish("sensorclass", "x = 1\n", &[]);
+        f.publish("sensorclass", "x = 2\n", &[]);
+        f
+    }
+
     pub fn data(&self) -> PathBuf {
         self.dir.path().join("data")
     }

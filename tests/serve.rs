@@ -6,10 +6,7 @@ use std::time::Duration;
 
 /// The seed's example: `deadbeef1234` running `smartcharger`.
 fn seed_fleet() -> Fleet {
-    let f = Fleet::new();
-    f.publish("smartcharger", "import sensorclass\n", &[]);
-    f.publish("sensorclass", "x = 1\n", &[]);
-    f.publish("sensorclass", "x = 2\n", &[]);
+    let f = Fleet::smartcharger();
     f.publish("testmain", "t = 1\n", &[]);
     f.publish("mqttclass", "m = 1\n", &[]);
     f.ok(&[

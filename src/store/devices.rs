@@ -1,6 +1,6 @@
 //! Devices: their desired manifests, generations and what they last reported.
 
-use super::{bump, catalog, now, optional, Store};
+use super::{bump, catalog, commit_change, now, optional, Store};
 use crate::manifest::{Catalog, Desired};
 use crate::names::Mac;
 use anyhow::{Context, Result};
@@ -89,8 +89,9 @@ impl Store {
     /// Stores the desired manifest of `mac`; returns its generation afterwards.
     pub fn set_device(&mut self, mac: &Mac, desired: &Desired) -> Result<i64> {
         let tx = self.write()?;
+        // Refuse a manifest naming a module or version that does not exist.
         let cat: Catalog = catalog(&tx)?;
-        let resolved = cat.resolve(desired)?;
+        cat.resolve(desired)?;
         let text = desired.to_seed_json();
         let old: Option<String> = optional(tx.query_row(
             "SELECT desired FROM devices WHERE mac = ?1",
@@ -111,17 +112,15 @@ impl Store {
                 )?;
             }
             tx.execute("DELETE FROM unknown_devices WHERE mac = ?1", [mac.as_str()])?;
-            refresh_generations(&tx)?;
-            bump(&tx, "revision")?;
+            commit_change(tx)?;
+        } else {
+            tx.commit()?;
         }
-        let generation = tx.query_row(
+        Ok(self.conn.query_row(
             "SELECT generation FROM devices WHERE mac = ?1",
             [mac.as_str()],
             |r| r.get(0),
-        )?;
-        tx.commit()?;
-        debug_assert!(!resolved.modules.is_empty());
-        Ok(generation)
+        )?)
     }
 
     /// Forgets a device and its reports. Returns false if it was not known.

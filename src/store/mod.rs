@@ -108,6 +108,15 @@ impl Store {
     }
 }
 
+/// Finishes a change boards can see: new generations where what a device would run changed,
+/// a new revision (so `serve` rebuilds its snapshot), commit.
+fn commit_change(tx: Transaction<'_>) -> Result<()> {
+    devices::refresh_generations(&tx)?;
+    bump(&tx, "revision")?;
+    tx.commit()?;
+    Ok(())
+}
+
 fn bump(tx: &Transaction<'_>, counter: &str) -> Result<i64> {
     Ok(tx.query_row(
         "UPDATE counters SET value = value + 1 WHERE name = ?1 RETURNING value",

@@ -1,6 +1,6 @@
 //! Publishing module versions and moving `latest`.
 
-use super::{bump, catalog, devices, now, optional, Store, MAX_MODULE_SIZE};
+use super::{catalog, commit_change, now, optional, Store, MAX_MODULE_SIZE};
 use crate::mpy::Compiled;
 use crate::names::{ModuleName, Version};
 use anyhow::{bail, Result};
@@ -116,9 +116,7 @@ impl Store {
                 [name.as_str(), version.as_str()],
             )?;
         }
-        devices::refresh_generations(&tx)?;
-        bump(&tx, "revision")?;
-        tx.commit()?;
+        commit_change(tx)?;
         Ok(Published::New {
             version,
             latest,
@@ -164,10 +162,9 @@ impl Store {
             return Ok(0);
         }
         let mut columns = Vec::new();
-        for (module, version, sha) in &todo {
+        for (module, _, sha) in &todo {
             let compiled = crate::mpy::compile(module, &self.blobs.get(sha)?);
             columns.push(self.put_compiled(&compiled)?);
-            let _ = version;
         }
         let tx = self.write()?;
         for ((module, version, _), (mpy_sha, mpy_size, mpy_version)) in todo.iter().zip(columns) {
@@ -177,9 +174,7 @@ impl Store {
                 rusqlite::params![module, version, mpy_sha, mpy_size, mpy_version],
             )?;
         }
-        devices::refresh_generations(&tx)?;
-        bump(&tx, "revision")?;
-        tx.commit()?;
+        commit_change(tx)?;
         Ok(todo.len())
     }
 
@@ -200,9 +195,7 @@ impl Store {
             "UPDATE modules SET latest = ?2 WHERE name = ?1",
             [name.as_str(), version.as_str()],
         )?;
-        devices::refresh_generations(&tx)?;
-        bump(&tx, "revision")?;
-        tx.commit()?;
+        commit_change(tx)?;
         Ok(true)
     }
 
