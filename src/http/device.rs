@@ -5,7 +5,7 @@
 
 use super::{error::ApiError, App};
 use crate::names::Mac;
-use crate::store::{now, Sighting};
+use crate::store::now;
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode, Uri};
@@ -52,19 +52,17 @@ pub async fn read(
     let Some(entry) = snapshot.get(path) else {
         if let Some(mac) = device_of(path) {
             if snapshot.get(mac.as_str()).is_none() {
-                app.recorder.note(Sighting::Unknown {
-                    mac: mac.clone(),
-                    at: now(),
-                });
-                return Err(ApiError::NotFound(format!(
+                let message = format!(
                     "unknown device {mac}: assign it with `mpfleet device set {mac} --app NAME`"
-                )));
+                );
+                app.recorder.unknown(mac, now());
+                return Err(ApiError::NotFound(message));
             }
         }
         return Err(ApiError::NotFound(format!("no such file: /{path}")));
     };
     if let Some(mac) = device_of(path) {
-        app.recorder.note(Sighting::Seen { mac, at: now() });
+        app.recorder.seen(mac, now());
     }
     let etag = HeaderValue::from_str(&entry.etag).expect("etag is ASCII");
     let cache = if entry.immutable {
@@ -135,20 +133,11 @@ pub async fn report(
         )));
     }
     if app.snapshot().get(mac.as_str()).is_none() {
-        app.recorder.note(Sighting::Unknown {
-            mac: mac.clone(),
-            at: now(),
-        });
-        return Err(ApiError::NotFound(format!("unknown device {mac}")));
+        let message = format!("unknown device {mac}");
+        app.recorder.unknown(mac, now());
+        return Err(ApiError::NotFound(message));
     }
-    app.recorder
-        .record(Sighting::Report {
-            mac,
-            at: now(),
-            body: value.to_string(),
-        })
-        .await
-        .map_err(|e| ApiError::Internal(anyhow::anyhow!(e)))?;
+    app.recorder.report(mac, now(), value.to_string()).await?;
     Ok(Json(serde_json::json!({ "stored": true })).into_response())
 }
 

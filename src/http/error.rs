@@ -19,6 +19,9 @@ pub enum ApiError {
     /// 413: a body over the limit.
     #[error("{0}")]
     TooLarge(String),
+    /// 503: too busy right now; the board tries again later.
+    #[error("{0}")]
+    Unavailable(String),
     /// 500: something on our side; the text is logged, not sent.
     #[error(transparent)]
     Internal(#[from] anyhow::Error),
@@ -31,6 +34,7 @@ impl ApiError {
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }

@@ -51,6 +51,9 @@ pub fn router(app: App) -> Router {
 /// One line per request, at info level on target `mpfleet::access` (off by default, so a
 /// fleet polling every minute does not flood the log; `RUST_LOG=mpfleet::access=info`).
 async fn access_log(req: Request, next: Next) -> Response {
+    if !tracing::enabled!(target: "mpfleet::access", tracing::Level::INFO) {
+        return next.run(req).await;
+    }
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
     let start = Instant::now();

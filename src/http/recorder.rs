@@ -1,78 +1,138 @@
-//! The only writer of device traffic: sightings and reports are queued here and written in
-//! batches, one transaction per batch, on a blocking thread of its own.
+//! The only writer of device traffic: what boards report and when they were last seen.
+//!
+//! Reports are queued and written in batches, one transaction per batch, on a thread of its
+//! own; a report's request waits until its batch is committed. "Seen" times and unknown MACs
+//! are only coalesced in memory (a map per MAC) and flushed with the next batch or once a
+//! second, so a fleet polling hard costs the database one small write per second, not one
+//! per request.
 
+use super::error::ApiError;
+use crate::names::Mac;
 use crate::store::{Sighting, Store};
+use std::collections::HashMap;
 use std::path::PathBuf;
-use tokio::sync::{mpsc, oneshot};
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::oneshot;
 
-/// Largest batch written in one transaction.
+/// Largest number of reports written in one transaction.
 const BATCH: usize = 512;
+
+/// Reports waiting to be written before new ones are refused (the board retries later).
+const QUEUE: usize = 8 * BATCH;
+
+/// How often coalesced sightings are flushed when no report comes.
+const FLUSH: Duration = Duration::from_secs(1);
 
 struct Job {
     sighting: Sighting,
-    /// Answered once the batch holding this sighting is committed (reports wait for it).
-    done: Option<oneshot::Sender<Result<(), String>>>,
+    done: oneshot::Sender<Result<(), String>>,
+}
+
+/// Sightings not yet written: the latest time per known MAC, and time and request count
+/// per unknown MAC.
+#[derive(Default)]
+struct Pending {
+    seen: HashMap<Mac, i64>,
+    unknown: HashMap<Mac, (i64, i64)>,
+}
+
+impl Pending {
+    fn drain(&mut self) -> Vec<Sighting> {
+        let mut out: Vec<Sighting> = self
+            .seen
+            .drain()
+            .map(|(mac, at)| Sighting::Seen { mac, at })
+            .collect();
+        out.extend(
+            self.unknown
+                .drain()
+                .map(|(mac, (at, requests))| Sighting::Unknown { mac, at, requests }),
+        );
+        out
+    }
 }
 
 #[derive(Clone)]
 pub struct Recorder {
-    tx: mpsc::Sender<Job>,
+    tx: mpsc::SyncSender<Job>,
+    pending: Arc<Mutex<Pending>>,
 }
 
 impl Recorder {
     pub fn start(data: PathBuf) -> anyhow::Result<Self> {
         let mut store = Store::open_plain(&data)?;
-        let (tx, mut rx) = mpsc::channel::<Job>(16 * BATCH);
+        let (tx, rx) = mpsc::sync_channel::<Job>(QUEUE);
+        let pending = Arc::new(Mutex::new(Pending::default()));
+        let shared = pending.clone();
         std::thread::Builder::new()
             .name("recorder".into())
-            .spawn(move || {
-                while let Some(first) = rx.blocking_recv() {
-                    let mut jobs = vec![first];
-                    while jobs.len() < BATCH {
-                        match rx.try_recv() {
-                            Ok(j) => jobs.push(j),
-                            Err(_) => break,
+            .spawn(move || loop {
+                let mut jobs = Vec::new();
+                let stopped = match rx.recv_timeout(FLUSH) {
+                    Ok(first) => {
+                        jobs.push(first);
+                        while jobs.len() < BATCH {
+                            match rx.try_recv() {
+                                Ok(j) => jobs.push(j),
+                                Err(_) => break,
+                            }
                         }
+                        false
                     }
-                    let batch: Vec<Sighting> = jobs.iter().map(|j| j.sighting.clone()).collect();
+                    Err(RecvTimeoutError::Timeout) => false,
+                    Err(RecvTimeoutError::Disconnected) => true,
+                };
+                let mut batch = shared.lock().expect("pending lock").drain();
+                batch.extend(jobs.iter().map(|j| j.sighting.clone()));
+                if !batch.is_empty() {
                     let result = store.record(&batch).map_err(|e| format!("{e:#}"));
                     if let Err(e) = &result {
                         tracing::error!("recording {} sightings failed: {e}", batch.len());
                     }
                     for job in jobs {
-                        if let Some(done) = job.done {
-                            let _ = done.send(result.clone());
-                        }
+                        let _ = job.done.send(result.clone());
                     }
                 }
+                if stopped {
+                    break;
+                }
             })?;
-        Ok(Self { tx })
+        Ok(Self { tx, pending })
     }
 
-    /// Queues a sighting without waiting; dropped (with a warning) if the queue is full.
-    pub fn note(&self, sighting: Sighting) {
-        if self
-            .tx
-            .try_send(Job {
-                sighting,
-                done: None,
-            })
-            .is_err()
-        {
-            tracing::warn!("recorder queue full; a sighting was dropped");
-        }
+    /// Notes that a known device asked for something.
+    pub fn seen(&self, mac: Mac, at: i64) {
+        let mut p = self.pending.lock().expect("pending lock");
+        let t = p.seen.entry(mac).or_insert(at);
+        *t = (*t).max(at);
     }
 
-    /// Queues a sighting and waits until it is committed.
-    pub async fn record(&self, sighting: Sighting) -> Result<(), String> {
+    /// Notes that a MAC that is not a device asked for its manifest.
+    pub fn unknown(&self, mac: Mac, at: i64) {
+        let mut p = self.pending.lock().expect("pending lock");
+        let e = p.unknown.entry(mac).or_insert((at, 0));
+        e.0 = e.0.max(at);
+        e.1 += 1;
+    }
+
+    /// Queues a report and waits until it is committed.
+    pub async fn report(&self, mac: Mac, at: i64, body: String) -> Result<(), ApiError> {
+        let stopped = || ApiError::Internal(anyhow::anyhow!("the recorder thread stopped"));
         let (done, wait) = oneshot::channel();
-        self.tx
-            .send(Job {
-                sighting,
-                done: Some(done),
-            })
-            .await
-            .map_err(|_| "recorder stopped".to_owned())?;
-        wait.await.map_err(|_| "recorder stopped".to_owned())?
+        let job = Job {
+            sighting: Sighting::Report { mac, at, body },
+            done,
+        };
+        self.tx.try_send(job).map_err(|e| match e {
+            mpsc::TrySendError::Full(_) => {
+                ApiError::Unavailable("too many reports waiting; try again later".into())
+            }
+            mpsc::TrySendError::Disconnected(_) => stopped(),
+        })?;
+        wait.await
+            .map_err(|_| stopped())?
+            .map_err(|e| ApiError::Internal(anyhow::anyhow!(e)))
     }
 }

@@ -16,8 +16,8 @@ pub const REPORT_HISTORY: i64 = 50;
 pub enum Sighting {
     /// A known device asked for something.
     Seen { mac: Mac, at: i64 },
-    /// A MAC that is not a device asked for its manifest.
-    Unknown { mac: Mac, at: i64 },
+    /// A MAC that is not a device asked for its manifest, `requests` times, last `at`.
+    Unknown { mac: Mac, at: i64, requests: i64 },
     /// A known device sent a report (already validated JSON text).
     Report { mac: Mac, at: i64, body: String },
 }
@@ -49,14 +49,14 @@ impl Store {
                         rusqlite::params![mac.as_str(), at],
                     )?;
                 }
-                Sighting::Unknown { mac, at } => {
+                Sighting::Unknown { mac, at, requests } => {
                     tx.execute(
                         "INSERT INTO unknown_devices (mac, first_seen, last_seen, requests)
-                         VALUES (?1, ?2, ?2, 1)
+                         VALUES (?1, ?2, ?2, ?3)
                          ON CONFLICT (mac) DO UPDATE SET
                            last_seen = max(last_seen, excluded.last_seen),
-                           requests = requests + 1",
-                        rusqlite::params![mac.as_str(), at],
+                           requests = requests + excluded.requests",
+                        rusqlite::params![mac.as_str(), at, requests],
                     )?;
                 }
                 Sighting::Report { mac, at, body } => {
