@@ -6,6 +6,7 @@ mod harness;
 mod board;
 mod cli_device;
 mod cli_module;
+mod crash;
 mod export;
 mod serve;
 mod sim;

@@ -303,6 +303,8 @@ pub struct ImageBoard {
     pub dir: PathBuf,
     pub heap: String,
     pub flash_blocks: u32,
+    /// What reaches the flash of the write a cut interrupts (`--cut-tear`).
+    pub tear: &'static str,
 }
 
 impl ImageBoard {
@@ -313,6 +315,7 @@ impl ImageBoard {
             dir,
             heap: "96k".into(),
             flash_blocks: 256,
+            tear: "half",
         }
     }
 
@@ -335,6 +338,7 @@ impl ImageBoard {
         ImageBoard {
             heap: self.heap.clone(),
             flash_blocks: self.flash_blocks,
+            tear: self.tear,
             ..b
         }
     }
@@ -344,18 +348,25 @@ impl ImageBoard {
     /// `echo`.
     pub fn boot_with(&self, server: &str, boots: u32, update: bool, cut: Option<u64>) -> SimRun {
         let mut cmd = Command::new(BIN);
-        cmd.args(["sim", "--server", server, "--mac", &self.mac, "--settle", "1"])
-            .arg("--flash")
-            .arg(self.image())
-            .arg("--state")
-            .arg(&self.dir)
-            .args(["--heap", &self.heap, "--boots", &boots.to_string()])
-            .args(["--flash-blocks", &self.flash_blocks.to_string()]);
+        cmd.args([
+            "sim", "--server", server, "--mac", &self.mac, "--settle", "1",
+        ])
+        .arg("--flash")
+        .arg(self.image())
+        .arg("--state")
+        .arg(&self.dir)
+        .args(["--heap", &self.heap, "--boots", &boots.to_string()])
+        .args(["--flash-blocks", &self.flash_blocks.to_string()]);
         if update {
             cmd.arg("--update");
         }
         if let Some(k) = cut {
-            cmd.args(["--cut-after-writes", &k.to_string()]);
+            cmd.args([
+                "--cut-after-writes",
+                &k.to_string(),
+                "--cut-tear",
+                self.tear,
+            ]);
         }
         let out = cmd.output().expect("running mpfleet sim");
         SimRun {
