@@ -282,6 +282,13 @@ for c in "${CASES[@]}"; do
   IFS='|' read -r name _ what <<<"$c"
   printf '  %-15s %s\n' "$name" "$what"
 done
+echo "requests/s of each round (mpfleet | nginx):"
+for c in "${CASES[@]}"; do
+  IFS='|' read -r name _ _ <<<"$c"
+  printf '  %-15s %s | %s\n' "$name" \
+    "$(grep "^mpfleet $name " "$WORK/results.txt" | field rps | paste -sd' ')" \
+    "$(grep "^nginx $name " "$WORK/results.txt" | field rps | paste -sd' ')"
+done
 echo
 errs=$(awk '{for (i = 3; i <= NF; i++) if ($i ~ /^sockerr=/) {split($i, f, "="); s += f[2]}} END {print s + 0}' "$WORK/results.txt")
 bad=$(grep -v ' unknown-404 ' "$WORK/results.txt" | field non2xx3xx | awk '{s += $1} END {print s + 0}')
