@@ -8,6 +8,7 @@ use crate::manifest::{mpy_path, version_path};
 use crate::store::Store;
 use anyhow::Result;
 use axum::body::Bytes;
+use axum::http::HeaderValue;
 use serde_json::{Map, Value};
 use std::collections::{BTreeMap, HashMap};
 
@@ -15,8 +16,8 @@ use std::collections::{BTreeMap, HashMap};
 #[derive(Debug, Clone)]
 pub struct Entry {
     pub body: Bytes,
-    /// A strong ETag, quoted, derived from the body.
-    pub etag: String,
+    /// A strong ETag, quoted, derived from the body (ready to send).
+    pub etag: HeaderValue,
     pub content_type: &'static str,
     /// `m/{module}/{version}.py` never changes: it may be cached forever.
     pub immutable: bool,
@@ -36,6 +37,7 @@ const MPY: &str = "application/octet-stream";
 
 fn entry(body: Bytes, content_type: &'static str, immutable: bool) -> Entry {
     let etag = format!("\"{}\"", &crate::store::sha256_hex(&body)[..32]);
+    let etag = HeaderValue::from_str(&etag).expect("an ETag is ASCII");
     Entry {
         body,
         etag,

@@ -64,7 +64,6 @@ pub async fn read(
     if let Some(mac) = device_of(path) {
         app.recorder.seen(mac, now());
     }
-    let etag = HeaderValue::from_str(&entry.etag).expect("etag is ASCII");
     let cache = if entry.immutable {
         "public, max-age=31536000, immutable"
     } else {
@@ -77,7 +76,7 @@ pub async fn read(
         .flat_map(|v| v.split(','))
         .any(|t| {
             let t = t.trim();
-            t == "*" || t.trim_start_matches("W/") == entry.etag
+            t == "*" || t.trim_start_matches("W/").as_bytes() == entry.etag.as_bytes()
         });
     let mut response = if matches {
         StatusCode::NOT_MODIFIED.into_response()
@@ -90,7 +89,7 @@ pub async fn read(
         r
     };
     let h = response.headers_mut();
-    h.insert(header::ETAG, etag);
+    h.insert(header::ETAG, entry.etag.clone());
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static(cache));
     Ok(response)
 }

@@ -13,6 +13,7 @@ pub use device::{EVENTS, MAX_REPORT};
 use crate::snapshot::Snapshot;
 use crate::store::Store;
 use anyhow::{Context, Result};
+use arc_swap::{ArcSwap, Guard};
 use axum::extract::Request;
 use axum::middleware::{self, Next};
 use axum::response::Response;
@@ -22,7 +23,7 @@ use recorder::Recorder;
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// How often `serve` checks the store for changes made by other processes.
@@ -30,30 +31,33 @@ const POLL: Duration = Duration::from_millis(200);
 
 #[derive(Clone)]
 pub struct App {
-    snapshot: Arc<RwLock<Arc<Snapshot>>>,
+    /// The current snapshot, replaced whole (readers never block, nor write to a lock).
+    snapshot: Arc<ArcSwap<Snapshot>>,
     recorder: Recorder,
 }
 
 impl App {
-    fn snapshot(&self) -> Arc<Snapshot> {
-        self.snapshot.read().expect("snapshot lock").clone()
+    fn snapshot(&self) -> Guard<Arc<Snapshot>> {
+        self.snapshot.load()
     }
 }
 
 pub fn router(app: App) -> Router {
-    Router::new()
+    let router = Router::new()
         .route("/v1/{mac}/report", post(device::report))
-        .fallback(device::read)
-        .layer(middleware::from_fn(access_log))
-        .with_state(app)
+        .fallback(device::read);
+    // The access log costs a little per request even when filtered out: add it only when on.
+    let router = if tracing::enabled!(target: "mpfleet::access", tracing::Level::INFO) {
+        router.layer(middleware::from_fn(access_log))
+    } else {
+        router
+    };
+    router.with_state(app)
 }
 
 /// One line per request, at info level on target `mpfleet::access` (off by default, so a
 /// fleet polling every minute does not flood the log; `RUST_LOG=mpfleet::access=info`).
 async fn access_log(req: Request, next: Next) -> Response {
-    if !tracing::enabled!(target: "mpfleet::access", tracing::Level::INFO) {
-        return next.run(req).await;
-    }
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
     let start = Instant::now();
@@ -78,7 +82,7 @@ pub fn serve(data: PathBuf, listen: String) -> Result<()> {
         );
     }
     let first = Snapshot::build(&mut store, None)?;
-    let snapshot = Arc::new(RwLock::new(Arc::new(first)));
+    let snapshot = Arc::new(ArcSwap::from_pointee(first));
     spawn_refresher(store, snapshot.clone())?;
     let recorder = Recorder::start(data)?;
     let app = App { snapshot, recorder };
@@ -114,12 +118,12 @@ async fn shutdown() {
 }
 
 /// Rebuilds the snapshot whenever the store's revision moves.
-fn spawn_refresher(mut store: Store, shared: Arc<RwLock<Arc<Snapshot>>>) -> Result<()> {
+fn spawn_refresher(mut store: Store, shared: Arc<ArcSwap<Snapshot>>) -> Result<()> {
     std::thread::Builder::new()
         .name("refresher".into())
         .spawn(move || loop {
             std::thread::sleep(POLL);
-            let current = shared.read().expect("snapshot lock").clone();
+            let current = shared.load_full();
             match store.revision() {
                 Ok(rev) if rev != current.revision => {
                     match Snapshot::build(&mut store, Some(&current)) {
@@ -128,7 +132,7 @@ fn spawn_refresher(mut store: Store, shared: Arc<RwLock<Arc<Snapshot>>>) -> Resu
                                 revision = next.revision,
                                 "store changed; serving the new state"
                             );
-                            *shared.write().expect("snapshot lock") = Arc::new(next);
+                            shared.store(Arc::new(next));
                         }
                         Err(e) => tracing::error!("rebuilding the snapshot failed: {e:#}"),
                     }
