@@ -10,6 +10,7 @@
 # the updater has the full one.
 SERVER = "http://mpfleet.local:8080/"  # your mpfleet server; ends with "/"
 INTERVAL = 3600  # seconds between update checks your application may use
+WATCHDOG = 30  # seconds: a boot that hangs this long resets (0: no watchdog; see config.py)
 
 import binascii
 import hashlib
@@ -90,6 +91,7 @@ def bootstrap():
         settings = {}
     settings["server"] = server
     settings.setdefault("interval", INTERVAL)
+    settings["watchdog"] = WATCHDOG
     with open("/ota/tmp/ota.json", "w") as f:
         json.dump(settings, f)
     try:

@@ -18,6 +18,11 @@
 #
 # The importer lives here, not in the versioned `config`, because `config`
 # itself is a versioned module: something fixed has to import it.
+#
+# Watchdog: main starts machine.WDT (where the port has one) before the
+# updater and the app, with the timeout /ota.json names ("watchdog", seconds;
+# 0: none). Code that hangs before the app says it is healthy is reset, so
+# `reboots` climbs and the board rolls back. See config.feed().
 import gc
 import json
 import os
@@ -136,10 +141,17 @@ def _boot():
         print("mpfleet: nothing installed; run bootstrap.py")
         return
     print("mpfleet: boot", which, cfg["generation"], "reboots", flags["reboots"])
+    try:
+        with open("/ota.json") as f:
+            wdt = json.load(f)["watchdog"]
+        wdt = wdt and machine.WDT(timeout=wdt * 1000)
+    except Exception:  # no WDT on this port, or none asked for
+        wdt = None
     mount(_Importer(cfg["modules"]), _IMPORTER)
     sys.path.insert(0, _IMPORTER)
     import config
 
+    config._wdt = wdt
     config.init(which, cfg)
     if failed is not None:
         print("mpfleet: rolled back from generation", failed)

@@ -69,9 +69,17 @@ class _Body:
         return n
 
 
+def _feed():
+    # Keep main.py's watchdog quiet while we work (config._wdt: None if none).
+    wdt = getattr(config, "_wdt", None)
+    if wdt:
+        wdt.feed()
+
+
 def _request(method, url, body=None, timeout=_TIMEOUT):
     # HTTP/1.1 with Connection: close. Returns (status, socket, _Body); the
     # caller closes the socket.
+    _feed()
     proto, _, hostport, path = url.split("/", 3)
     if proto != "http:":
         raise ValueError("not http://: " + url)
@@ -206,6 +214,7 @@ def _download(url, path, size, sha256):
                 got += n
                 h.update(_buf[:n])
                 f.write(_buf[:n])
+                _feed()
     finally:
         sock.close()
     if got != size:

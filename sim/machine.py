@@ -7,6 +7,7 @@
 #                   creation and at every feed(); the harness kills a board
 #                   whose deadline passes
 #   unique_id()     the MAC from env MPFLEET_MAC
+#   Timer(id)       periodic or one-shot; callbacks run between bytecodes
 import os
 import sys
 
@@ -68,3 +69,51 @@ class WDT:
 
             with host.open(_wdt_path, "w") as f:
                 f.write("%d\n" % (time.time_ns() // 1000000 + self._timeout))
+
+
+class Timer:
+    # A periodic timer whose callback runs in the main thread between
+    # bytecodes, as soft timers do on a board: a thread sleeps, then
+    # micropython.schedule()s it (the thread allocates nothing).
+    ONE_SHOT = 0
+    PERIODIC = 1
+
+    def __init__(self, id=-1, **kwargs):
+        self._gen = 0
+        self._pending = False
+        self._callback = None
+        self._mode = 1
+        self._fire_bound = self._fire
+        if kwargs:
+            self.init(**kwargs)
+
+    def init(self, mode=1, period=-1, callback=None, freq=None):
+        import _thread
+
+        if freq:
+            period = 1000 // freq
+        self._gen += 1
+        self._callback = callback
+        self._mode = mode
+        _thread.start_new_thread(self._run, (self._gen, period))
+
+    def _run(self, gen, period):
+        import time
+
+        import micropython
+
+        while self._gen == gen:
+            time.sleep_ms(period)
+            if self._gen == gen and not self._pending:
+                self._pending = True
+                micropython.schedule(self._fire_bound, gen)
+            if self._mode == 0:
+                break
+
+    def _fire(self, gen):
+        self._pending = False
+        if gen == self._gen and self._callback:
+            self._callback(self)
+
+    def deinit(self):
+        self._gen += 1

@@ -58,11 +58,13 @@ def _bootstrap_source():
         return None
     with machine.host.open(path, "r") as f:
         source = f.read()
-    server = os.getenv("MPFLEET_SERVER")
-    if server:
-        start = source.find("\nSERVER = ") + 1
-        end = source.find("\n", start)
-        source = source[:start] + "SERVER = %r" % server + source[end:]
+    for name, env in (("SERVER", "MPFLEET_SERVER"), ("WATCHDOG", "MPFLEET_WATCHDOG")):
+        value = os.getenv(env)
+        if value:
+            value = repr(value) if name == "SERVER" else value
+            start = source.find("\n%s = " % name) + 1
+            end = source.find("\n", start)
+            source = source[:start] + "%s = %s" % (name, value) + source[end:]
     return source
 
 

@@ -43,6 +43,8 @@ pub struct BoardOptions {
     pub settle: Duration,
     /// What reaches the flash of the write a power cut interrupts: `half` or `lost`.
     pub cut_tear: String,
+    /// Replaces bootstrap.py's `WATCHDOG` (seconds) when the board bootstraps.
+    pub watchdog: Option<f64>,
     /// Print each line the board says, prefixed with its MAC and boot number.
     pub echo: bool,
 }
@@ -92,6 +94,13 @@ impl fmt::Display for Ending {
 
 pub struct Board {
     pub options: BoardOptions,
+}
+
+/// The watchdog deadline a board wrote (Unix ms), if it has one.
+fn read_deadline(path: &std::path::Path) -> Option<u128> {
+    std::fs::read_to_string(path)
+        .ok()
+        .and_then(|s| s.trim().parse::<u128>().ok())
 }
 
 fn now_ms() -> u128 {
@@ -190,6 +199,9 @@ impl Board {
                 cmd.env("MPFLEET_FLASH_DIR", d)
             }
         };
+        if let Some(w) = o.watchdog {
+            cmd.env("MPFLEET_WATCHDOG", w.to_string());
+        }
         if let Some(k) = cut {
             cmd.env("MPFLEET_CUT_AFTER_WRITES", k.to_string())
                 .env("MPFLEET_CUT_TEAR", &o.cut_tear);
@@ -216,6 +228,9 @@ impl Board {
         let mut streams_open = true;
         // Set once main.py says it starts the app: only then can the board settle.
         let mut app_started: Option<Instant> = None;
+        // The watchdog's deadline when the app started: a board that has not fed it since
+        // has not settled (the watchdog will have its say first).
+        let mut wdt_at_app: Option<u128> = None;
         loop {
             match rx.recv_timeout(Duration::from_millis(20)) {
                 Ok(line) => {
@@ -225,6 +240,7 @@ impl Board {
                     }
                     if line.starts_with(APP_STARTS) && app_started.is_none() {
                         app_started = Some(Instant::now());
+                        wdt_at_app = read_deadline(&wdt);
                     }
                     self.say(n, &line);
                     continue;
@@ -257,10 +273,7 @@ impl Board {
                 };
                 return Ok((boot, writes));
             }
-            if let Some(deadline) = std::fs::read_to_string(&wdt)
-                .ok()
-                .and_then(|s| s.trim().parse::<u128>().ok())
-            {
+            if let Some(deadline) = read_deadline(&wdt) {
                 if now_ms() > deadline {
                     let _ = child.kill();
                     let _ = child.wait();
@@ -269,7 +282,10 @@ impl Board {
             }
             if let Some(app) = app_started {
                 let quiet = last_line.elapsed() >= o.settle;
-                if (quiet && app.elapsed() >= o.settle) || app.elapsed() >= o.settle * 4 {
+                let watchdog_had_its_say = wdt_at_app.is_none_or(|d| now_ms() > d);
+                if watchdog_had_its_say
+                    && ((quiet && app.elapsed() >= o.settle) || app.elapsed() >= o.settle * 4)
+                {
                     let _ = child.kill();
                     let _ = child.wait();
                     return Ok((Boot::Settled, writes));

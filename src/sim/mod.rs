@@ -78,6 +78,10 @@ pub struct SimArgs {
     /// What reaches the flash of the write a cut interrupts: `half` (its first half) or `lost`.
     #[arg(long, default_value = "half", value_parser = ["half", "lost"])]
     pub cut_tear: String,
+    /// Watchdog timeout in seconds written to `/ota.json` when the board bootstraps (replaces
+    /// bootstrap.py's `WATCHDOG`; 0: none). The harness resets a board whose watchdog expires.
+    #[arg(long)]
+    pub watchdog: Option<f64>,
     /// Request an update on the first boot, as application code does with
     /// `config.set('update')` before `machine.reset()`.
     #[arg(long)]
@@ -202,6 +206,7 @@ pub fn run(args: SimArgs) -> Result<()> {
                 heap,
                 settle: std::time::Duration::from_secs_f64(args.settle),
                 cut_tear: args.cut_tear.clone(),
+                watchdog: args.watchdog,
                 echo: true,
             })
         })
