@@ -3,10 +3,12 @@
 
 mod harness;
 
+mod bad_code;
 mod board;
 mod cli_device;
 mod cli_module;
 mod crash;
 mod export;
+mod faults;
 mod serve;
 mod sim;

@@ -305,6 +305,10 @@ pub struct ImageBoard {
     pub flash_blocks: u32,
     /// What reaches the flash of the write a cut interrupts (`--cut-tear`).
     pub tear: &'static str,
+    /// The watchdog timeout (seconds) the board gets when it bootstraps (`--watchdog`).
+    pub watchdog: Option<f64>,
+    /// `--settle` seconds.
+    pub settle: f64,
 }
 
 impl ImageBoard {
@@ -316,6 +320,8 @@ impl ImageBoard {
             heap: "96k".into(),
             flash_blocks: 256,
             tear: "half",
+            watchdog: None,
+            settle: 1.0,
         }
     }
 
@@ -339,6 +345,8 @@ impl ImageBoard {
             heap: self.heap.clone(),
             flash_blocks: self.flash_blocks,
             tear: self.tear,
+            watchdog: self.watchdog,
+            settle: self.settle,
             ..b
         }
     }
@@ -348,17 +356,19 @@ impl ImageBoard {
     /// `echo`.
     pub fn boot_with(&self, server: &str, boots: u32, update: bool, cut: Option<u64>) -> SimRun {
         let mut cmd = Command::new(BIN);
-        cmd.args([
-            "sim", "--server", server, "--mac", &self.mac, "--settle", "1",
-        ])
-        .arg("--flash")
-        .arg(self.image())
-        .arg("--state")
-        .arg(&self.dir)
-        .args(["--heap", &self.heap, "--boots", &boots.to_string()])
-        .args(["--flash-blocks", &self.flash_blocks.to_string()]);
+        cmd.args(["sim", "--server", server, "--mac", &self.mac])
+            .args(["--settle", &self.settle.to_string()])
+            .arg("--flash")
+            .arg(self.image())
+            .arg("--state")
+            .arg(&self.dir)
+            .args(["--heap", &self.heap, "--boots", &boots.to_string()])
+            .args(["--flash-blocks", &self.flash_blocks.to_string()]);
         if update {
             cmd.arg("--update");
+        }
+        if let Some(w) = self.watchdog {
+            cmd.args(["--watchdog", &w.to_string()]);
         }
         if let Some(k) = cut {
             cmd.args([
