@@ -183,3 +183,63 @@ fn random_faults_in_a_row() {
         t0.elapsed().as_secs_f64()
     );
 }
+
+#[test]
+fn update_too_big_for_the_flash_is_refused_before_anything_is_replaced() {
+    let f = Fleet::new();
+    f.publish("app", app(), &[]);
+    f.publish("sensorclass", "VALUE = 'v0'\n", &[]);
+    f.ok(&["device", "set", MAC, "--app", "app", "sensorclass=latest"]);
+    let s = f.serve();
+    let mut b = ImageBoard::new(f.dir.path().join("board"), MAC);
+    b.flash_blocks = 64;
+    let run = b.boot_with(&s.base, 6, false, None);
+    let old = target(&s, "v0");
+    check(&b, &run, &[&old], &[&old]).unwrap_or_else(|e| panic!("{e}\n{}", run.out));
+    let before = b.inspect();
+    let source = format!("VALUE = 'big'\nPAD = '{}'\n", "x".repeat(400 * 1024));
+    f.publish("sensorclass", &source, &[]);
+    s.wait_get(&format!("v1/{MAC}.json"), |r| {
+        r.json()["generation"].as_i64() != Some(old.generation)
+    });
+    let big = target(&s, "big");
+    let mark = s.requests().len();
+    let run = b.boot_with(&s.base, 6, true, None);
+    check(&b, &run, &[&old], &[&old, &big]).unwrap_or_else(|e| panic!("{e}\n{}", run.out));
+    assert!(run.out.contains("no room on flash"), "{}", run.out);
+    assert_eq!(rtc_flags(&b)["update_failed"], true);
+    // Refused before a byte was downloaded or replaced: the same files, the same room.
+    let fetched: Vec<String> = s.requests()[mark..]
+        .iter()
+        .filter(|l| l.starts_with("GET /m/"))
+        .cloned()
+        .collect();
+    assert!(fetched.is_empty(), "{fetched:?}");
+    let after = b.inspect();
+    assert_eq!(after["files"], before["files"]);
+    assert!(after["free"].as_u64() >= before["free"].as_u64());
+    let report = crate::harness::eventually(
+        "an update_failed report",
+        std::time::Duration::from_secs(10),
+        || {
+            f.json(&["device", "show", MAC, "--json"])["reports"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|r| r["report"].clone())
+                .find(|r| r["event"] == "update_failed")
+        },
+    );
+    assert!(
+        report["error"].as_str().unwrap_or("").contains("no room"),
+        "{report}"
+    );
+    // One that fits installs.
+    f.publish("sensorclass", "VALUE = 'small'\n", &[]);
+    s.wait_get(&format!("v1/{MAC}.json"), |r| {
+        r.json()["generation"].as_i64() != Some(big.generation)
+    });
+    let small = target(&s, "small");
+    let run = b.boot_with(&s.base, 6, true, None);
+    check(&b, &run, &[&small], &[&old, &small]).unwrap_or_else(|e| panic!("{e}\n{}", run.out));
+}
