@@ -58,64 +58,53 @@ def unique_id():
     return bytes.fromhex(os.getenv("MPFLEET_MAC") or "020000000001")
 
 
+_wdt = [None]  # the watchdog, once started
+_fed_by_timer = [False]  # a periodic Timer feeds it (see Timer)
+_feeds = [0]
+
+
 class WDT:
     def __init__(self, id=0, timeout=5000):
         self._timeout = timeout
+        _wdt[0] = self
         self.feed()
 
     def feed(self):
+        _feeds[0] += 1
         if _wdt_path:
             import time
 
+            # Fed by a timer: it never expires while the timer runs.
+            ms = 10**9 if _fed_by_timer[0] else self._timeout
             # Write and rename: the harness never reads a half-written deadline.
             with host.open(_wdt_path + ".new", "w") as f:
-                f.write("%d\n" % (time.time_ns() // 1000000 + self._timeout))
+                f.write("%d\n" % (time.time_ns() // 1000000 + ms))
             host.rename(_wdt_path + ".new", _wdt_path)
 
 
 class Timer:
-    # A periodic timer whose callback runs in the main thread between
-    # bytecodes, as soft timers do on a board: a thread sleeps, then
-    # micropython.schedule()s it (the thread allocates nothing).
+    # A hardware timer, simulated without threads (the unix port's threads
+    # crash this embedded interpreter at exit). A periodic timer whose callback
+    # feeds the watchdog keeps it fed for as long as the timer runs, as a real
+    # one does between bytecodes; any other callback runs once, at init.
     ONE_SHOT = 0
     PERIODIC = 1
 
     def __init__(self, id=-1, **kwargs):
-        self._gen = 0
-        self._pending = False
-        self._callback = None
-        self._mode = 1
-        self._fire_bound = self._fire
+        self._feeding = False
         if kwargs:
             self.init(**kwargs)
 
     def init(self, mode=1, period=-1, callback=None, freq=None):
-        import _thread
-
-        if freq:
-            period = 1000 // freq
-        self._gen += 1
-        self._callback = callback
-        self._mode = mode
-        _thread.start_new_thread(self._run, (self._gen, period))
-
-    def _run(self, gen, period):
-        import time
-
-        import micropython
-
-        while self._gen == gen:
-            time.sleep_ms(period)
-            if self._gen == gen and not self._pending:
-                self._pending = True
-                micropython.schedule(self._fire_bound, gen)
-            if self._mode == 0:
-                break
-
-    def _fire(self, gen):
-        self._pending = False
-        if gen == self._gen and self._callback:
-            self._callback(self)
+        self.deinit()
+        fed = _feeds[0]
+        if callback:
+            callback(self)
+        if mode == 1 and _feeds[0] != fed and _wdt[0]:
+            self._feeding = _fed_by_timer[0] = True
+            _wdt[0].feed()
 
     def deinit(self):
-        self._gen += 1
+        if self._feeding:
+            self._feeding = _fed_by_timer[0] = False
+            _wdt[0].feed()

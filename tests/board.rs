@@ -388,10 +388,18 @@ fn update_of_a_100k_module_fits_in_a_40k_heap() {
     while big.len() < 100 * 1024 {
         big.push_str("# padding: a comment line that makes this module one hundred kilobytes\n");
     }
-    f.publish("sensorclass", &big, &[]);
+    // Published without a precompiled variant (a comment-only .mpy would be tiny): the
+    // board must stream all 100 KB of source.
+    let file = f.file("sensorclass.py", &big);
+    let r = f.run_env(
+        &["module", "publish", file.to_str().unwrap()],
+        &[("MPFLEET_MPY_CROSS", "")],
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
     s.wait_get(&format!("v1/{MAC}.json"), |r| {
         r.json()["modules"]["sensorclass"]["version"] == "2"
     });
+    let mark = s.requests().len();
     b.ask_for_update();
     let run = b.boot(&s.base, 6);
     assert!(run.settled(), "{}", run.out);
@@ -400,6 +408,7 @@ fn update_of_a_100k_module_fits_in_a_40k_heap() {
         "{}",
         run.out
     );
+    assert_eq!(raw_downloads(&s, mark), ["/m/sensorclass/2.py"]);
     installed_matches_server(&b, &s, "sensorclass", "2");
 }
 

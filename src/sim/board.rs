@@ -269,7 +269,18 @@ impl Board {
                     Some(RESET_EXIT) => Boot::Reset,
                     Some(0) => Boot::Settled,
                     Some(code) => Boot::Crashed { code },
-                    None => Boot::Crashed { code: -1 },
+                    None => {
+                        #[cfg(unix)]
+                        {
+                            use std::os::unix::process::ExitStatusExt;
+                            // Killed by a signal: reported as minus its number.
+                            Boot::Crashed {
+                                code: -status.signal().unwrap_or(1),
+                            }
+                        }
+                        #[cfg(not(unix))]
+                        Boot::Crashed { code: -1 }
+                    }
                 };
                 return Ok((boot, writes));
             }
