@@ -102,7 +102,16 @@ def bootstrap():
 
     mac = binascii.hexlify(network.WLAN(network.STA_IF).config("mac")).decode()
     print("mpfleet: board", mac, "server", server)
-    sock = _get("%sv1/%s.json" % (server, mac))
+    try:
+        sock = _get("%sv1/%s.json" % (server, mac))
+    except OSError as e:
+        if "HTTP 404" not in str(e):
+            raise
+        # The server saw us (`mpfleet device list --unknown`): say what to do.
+        print("mpfleet: this board is not assigned on the server yet: run")
+        print("  mpfleet device set %s --app YOUR_APP" % mac)
+        print("then run bootstrap.py again")
+        return
     try:
         manifest = json.loads(sock.read(4096))
     finally:

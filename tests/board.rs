@@ -443,3 +443,48 @@ fn sim_says_how_to_install_micropython() {
         "{err}"
     );
 }
+
+#[test]
+fn bootstrap_of_an_unassigned_board_says_what_to_do() {
+    let f = fleet_with_board(MAC, &[]);
+    let s = f.serve();
+    let b = SimBoard::new(&f, "0a0b0c0d0e0f");
+    let run = b.boot(&s.base, 1);
+    assert!(
+        run.out.contains("not assigned on the server yet"),
+        "{}",
+        run.out
+    );
+    assert!(
+        run.out
+            .contains("mpfleet device set 0a0b0c0d0e0f --app YOUR_APP"),
+        "{}",
+        run.out
+    );
+    assert!(!run.out.contains("Traceback"), "{}", run.out);
+    eventually(
+        "the board listed as unknown",
+        Duration::from_secs(10),
+        || {
+            let unknown = f.json(&["device", "list", "--unknown", "--json"]);
+            (unknown[0]["mac"] == "0a0b0c0d0e0f").then_some(())
+        },
+    );
+    // Assigned, the same board bootstraps.
+    f.ok(&[
+        "device",
+        "set",
+        "0a0b0c0d0e0f",
+        "--app",
+        "app",
+        "sensorclass=latest",
+    ]);
+    s.wait_get("v1/0a0b0c0d0e0f.json", |r| r.status == 200);
+    let run = b.boot(&s.base, 6);
+    assert!(run.settled(), "{}", run.out);
+    assert!(
+        run.last_app_line().starts_with("APP one primary"),
+        "{}",
+        run.out
+    );
+}
