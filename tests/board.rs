@@ -303,9 +303,7 @@ fn faulty_update(fault: Fault, prefix: &str, flag: &str) {
         "{:?}",
         b.ls("ota/m/sensorclass")
     );
-    let rtc: Value =
-        serde_json::from_str(&std::fs::read_to_string(b.state.join(format!("{MAC}.rtc"))).unwrap())
-            .unwrap();
+    let rtc = b.rtc();
     assert_eq!(rtc[flag], true, "flag {flag} not set: {rtc}");
     // The report goes through the proxy too (faults apply only to `prefix`).
     let r = eventually("a failure report", Duration::from_secs(10), || {
@@ -341,9 +339,7 @@ fn server_down_keeps_configuration() {
     );
     assert_eq!(b.read("ota/primary.json").unwrap(), before);
     assert!(b.ls("ota/tmp").is_empty());
-    let rtc: Value =
-        serde_json::from_str(&std::fs::read_to_string(b.state.join(format!("{MAC}.rtc"))).unwrap())
-            .unwrap();
+    let rtc = b.rtc();
     assert_eq!(rtc["server_failed"], true, "{rtc}");
 }
 

@@ -106,6 +106,12 @@ impl SimBoard {
         .unwrap()
     }
 
+    /// The board's boot flags (its RTC memory).
+    pub fn rtc(&self) -> serde_json::Value {
+        let path = self.state.join(format!("{}.rtc", self.mac));
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap()
+    }
+
     pub fn ls(&self, path: &str) -> Vec<String> {
         let mut v: Vec<String> = std::fs::read_dir(self.flash.join(path.trim_start_matches('/')))
             .map(|d| {
@@ -199,12 +205,8 @@ impl FaultProxy {
     }
 }
 
-fn proxy_one(
-    mut conn: TcpStream,
-    upstream: &str,
-    fault: Fault,
-    prefix: &str,
-) -> std::io::Result<()> {
+/// Reads one request from a client (one per connection): its head and its body.
+fn read_request(conn: &TcpStream) -> std::io::Result<Option<(String, Vec<u8>)>> {
     conn.set_read_timeout(Some(Duration::from_secs(10)))?;
     let mut reader = BufReader::new(conn.try_clone()?);
     let mut head = String::new();
@@ -212,7 +214,7 @@ fn proxy_one(
     loop {
         let mut line = String::new();
         if reader.read_line(&mut line)? == 0 {
-            return Ok(());
+            return Ok(None);
         }
         if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
             content_length = v.trim().parse().unwrap_or(0);
@@ -225,6 +227,18 @@ fn proxy_one(
     }
     let mut body = vec![0; content_length];
     reader.read_exact(&mut body)?;
+    Ok(Some((head, body)))
+}
+
+fn proxy_one(
+    mut conn: TcpStream,
+    upstream: &str,
+    fault: Fault,
+    prefix: &str,
+) -> std::io::Result<()> {
+    let Some((head, body)) = read_request(&conn)? else {
+        return Ok(());
+    };
     let path = head
         .split_whitespace()
         .nth(1)
@@ -470,26 +484,9 @@ fn route_one(
     upstream: &str,
     routes: &Mutex<std::collections::HashMap<String, String>>,
 ) -> std::io::Result<()> {
-    conn.set_read_timeout(Some(Duration::from_secs(10)))?;
-    let mut reader = BufReader::new(conn.try_clone()?);
-    let mut head = String::new();
-    let mut content_length = 0usize;
-    loop {
-        let mut line = String::new();
-        if reader.read_line(&mut line)? == 0 {
-            return Ok(());
-        }
-        if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
-            content_length = v.trim().parse().unwrap_or(0);
-        }
-        let end = line == "\r\n";
-        head.push_str(&line);
-        if end {
-            break;
-        }
-    }
-    let mut body = vec![0; content_length];
-    reader.read_exact(&mut body)?;
+    let Some((mut head, body)) = read_request(&conn)? else {
+        return Ok(());
+    };
     let path = head.split_whitespace().nth(1).unwrap_or("/").to_owned();
     if let Some(rest) = path.strip_prefix("/v1/") {
         let mac: String = rest.chars().take_while(|c| c.is_ascii_hexdigit()).collect();
