@@ -484,3 +484,32 @@ fn bootstrap_of_an_unassigned_board_says_what_to_do() {
         run.out
     );
 }
+
+#[test]
+fn versions_neither_configuration_names_are_removed() {
+    let f = fleet_with_board(MAC, &[]);
+    let s = f.serve();
+    let b = installed(&f, &s);
+    for (n, value) in [(2, "two"), (3, "three")] {
+        f.publish("sensorclass", &format!("VALUE = '{value}'\n"), &[]);
+        s.wait_get(&format!("v1/{MAC}.json"), |r| {
+            r.json()["modules"]["sensorclass"]["version"] == n.to_string().as_str()
+        });
+        b.ask_for_update();
+        let run = b.boot(&s.base, 6);
+        assert!(
+            run.last_app_line()
+                .starts_with(&format!("APP {value} primary")),
+            "{}",
+            run.out
+        );
+    }
+    // Primary names 3, alternate 2: version 1 is gone, the others stay.
+    let versions: Vec<String> = b
+        .ls("ota/m/sensorclass")
+        .iter()
+        .map(|f| f.rsplit_once('.').unwrap().0.to_owned())
+        .collect();
+    assert_eq!(versions, ["2", "3"]);
+    assert_eq!(b.json("ota/alternate.json")["modules"]["sensorclass"], "2");
+}
