@@ -283,3 +283,14 @@ fn access_log_has_one_line_per_request() {
         "{lines:?}"
     );
 }
+
+#[test]
+fn sigterm_writes_pending_sightings_before_exit() {
+    let f = seed_fleet();
+    let s = f.serve();
+    assert_eq!(s.get("v1/a0b1c2d3e4f5.json").status, 404);
+    // Sightings are flushed once a second; stopping at once must not lose this one.
+    assert_eq!(s.terminate(), 0);
+    let unknown = f.json(&["device", "list", "--unknown", "--json"]);
+    assert_eq!(unknown[0]["mac"], "a0b1c2d3e4f5", "{unknown}");
+}

@@ -84,7 +84,7 @@ pub fn serve(data: PathBuf, listen: String) -> Result<()> {
     let first = Snapshot::build(&mut store, None)?;
     let snapshot = Arc::new(ArcSwap::from_pointee(first));
     spawn_refresher(store, snapshot.clone())?;
-    let recorder = Recorder::start(data)?;
+    let (recorder, writer) = Recorder::start(data)?;
     let app = App { snapshot, recorder };
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -101,8 +101,15 @@ pub fn serve(data: PathBuf, listen: String) -> Result<()> {
         axum::serve(listener, router(app))
             .with_graceful_shutdown(shutdown())
             .await?;
-        Ok(())
-    })
+        Ok::<(), anyhow::Error>(())
+    })?;
+    // Every request is done and the recorder dropped: wait for its last write.
+    drop(runtime);
+    if writer.join().is_err() {
+        anyhow::bail!("the recorder thread panicked");
+    }
+    tracing::info!("stopped; every report and sighting is written");
+    Ok(())
 }
 
 async fn shutdown() {

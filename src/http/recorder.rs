@@ -13,6 +13,7 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
 use std::time::Duration;
 use tokio::sync::oneshot;
 
@@ -61,12 +62,14 @@ pub struct Recorder {
 }
 
 impl Recorder {
-    pub fn start(data: PathBuf) -> anyhow::Result<Self> {
+    /// Starts the writer thread. Once every clone of the recorder is dropped, it writes what
+    /// is still pending and ends: join the handle to know that nothing was lost.
+    pub fn start(data: PathBuf) -> anyhow::Result<(Self, JoinHandle<()>)> {
         let mut store = Store::open_plain(&data)?;
         let (tx, rx) = mpsc::sync_channel::<Job>(QUEUE);
         let pending = Arc::new(Mutex::new(Pending::default()));
         let shared = pending.clone();
-        std::thread::Builder::new()
+        let writer = std::thread::Builder::new()
             .name("recorder".into())
             .spawn(move || loop {
                 let mut jobs = Vec::new();
@@ -99,7 +102,7 @@ impl Recorder {
                     break;
                 }
             })?;
-        Ok(Self { tx, pending })
+        Ok((Self { tx, pending }, writer))
     }
 
     /// Notes that a known device asked for something.
