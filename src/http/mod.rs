@@ -98,9 +98,7 @@ pub fn serve(data: PathBuf, listen: String) -> Result<()> {
         // The first line of output: tests and scripts read the bound address from it.
         println!("mpfleet listening on http://{addr}/");
         std::io::stdout().flush()?;
-        axum::serve(listener, router(app))
-            .with_graceful_shutdown(shutdown())
-            .await?;
+        serve_http1(listener, router(app)).await;
         Ok::<(), anyhow::Error>(())
     })?;
     // Every request is done and the recorder dropped: wait for its last write.
@@ -110,6 +108,43 @@ pub fn serve(data: PathBuf, listen: String) -> Result<()> {
     }
     tracing::info!("stopped; every report and sighting is written");
     Ok(())
+}
+
+/// Accepts connections and serves each with hyper's HTTP/1 connection (boards speak only
+/// HTTP/1, most with a new connection per request, so the per-connection path is the hot
+/// one), until a shutdown signal; then lets open connections finish.
+async fn serve_http1(listener: tokio::net::TcpListener, router: Router) {
+    use hyper_util::rt::TokioIo;
+    use hyper_util::server::graceful::GracefulShutdown;
+    use hyper_util::service::TowerToHyperService;
+
+    let graceful = GracefulShutdown::new();
+    let http = hyper::server::conn::http1::Builder::new();
+    let stop = shutdown();
+    tokio::pin!(stop);
+    loop {
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // Out of file descriptors and the like: wait, then go on accepting.
+                    tracing::warn!("accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = &mut stop => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let service = TowerToHyperService::new(router.clone());
+        let conn = http.serve_connection(TokioIo::new(stream), service);
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+    }
+    drop(listener);
+    graceful.shutdown().await;
 }
 
 async fn shutdown() {
