@@ -171,6 +171,31 @@ pub enum Fault {
     Stall,
 }
 
+/// Listens on a free loopback port and hands each connection, with the upstream `host:port`,
+/// to `handle` on a thread of its own. Returns the proxy's base URL.
+fn listen<F>(upstream: &str, handle: F) -> String
+where
+    F: Fn(TcpStream, &str) -> std::io::Result<()> + Send + Sync + 'static,
+{
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let base = format!("http://{}/", listener.local_addr().unwrap());
+    let upstream = upstream
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .to_owned();
+    let handle = Arc::new(handle);
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(conn) = conn else { break };
+            let (handle, upstream) = (handle.clone(), upstream.clone());
+            std::thread::spawn(move || {
+                let _ = handle(conn, &upstream);
+            });
+        }
+    });
+    base
+}
+
 /// A proxy in front of the real server that applies a fault to matching paths.
 pub struct FaultProxy {
     pub base: String,
@@ -179,23 +204,11 @@ pub struct FaultProxy {
 
 impl FaultProxy {
     pub fn start(upstream: &str) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let base = format!("http://{}/", listener.local_addr().unwrap());
-        let upstream = upstream
-            .trim_start_matches("http://")
-            .trim_end_matches('/')
-            .to_owned();
         let state = Arc::new(Mutex::new((Fault::None, String::new())));
         let shared = state.clone();
-        std::thread::spawn(move || {
-            for conn in listener.incoming() {
-                let Ok(conn) = conn else { break };
-                let (fault, prefix) = shared.lock().unwrap().clone();
-                let upstream = upstream.clone();
-                std::thread::spawn(move || {
-                    let _ = proxy_one(conn, &upstream, fault, &prefix);
-                });
-            }
+        let base = listen(upstream, move |conn, upstream| {
+            let (fault, prefix) = shared.lock().unwrap().clone();
+            proxy_one(conn, upstream, fault, &prefix)
         });
         Self { base, state }
     }
@@ -449,23 +462,10 @@ pub struct Router {
 
 impl Router {
     pub fn start(upstream: &str) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let base = format!("http://{}/", listener.local_addr().unwrap());
-        let upstream = upstream
-            .trim_start_matches("http://")
-            .trim_end_matches('/')
-            .to_owned();
         let routes = Arc::new(Mutex::new(std::collections::HashMap::new()));
         let shared = routes.clone();
-        std::thread::spawn(move || {
-            for conn in listener.incoming() {
-                let Ok(conn) = conn else { break };
-                let upstream = upstream.clone();
-                let routes = shared.clone();
-                std::thread::spawn(move || {
-                    let _ = route_one(conn, &upstream, &routes);
-                });
-            }
+        let base = listen(upstream, move |conn, upstream| {
+            route_one(conn, upstream, &shared)
         });
         Self { base, routes }
     }
