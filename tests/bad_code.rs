@@ -4,8 +4,7 @@
 //! generation, and move on once a fixed version is published. And the watchdog must leave a
 //! healthy long-running app alone.
 
-use crate::harness::{eventually, Fleet, Server};
-use crate::sim::{ImageBoard, SimRun};
+use crate::harness::{eventually, Fleet, ImageBoard, Server, SimRun};
 use serde_json::Value;
 use std::time::{Duration, Instant};
 

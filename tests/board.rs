@@ -1,8 +1,7 @@
 //! End to end: the real server, the real MicroPython running the device runtime, only the
 //! hardware simulated. Each test has its own server and board.
 
-use crate::harness::{eventually, Fleet, Server};
-use crate::sim::{fleet_with_board, Fault, FaultProxy, SimBoard};
+use crate::harness::{eventually, fleet_with_board, Fault, FaultProxy, Fleet, Server, SimBoard};
 use serde_json::Value;
 use std::time::Duration;
 
@@ -135,7 +134,7 @@ fn new_version_of_one_module_downloads_only_that_file() {
 #[test]
 fn pinned_version_stays_while_latest_follows() {
     let f = Fleet::new();
-    f.publish("app", crate::sim::app_source(), &[]);
+    f.publish("app", crate::harness::app_source(), &[]);
     f.publish("sensorclass", "VALUE = 'one'\n", &[]);
     f.publish("mqttclass", "M = 1\n", &[]);
     f.ok(&[

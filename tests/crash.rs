@@ -21,8 +21,7 @@
 //! runs just cut k, `MPFLEET_CRASH_VERBOSE=1` shows the boards' output. Figures go to stderr
 //! (`--nocapture`).
 
-use crate::harness::{Fleet, Server};
-use crate::sim::{ImageBoard, Router, SimRun};
+use crate::harness::{Fleet, ImageBoard, Router, Server, SimRun};
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::path::Path;

@@ -9,8 +9,7 @@
 //! `MPFLEET_FAULT_LONG=1` makes it 2000 updates. Figures go to stderr (`--nocapture`).
 
 use crate::crash::{check, Target};
-use crate::harness::{Fleet, Server};
-use crate::sim::{Fault, FaultProxy, ImageBoard};
+use crate::harness::{Fault, FaultProxy, Fleet, ImageBoard, Server};
 use std::collections::BTreeMap;
 use std::time::Instant;
 

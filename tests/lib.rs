@@ -11,4 +11,10 @@ mod crash;
 mod export;
 mod faults;
 mod serve;
-mod sim;
+
+/// The harness used to be split between `harness.rs` and `sim.rs`; code still written against
+/// `crate::sim::...` keeps compiling. New code: `crate::harness::...`.
+#[allow(unused_imports)]
+mod sim {
+    pub use crate::harness::*;
+}

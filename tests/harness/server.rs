@@ -1,132 +1,11 @@
-//! The test harness: a temporary data directory, the CLI run as a user runs it, and a real
-//! `mpfleet serve` child on port 0 that is killed when dropped.
+//! A real `mpfleet serve` child on port 0, killed when dropped.
 
+use super::{eventually, BIN};
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
-
-pub const BIN: &str = env!("CARGO_BIN_EXE_mpfleet");
-
-/// Polls `f` until it returns `Some`, or panics after `timeout` naming `what`.
-pub fn eventually<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-/// One store in a temporary directory, and the CLI pointed at it.
-pub struct Fleet {
-    pub dir: tempfile::TempDir,
-}
-
-pub struct Run {
-    pub code: i32,
-    pub stdout: String,
-    pub stderr: String,
-}
-
-impl Fleet {
-    pub fn new() -> Self {
-        Self {
-            dir: tempfile::tempdir().expect("tempdir"),
-        }
-    }
-
-    /// The seed's modules: `smartcharger` 1 (importing `sensorclass`) and `sensorclass` 1
-    /// and 2.
-    pub fn smartcharger() -> Self {
-        let f = Self::new();
-        f.publish("smartcharger", "import sensorclass\n", &[]);
-        f.publish("sensorclass", "x = 1\n", &[]);
-        f.publish("sensorclass", "x = 2\n", &[]);
-        f
-    }
-
-    pub fn data(&self) -> PathBuf {
-        self.dir.path().join("data")
-    }
-
-    /// Writes a file in the fleet's scratch directory and returns its path.
-    pub fn file(&self, name: &str, content: &str) -> PathBuf {
-        let p = self.dir.path().join("src").join(name);
-        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-        std::fs::write(&p, content).unwrap();
-        p
-    }
-
-    pub fn run(&self, args: &[&str]) -> Run {
-        self.run_env(args, &[])
-    }
-
-    /// Runs with extra environment variables.
-    pub fn run_env(&self, args: &[&str], env: &[(&str, &str)]) -> Run {
-        let out = Command::new(BIN)
-            .args(args)
-            .envs(env.iter().copied())
-            .env("MPFLEET_DATA", self.data())
-            .env_remove("RUST_LOG")
-            .current_dir(self.dir.path())
-            .output()
-            .expect("running mpfleet");
-        Run {
-            code: out.status.code().unwrap_or(-1),
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        }
-    }
-
-    /// Runs and expects success; returns stdout.
-    pub fn ok(&self, args: &[&str]) -> String {
-        let r = self.run(args);
-        assert_eq!(
-            r.code, 0,
-            "mpfleet {args:?} failed\nstdout:\n{}\nstderr:\n{}",
-            r.stdout, r.stderr
-        );
-        r.stdout
-    }
-
-    /// Runs and expects failure; returns stderr, which must be one clear `error:` line.
-    pub fn fails(&self, args: &[&str]) -> String {
-        let r = self.run(args);
-        assert_ne!(
-            r.code, 0,
-            "mpfleet {args:?} should fail\nstdout:\n{}",
-            r.stdout
-        );
-        assert!(
-            !r.stderr.contains("panicked"),
-            "mpfleet {args:?} panicked:\n{}",
-            r.stderr
-        );
-        r.stderr
-    }
-
-    pub fn json(&self, args: &[&str]) -> serde_json::Value {
-        let out = self.ok(args);
-        serde_json::from_str(&out)
-            .unwrap_or_else(|e| panic!("{args:?} printed bad JSON ({e}):\n{out}"))
-    }
-
-    /// Publishes `name` with `content`; returns the CLI's output.
-    pub fn publish(&self, name: &str, content: &str, extra: &[&str]) -> String {
-        let f = self.file(&format!("{name}.py"), content);
-        let mut args = vec!["module", "publish", f.to_str().unwrap()];
-        args.extend_from_slice(extra);
-        self.ok(&args)
-    }
-
-    pub fn serve(&self) -> Server {
-        Server::start(&self.data())
-    }
-}
 
 /// A running `mpfleet serve`.
 pub struct Server {
@@ -155,8 +34,14 @@ impl Reply {
 
 impl Server {
     pub fn start(data: &Path) -> Self {
+        Self::start_env(data, &[])
+    }
+
+    /// Starts with extra environment variables (e.g. `MPFLEET_MPY_CROSS=""`).
+    pub fn start_env(data: &Path, env: &[(String, String)]) -> Self {
         let mut child = Command::new(BIN)
             .args(["serve", "--listen", "127.0.0.1:0"])
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .env("MPFLEET_DATA", data)
             .env("RUST_LOG", "info,mpfleet::access=info")
             .stdout(Stdio::piped())
@@ -264,9 +149,7 @@ impl Server {
             })
             .collect()
     }
-}
 
-impl Server {
     /// Stops the server as a service manager does (SIGTERM) and waits for it to exit.
     pub fn terminate(mut self) -> i32 {
         let pid = self.child.id().to_string();

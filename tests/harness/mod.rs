@@ -1,0 +1,45 @@
+//! The test harness, in one place:
+//!
+//! - `fleet`: a temporary store and the CLI run as a user runs it ([`Fleet`], [`Run`]);
+//! - `server`: a real `mpfleet serve` on port 0 ([`Server`], [`Reply`]);
+//! - `board`: simulated boards driven through `mpfleet sim` ([`SimBoard`] with its flash as a
+//!   directory, [`ImageBoard`] with a littlefs2 image), one boot implementation for both,
+//!   every run under a wall-clock deadline;
+//! - `proxy`: HTTP proxies in front of the server ([`FaultProxy`] injects faults, [`Router`]
+//!   serves a board another device's manifest), one forwarding path for both.
+
+// Each test file uses some of it.
+#![allow(dead_code)]
+
+mod board;
+mod fleet;
+mod proxy;
+mod server;
+
+#[allow(unused_imports)]
+pub use board::{
+    app_source, fleet_with_board, inspect, with_board, ImageBoard, SimBoard, SimRun,
+    DEFAULT_DEADLINE,
+};
+#[allow(unused_imports)]
+pub use fleet::{Fleet, Run};
+#[allow(unused_imports)]
+pub use proxy::{Fault, FaultProxy, Router};
+#[allow(unused_imports)]
+pub use server::{Reply, Server};
+
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_mpfleet");
+
+/// Polls `f` until it returns `Some`, or panics after `timeout` naming `what`.
+pub fn eventually<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

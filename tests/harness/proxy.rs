@@ -1,0 +1,242 @@
+//! HTTP proxies between a board and the real server: [`FaultProxy`] misbehaves on chosen
+//! paths, [`Router`] serves a board another device's manifest. Both accept connections the
+//! same way and forward a request upstream through one path ([`forward`]).
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// How the proxy misbehaves on requests whose path starts with `prefix`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    None,
+    Status500,
+    /// Announce the full length, send half, close.
+    Truncate,
+    /// Flip one byte of the body.
+    FlipByte,
+    /// Add one byte to the body (and to Content-Length).
+    ExtraByte,
+    /// Accept the connection and never answer.
+    Stall,
+}
+
+/// Listens on a free loopback port and hands each connection, with the upstream `host:port`,
+/// to `handle` on a thread of its own. Returns the proxy's base URL.
+fn listen<F>(upstream: &str, handle: F) -> String
+where
+    F: Fn(TcpStream, &str) -> std::io::Result<()> + Send + Sync + 'static,
+{
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let base = format!("http://{}/", listener.local_addr().unwrap());
+    let upstream = upstream
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .to_owned();
+    let handle = Arc::new(handle);
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(conn) = conn else { break };
+            let (handle, upstream) = (handle.clone(), upstream.clone());
+            std::thread::spawn(move || {
+                let _ = handle(conn, &upstream);
+            });
+        }
+    });
+    base
+}
+
+/// One request read from a client (one per connection).
+struct Request {
+    head: String,
+    body: Vec<u8>,
+}
+
+impl Request {
+    /// The request's path, with its leading `/`.
+    fn path(&self) -> &str {
+        self.head.split_whitespace().nth(1).unwrap_or("/")
+    }
+}
+
+/// Reads one request from a client: its head and its body. `None` when the client closed.
+fn read_request(conn: &TcpStream) -> std::io::Result<Option<Request>> {
+    conn.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let mut reader = BufReader::new(conn.try_clone()?);
+    let mut head = String::new();
+    let mut content_length = 0usize;
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line)? == 0 {
+            return Ok(None);
+        }
+        if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+            content_length = v.trim().parse().unwrap_or(0);
+        }
+        let end = line == "\r\n";
+        head.push_str(&line);
+        if end {
+            break;
+        }
+    }
+    let mut body = vec![0; content_length];
+    reader.read_exact(&mut body)?;
+    Ok(Some(Request { head, body }))
+}
+
+/// Sends `req` upstream with `Connection: close` and returns the whole raw response.
+fn forward(upstream: &str, req: &Request) -> std::io::Result<Vec<u8>> {
+    let mut up = TcpStream::connect(upstream)?;
+    up.write_all(
+        req.head
+            .replace("\r\n\r\n", "\r\nConnection: close\r\n\r\n")
+            .as_bytes(),
+    )?;
+    up.write_all(&req.body)?;
+    let mut response = Vec::new();
+    up.read_to_end(&mut response)?;
+    Ok(response)
+}
+
+/// A proxy in front of the real server that applies a fault to matching paths.
+pub struct FaultProxy {
+    pub base: String,
+    state: Arc<Mutex<(Fault, String)>>,
+}
+
+impl FaultProxy {
+    pub fn start(upstream: &str) -> Self {
+        let state = Arc::new(Mutex::new((Fault::None, String::new())));
+        let shared = state.clone();
+        let base = listen(upstream, move |conn, upstream| {
+            let (fault, prefix) = shared.lock().unwrap().clone();
+            proxy_one(conn, upstream, fault, &prefix)
+        });
+        Self { base, state }
+    }
+
+    pub fn set(&self, fault: Fault, path_prefix: &str) {
+        *self.state.lock().unwrap() = (fault, path_prefix.to_owned());
+    }
+}
+
+fn proxy_one(
+    mut conn: TcpStream,
+    upstream: &str,
+    fault: Fault,
+    prefix: &str,
+) -> std::io::Result<()> {
+    let Some(req) = read_request(&conn)? else {
+        return Ok(());
+    };
+    let fault = if req.path().trim_start_matches('/').starts_with(prefix) {
+        fault
+    } else {
+        Fault::None
+    };
+    match fault {
+        Fault::Stall => {
+            // Hold the connection open, answering nothing, until the board gives up.
+            std::thread::sleep(Duration::from_secs(60));
+            return Ok(());
+        }
+        Fault::Status500 => {
+            let msg = b"{\"error\":\"injected\"}";
+            write!(
+                conn,
+                "HTTP/1.1 500 Internal Server Error\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                msg.len()
+            )?;
+            conn.write_all(msg)?;
+            return Ok(());
+        }
+        _ => {}
+    }
+    let response = forward(upstream, &req)?;
+    let split = response
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map_or(response.len(), |p| p + 4);
+    let (rhead, rbody) = response.split_at(split);
+    let mut rbody = rbody.to_vec();
+    match fault {
+        Fault::FlipByte if !rbody.is_empty() => {
+            let i = rbody.len() / 2;
+            rbody[i] ^= 0x20;
+        }
+        Fault::ExtraByte => rbody.push(b'\n'),
+        _ => {}
+    }
+    let mut out_head = String::new();
+    for line in String::from_utf8_lossy(rhead)
+        .split("\r\n")
+        .filter(|l| !l.is_empty())
+    {
+        let lower = line.to_ascii_lowercase();
+        if !lower.starts_with("content-length:") && !lower.starts_with("connection:") {
+            out_head.push_str(line);
+            out_head.push_str("\r\n");
+        }
+    }
+    write!(
+        conn,
+        "{out_head}Content-Length: {}\r\nConnection: close\r\n\r\n",
+        rbody.len()
+    )?;
+    if fault == Fault::Truncate {
+        conn.write_all(&rbody[..rbody.len() / 2])?;
+    } else {
+        conn.write_all(&rbody)?;
+    }
+    conn.flush()
+}
+
+/// A proxy in front of the real server that serves each board the manifest of another device:
+/// `v1/{mac}.json` and `v1/{mac}/report` go to the device `route(mac)` names (or `mac` itself).
+/// Many simulated boards can then share one store, each following its own script.
+pub struct Router {
+    pub base: String,
+    routes: Arc<Mutex<HashMap<String, String>>>,
+}
+
+impl Router {
+    pub fn start(upstream: &str) -> Self {
+        let routes = Arc::new(Mutex::new(HashMap::new()));
+        let shared = routes.clone();
+        let base = listen(upstream, move |conn, upstream| {
+            route_one(conn, upstream, &shared)
+        });
+        Self { base, routes }
+    }
+
+    /// Board `mac` is served device `device`'s manifest from now on.
+    pub fn route(&self, mac: &str, device: &str) {
+        self.routes
+            .lock()
+            .unwrap()
+            .insert(mac.to_owned(), device.to_owned());
+    }
+}
+
+fn route_one(
+    mut conn: TcpStream,
+    upstream: &str,
+    routes: &Mutex<HashMap<String, String>>,
+) -> std::io::Result<()> {
+    let Some(mut req) = read_request(&conn)? else {
+        return Ok(());
+    };
+    let path = req.path().to_owned();
+    if let Some(rest) = path.strip_prefix("/v1/") {
+        let mac: String = rest.chars().take_while(|c| c.is_ascii_hexdigit()).collect();
+        if let Some(device) = routes.lock().unwrap().get(&mac) {
+            let new_path = format!("/v1/{device}{}", &rest[mac.len()..]);
+            req.head = req.head.replacen(&path, &new_path, 1);
+        }
+    }
+    let response = forward(upstream, &req)?;
+    conn.write_all(&response)?;
+    conn.flush()
+}
