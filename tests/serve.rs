@@ -267,6 +267,50 @@ fn path_traversal_and_odd_paths_are_404() {
     assert_eq!(r.status, 405);
 }
 
+/// Polls the unknown list until `mac` is in it: a flush of the sightings just happened.
+fn wait_until_unknown(f: &Fleet, mac: &str) -> serde_json::Value {
+    eventually(
+        &format!("{mac} to be listed as unknown"),
+        Duration::from_secs(10),
+        || {
+            let v = f.json(&["device", "list", "--unknown", "--json"]);
+            v.as_array()
+                .unwrap()
+                .iter()
+                .any(|u| u["mac"] == mac)
+                .then_some(v)
+        },
+    )
+}
+
+/// A MAC that asks just before `device set` must not stay listed as unknown once the sighting
+/// `serve` buffered for it is written (after the device row exists).
+#[test]
+fn mac_that_asked_just_before_device_set_is_not_unknown() {
+    let f = seed_fleet();
+    let s = f.serve();
+    // Right after a flush, so the next one is about a second away.
+    assert_eq!(s.get("v1/0a0000000001.json").status, 404);
+    wait_until_unknown(&f, "0a0000000001");
+    // The board asks while unknown; it is assigned before that sighting is written.
+    assert_eq!(s.get("v1/a0b1c2d3e4f5.json").status, 404);
+    f.ok(&["device", "set", "a0b1c2d3e4f5", "--app", "smartcharger"]);
+    // Another unknown MAC asks after; once it is listed, the sighting before it is written.
+    assert_eq!(s.get("v1/0a0000000002.json").status, 404);
+    let unknown = wait_until_unknown(&f, "0a0000000002");
+    let macs: Vec<&str> = unknown
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| u["mac"].as_str().unwrap())
+        .collect();
+    assert!(!macs.contains(&"a0b1c2d3e4f5"), "{unknown}");
+    assert!(!f
+        .ok(&["device", "list", "--unknown"])
+        .contains("a0b1c2d3e4f5"));
+    s.wait_get("v1/a0b1c2d3e4f5.json", |r| r.status == 200);
+}
+
 #[test]
 fn access_log_has_one_line_per_request() {
     let f = seed_fleet();

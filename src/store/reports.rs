@@ -50,9 +50,12 @@ impl Store {
                     )?;
                 }
                 Sighting::Unknown { mac, at, requests } => {
+                    // `serve` buffers these: the MAC may have become a device (`device set`)
+                    // between the request and this write. Then it is not unknown any more.
                     tx.execute(
                         "INSERT INTO unknown_devices (mac, first_seen, last_seen, requests)
-                         VALUES (?1, ?2, ?2, ?3)
+                         SELECT ?1, ?2, ?2, ?3
+                         WHERE NOT EXISTS (SELECT 1 FROM devices WHERE mac = ?1)
                          ON CONFLICT (mac) DO UPDATE SET
                            last_seen = max(last_seen, excluded.last_seen),
                            requests = requests + excluded.requests",
@@ -101,9 +104,12 @@ impl Store {
         Ok(out)
     }
 
+    /// MACs that asked for a manifest and are not devices (a row written before its MAC was
+    /// assigned is not listed).
     pub fn unknown_devices(&self) -> Result<Vec<UnknownDevice>> {
         let mut stmt = self.conn.prepare(
             "SELECT mac, first_seen, last_seen, requests FROM unknown_devices
+             WHERE mac NOT IN (SELECT mac FROM devices)
              ORDER BY last_seen DESC, mac",
         )?;
         let rows = stmt.query_map([], |r| {
