@@ -10,6 +10,7 @@ mod cli_module;
 mod crash;
 mod export;
 mod faults;
+mod heap;
 mod serve;
 
 /// The harness used to be split between `harness.rs` and `sim.rs`; code still written against

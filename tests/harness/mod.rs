@@ -6,13 +6,15 @@
 //!   directory, [`ImageBoard`] with a littlefs2 image), one boot implementation for both,
 //!   every run under a wall-clock deadline;
 //! - `proxy`: HTTP proxies in front of the server ([`FaultProxy`] injects faults, [`Router`]
-//!   serves a board another device's manifest), one forwarding path for both.
+//!   serves a board another device's manifest), one forwarding path for both;
+//! - `heap`: the smallest `--heap` a board needs for a run ([`min_heap`]).
 
 // Each test file uses some of it.
 #![allow(dead_code)]
 
 mod board;
 mod fleet;
+mod heap;
 mod proxy;
 mod server;
 
@@ -23,6 +25,8 @@ pub use board::{
 };
 #[allow(unused_imports)]
 pub use fleet::{Fleet, Run};
+#[allow(unused_imports)]
+pub use heap::{image_board_at, littlefs_image, min_heap};
 #[allow(unused_imports)]
 pub use proxy::{Fault, FaultProxy, Router};
 #[allow(unused_imports)]

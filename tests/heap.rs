@@ -1,0 +1,339 @@
+//! How much heap a board needs, measured only from outside: `mpfleet sim --heap`, and what the
+//! board prints. Every figure is the smallest `--heap` (1 KiB steps) at which a run succeeds:
+//!
+//! - the *floor*: a littlefs2 image holding only an empty `/main.py` boots and returns. It is
+//!   the simulator's own cost (the interpreter, the flash shims, mounting), not the runtime's;
+//! - a *plain boot*: an installed board, no update asked for, reaches its app (`mpfleet:
+//!   running`, then the app's line) and settles;
+//! - a *whole update*: an installed board asked to update to a new version of one module
+//!   (manifest, download, hash, swap, report, reset) ends up running the new version; with the
+//!   runtime precompiled (the server has `mpy-cross`) and from source (`MPFLEET_MPY_CROSS=""`).
+//!
+//! Each figure is found by bisection from the floor up (a probe is one `mpfleet sim` run on a
+//! fresh copy of the board, under a deadline; about ten probes per figure, well under a second
+//! each). The tests print `FIGURES heap:` lines and fail when a figure is over its budget
+//! (the floor + 6k, + 12k, + 24k). `bench/heap.sh` runs [`figures`] (ignored here): every
+//! figure on one line.
+
+use crate::harness::{
+    image_board_at, littlefs_image, min_heap, with_board, Fleet, ImageBoard, Server, SimRun,
+};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, OnceLock};
+use std::time::Duration;
+
+const MAC: &str = "deadbeef4ea9";
+
+/// What a plain boot may need over the floor, in KiB.
+const BOOT_BUDGET: u32 = 6;
+/// What a whole update may need over the floor, runtime precompiled.
+const UPDATE_MPY_BUDGET: u32 = 12;
+/// What a whole update may need over the floor, runtime from source.
+const UPDATE_SOURCE_BUDGET: u32 = 24;
+
+/// The heaps searched: the floor is below `FLOOR_MAX`; nothing needs more than `floor + SPAN`.
+const FLOOR_MIN: u32 = 4;
+const FLOOR_MAX: u32 = 128;
+const SPAN: u32 = 160;
+
+/// Heap the boards are installed with, far above anything measured.
+const GENEROUS: &str = "512k";
+
+/// Wall-clock limit of one probe: a board starved of heap may hang; that is a failure.
+const PROBE_DEADLINE: Duration = Duration::from_secs(90);
+
+/// Probes run at once by one search (`MPFLEET_HEAP_PARALLEL`; default 1: the tests already
+/// run side by side).
+fn parallel() -> usize {
+    std::env::var("MPFLEET_HEAP_PARALLEL")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1)
+}
+
+/// The last `n` lines of a run, for failure messages.
+fn tail(out: &str, n: usize) -> String {
+    let lines: Vec<&str> = out.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// The floor, measured once per test binary: the smallest heap at which an image holding
+/// only an empty `/main.py` boots.
+fn floor() -> u32 {
+    static FLOOR: OnceLock<u32> = OnceLock::new();
+    *FLOOR.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap();
+        let image = dir.path().join("empty-main.img");
+        littlefs_image(&image, 256, &[("main.py", "")]);
+        floor_of(&image, dir.path())
+    })
+}
+
+fn floor_of(image: &Path, dir: &Path) -> u32 {
+    min_heap("floor (image)", FLOOR_MIN, FLOOR_MAX, parallel(), |k| {
+        let b = image_board_at(image, &dir.join(format!("probe-{k}")), MAC, k);
+        boots_empty_main(&b)
+    })
+    .unwrap_or_else(|| panic!("an empty main.py does not boot even at {FLOOR_MAX}k"))
+}
+
+/// An empty `/main.py` runs and returns (exit 0) in one boot.
+fn boots_empty_main(b: &ImageBoard) -> bool {
+    let mut b = b.clone();
+    b.deadline = PROBE_DEADLINE;
+    match b.try_boot_with("http://127.0.0.1:9/", 1, false, None) {
+        Ok(run) => run.settled(),
+        Err(_) => false,
+    }
+}
+
+/// The same floor with the flash a host directory (`--flash-dir`), for comparison.
+fn floor_dir(dir: &Path) -> u32 {
+    let flash = dir.join("flash-dir");
+    std::fs::create_dir_all(&flash).unwrap();
+    std::fs::write(flash.join("main.py"), "").unwrap();
+    min_heap("floor (dir)", FLOOR_MIN, FLOOR_MAX, parallel(), |k| {
+        let out = std::process::Command::new(crate::harness::BIN)
+            .args(["sim", "--server", "http://127.0.0.1:9/", "--mac", MAC])
+            .args(["--heap", &format!("{k}k"), "--boots", "1", "--settle", "1"])
+            .arg("--flash-dir")
+            .arg(&flash)
+            .arg("--state")
+            .arg(dir.join(format!("dir-state-{k}")))
+            .output()
+            .expect("mpfleet sim");
+        out.status.success()
+    })
+    .unwrap_or_else(|| panic!("an empty main.py on a directory does not boot at {FLOOR_MAX}k"))
+}
+
+/// A board bootstrapped and running sensorclass `one` at a generous heap, the new version
+/// `two` published (not yet installed), and the server serving it.
+struct Installed {
+    fleet: Fleet,
+    server: Server,
+    board: ImageBoard,
+    /// The `.mpy` files the board downloaded when it installed.
+    mpy: Vec<String>,
+}
+
+impl Installed {
+    /// `fleet`: `Fleet::new()` (precompiling, when mpy-cross is installed) or
+    /// `Fleet::without_mpy_cross()`.
+    fn new(fleet: Fleet, precompiled: bool) -> Self {
+        if precompiled {
+            assert!(
+                mpy_cross_installed(),
+                "mpy-cross not found: run through ./test.sh (it sets MPFLEET_MPY_CROSS)"
+            );
+        }
+        let fleet = with_board(fleet, MAC, &[]);
+        let server = fleet.serve();
+        let mut board = ImageBoard::new(fleet.dir.path().join("installed"), MAC);
+        board.heap = GENEROUS.into();
+        let run = board.boot_with(&server.base, 6, false, None);
+        assert!(run.settled(), "bootstrap failed:\n{}", run.out);
+        assert!(
+            run.last_app_line().starts_with("APP one primary"),
+            "{}",
+            run.out
+        );
+        // What the board downloaded as .mpy while it installed: with mpy-cross, at least its
+        // app (else the precompiled figures would measure source); without, only what the
+        // binary itself may carry precompiled (the runtime).
+        let mut mpy: Vec<String> = server
+            .requests()
+            .iter()
+            .filter_map(|l| l.strip_prefix("GET ")?.split_whitespace().next())
+            .filter(|p| p.ends_with(".mpy"))
+            .map(str::to_owned)
+            .collect();
+        mpy.sort();
+        mpy.dedup();
+        if precompiled {
+            assert!(
+                !mpy.is_empty(),
+                "mpy-cross is installed but the board downloaded no .mpy: {:?}",
+                server.requests()
+            );
+        }
+        eprintln!("heap: installed board downloaded as .mpy: {mpy:?}");
+        // The next version, for the update runs.
+        let before = server.get(&format!("v1/{MAC}.json")).body;
+        fleet.publish("sensorclass", "VALUE = 'two'\n", &[]);
+        server.wait_get(&format!("v1/{MAC}.json"), |r| r.body != before);
+        Self {
+            fleet,
+            server,
+            board,
+            mpy,
+        }
+    }
+
+    /// A fresh copy of the installed board, at `--heap {k}k`.
+    fn copy_at(&self, what: &str, k: u32) -> ImageBoard {
+        let dir: PathBuf = self.fleet.dir.path().join(format!("probe-{what}-{k}"));
+        let _ = std::fs::remove_dir_all(&dir);
+        let mut b = self.board.copy_to(dir, MAC);
+        b.heap = format!("{k}k");
+        b.deadline = PROBE_DEADLINE;
+        b
+    }
+
+    /// Boots a copy at `k` without asking for an update: did it reach its app and settle?
+    fn plain_boot(&self, k: u32) -> Result<SimRun, String> {
+        let b = self.copy_at("boot", k);
+        let run = b.try_boot_with(&self.server.base, 3, false, None)?;
+        let said = run.said();
+        let running = said.iter().position(|l| l.starts_with("mpfleet: running"));
+        let app = running.and_then(|i| said[i..].iter().position(|l| l.starts_with("APP one ")));
+        if run.settled() && app.is_some() {
+            Ok(run)
+        } else {
+            Err(run.out)
+        }
+    }
+
+    /// Boots a copy at `k` asking for an update: does it end running the new version?
+    fn update(&self, k: u32) -> Result<SimRun, String> {
+        let b = self.copy_at("update", k);
+        let run = b.try_boot_with(&self.server.base, 6, true, None)?;
+        let new = run
+            .app_lines()
+            .last()
+            .is_some_and(|l| l.starts_with("APP two primary"));
+        if run.settled() && new {
+            Ok(run)
+        } else {
+            Err(run.out)
+        }
+    }
+}
+
+fn mpy_cross_installed() -> bool {
+    match std::env::var_os("MPFLEET_MPY_CROSS") {
+        Some(p) => Path::new(&p).is_file(),
+        None => std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
+            .any(|d| d.join("mpy-cross").is_file()),
+    }
+}
+
+/// The smallest heap at which `probe` succeeds, searched from the floor up. Also returns what
+/// the board said at the heaps where it failed.
+fn measure(
+    what: &str,
+    probe: &(dyn Fn(u32) -> Result<SimRun, String> + Sync),
+) -> (u32, HashMap<u32, String>) {
+    let floor = floor();
+    let failures = Mutex::new(HashMap::new());
+    let k = min_heap(what, floor, floor + SPAN, parallel(), |k| match probe(k) {
+        Ok(_) => true,
+        Err(out) => {
+            failures.lock().unwrap().insert(k, out);
+            false
+        }
+    });
+    let failures = failures.into_inner().unwrap();
+    let k = k.unwrap_or_else(|| {
+        let out = failures.get(&(floor + SPAN)).map_or("", String::as_str);
+        panic!(
+            "{what} fails at every heap up to {}k; there:\n{}",
+            floor + SPAN,
+            tail(out, 40)
+        )
+    });
+    (k, failures)
+}
+
+/// Measures `what` and asserts it needs at most the floor plus `budget`.
+fn within_budget(
+    what: &str,
+    key: &str,
+    budget: u32,
+    probe: &(dyn Fn(u32) -> Result<SimRun, String> + Sync),
+) {
+    let floor = floor();
+    let (k, failures) = measure(what, probe);
+    eprintln!(
+        "FIGURES heap: floor={floor}k {key}={k}k (+{}k), budget +{budget}k",
+        k - floor
+    );
+    if k > floor + budget {
+        // What the board says at the budget.
+        let at = floor + budget;
+        let out = match failures.get(&at) {
+            Some(out) => out.clone(),
+            None => probe(at).err().unwrap_or_default(),
+        };
+        panic!(
+            "{what} needs {k}k, the floor ({floor}k) + {}k: more than the budget of +{budget}k \
+             (all figures: bench/heap.sh); the board at {at}k:\n{}",
+            k - floor,
+            tail(&out, 40)
+        );
+    }
+}
+
+#[test]
+fn plain_boot_fits_in_the_floor_plus_6k() {
+    let i = Installed::new(Fleet::new(), true);
+    within_budget("plain boot", "boot", BOOT_BUDGET, &|k| i.plain_boot(k));
+}
+
+#[test]
+fn update_with_the_runtime_precompiled_fits_in_the_floor_plus_12k() {
+    let i = Installed::new(Fleet::new(), true);
+    within_budget(
+        "update (runtime .mpy)",
+        "update_mpy",
+        UPDATE_MPY_BUDGET,
+        &|k| i.update(k),
+    );
+}
+
+#[test]
+fn update_with_the_runtime_from_source_fits_in_the_floor_plus_24k() {
+    let i = Installed::new(Fleet::without_mpy_cross(), false);
+    within_budget(
+        "update (runtime source)",
+        "update_source",
+        UPDATE_SOURCE_BUDGET,
+        &|k| i.update(k),
+    );
+}
+
+/// The exact figures, by bisection (`bench/heap.sh`; `MPFLEET_HEAP_PARALLEL` probes at once).
+/// Prints them; asserts nothing about budgets.
+#[test]
+#[ignore = "the benchmark: bench/heap.sh"]
+fn figures() {
+    let dir = tempfile::tempdir().unwrap();
+    let floor = floor();
+    let floor_dir = floor_dir(dir.path());
+    let mpy = Installed::new(Fleet::new(), true);
+    let boot = measure("plain boot", &|k| mpy.plain_boot(k)).0;
+    let update_mpy = measure("update (runtime .mpy)", &|k| mpy.update(k)).0;
+    drop(mpy);
+    let source = Installed::new(Fleet::without_mpy_cross(), false);
+    let source_runtime = if source.mpy.is_empty() {
+        "source".to_owned()
+    } else {
+        format!("carried .mpy {:?}", source.mpy)
+    };
+    let boot_source = measure("plain boot (runtime source)", &|k| source.plain_boot(k)).0;
+    let update_source = measure("update (runtime source)", &|k| source.update(k)).0;
+    let over = |k: u32| format!("{k}k (+{}k)", k - floor);
+    println!(
+        "FIGURES heap: floor={floor}k boot={} update_mpy={} update_source={}",
+        over(boot),
+        over(update_mpy),
+        over(update_source)
+    );
+    println!(
+        "FIGURES heap detail: floor_dir={floor_dir}k boot_source={} budgets: boot +{BOOT_BUDGET}k \
+         update_mpy +{UPDATE_MPY_BUDGET}k update_source +{UPDATE_SOURCE_BUDGET}k; \
+         without mpy-cross the board got its runtime as {source_runtime}",
+        over(boot_source)
+    );
+}
