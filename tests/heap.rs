@@ -16,7 +16,8 @@
 //! figure on one line.
 
 use crate::harness::{
-    image_board_at, littlefs_image, min_heap, with_board, Fleet, ImageBoard, Server, SimRun,
+    image_board_at, littlefs_image, min_heap, output_within, with_board, Fleet, ImageBoard, Server,
+    SimRun,
 };
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -94,15 +95,17 @@ fn floor_dir(dir: &Path) -> u32 {
     std::fs::create_dir_all(&flash).unwrap();
     std::fs::write(flash.join("main.py"), "").unwrap();
     min_heap("floor (dir)", FLOOR_MIN, FLOOR_MAX, parallel(), |k| {
-        let out = std::process::Command::new(crate::harness::BIN)
-            .args(["sim", "--server", "http://127.0.0.1:9/", "--mac", MAC])
-            .args(["--heap", &format!("{k}k"), "--boots", "1", "--settle", "1"])
-            .arg("--flash-dir")
-            .arg(&flash)
-            .arg("--state")
-            .arg(dir.join(format!("dir-state-{k}")))
-            .output()
-            .expect("mpfleet sim");
+        let out = output_within(
+            std::process::Command::new(crate::harness::BIN)
+                .args(["sim", "--server", "http://127.0.0.1:9/", "--mac", MAC])
+                .args(["--heap", &format!("{k}k"), "--boots", "1", "--settle", "1"])
+                .arg("--flash-dir")
+                .arg(&flash)
+                .arg("--state")
+                .arg(dir.join(format!("dir-state-{k}"))),
+            &format!("board {MAC} (empty main.py on a directory, {k}k)"),
+            PROBE_DEADLINE,
+        );
         out.status.success()
     })
     .unwrap_or_else(|| panic!("an empty main.py on a directory does not boot at {FLOOR_MAX}k"))

@@ -403,11 +403,11 @@ impl ImageBoard {
 
 /// What a littlefs2 image holds (`mpfleet sim --inspect`).
 pub fn inspect(image: &Path) -> serde_json::Value {
-    let out = Command::new(BIN)
-        .args(["sim", "--inspect"])
-        .arg(image)
-        .output()
-        .expect("running mpfleet sim --inspect");
+    let out = super::process::output_within(
+        Command::new(BIN).args(["sim", "--inspect"]).arg(image),
+        &format!("mpfleet sim --inspect {}", image.display()),
+        Duration::from_secs(60),
+    );
     assert!(
         out.status.success(),
         "inspect failed: {}{}",

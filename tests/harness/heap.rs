@@ -3,6 +3,7 @@
 use super::ImageBoard;
 use std::path::Path;
 use std::process::Command;
+use std::time::Duration;
 
 /// The smallest `k` in `lo..=hi` for which `ok(k)` holds (a board succeeds with
 /// `--heap {k}k`), assuming it holds for every heap above one where it holds; `None` when it
@@ -97,12 +98,14 @@ pub fn littlefs_image(image: &Path, blocks: u32, files: &[(&str, &str)]) {
         ));
     }
     script.push_str("f.close()\n");
-    let out = Command::new(micropython())
-        .args(["-X", "heapsize=1m", "-c", &script])
-        .arg(image)
-        .arg(blocks.to_string())
-        .output()
-        .expect("running micropython");
+    let out = super::process::output_within(
+        Command::new(micropython())
+            .args(["-X", "heapsize=1m", "-c", &script])
+            .arg(image)
+            .arg(blocks.to_string()),
+        &format!("micropython writing {}", image.display()),
+        Duration::from_secs(60),
+    );
     assert!(
         out.status.success(),
         "writing {}: {}{}",

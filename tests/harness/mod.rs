@@ -15,6 +15,7 @@
 mod board;
 mod fleet;
 mod heap;
+mod process;
 mod proxy;
 mod server;
 
@@ -27,6 +28,8 @@ pub use board::{
 pub use fleet::{Fleet, Run};
 #[allow(unused_imports)]
 pub use heap::{image_board_at, littlefs_image, min_heap};
+#[allow(unused_imports)]
+pub use process::output_within;
 #[allow(unused_imports)]
 pub use proxy::{Fault, FaultProxy, Router};
 #[allow(unused_imports)]

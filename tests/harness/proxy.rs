@@ -194,7 +194,8 @@ fn proxy_one(
 }
 
 /// A proxy in front of the real server that serves each board the manifest of another device:
-/// `v1/{mac}.json` and `v1/{mac}/report` go to the device `route(mac)` names (or `mac` itself).
+/// `v1/{mac}.json` and `v1/{mac}/report` go to the device `route(mac)` names (or `mac` itself),
+/// and the device's MAC in what comes back (the manifest's `device`) is replaced by the board's.
 /// Many simulated boards can then share one store, each following its own script.
 pub struct Router {
     pub base: String,
@@ -229,14 +230,32 @@ fn route_one(
         return Ok(());
     };
     let path = req.path().to_owned();
+    // (board MAC, device whose manifest it gets)
+    let mut routed = None;
     if let Some(rest) = path.strip_prefix("/v1/") {
         let mac: String = rest.chars().take_while(|c| c.is_ascii_hexdigit()).collect();
         if let Some(device) = routes.lock().unwrap().get(&mac) {
             let new_path = format!("/v1/{device}{}", &rest[mac.len()..]);
             req.head = req.head.replacen(&path, &new_path, 1);
+            routed = Some((mac.clone(), device.clone()));
         }
     }
-    let response = forward(upstream, &req)?;
+    let mut response = forward(upstream, &req)?;
+    // A manifest names the device it is for, and a board refuses another device's: the
+    // board's own MAC goes in its place (as long, so Content-Length still holds).
+    if let Some((mac, device)) = routed.filter(|(m, d)| m.len() == d.len() && m != d) {
+        let (from, to) = (format!("\"{device}\""), format!("\"{mac}\""));
+        let (from, to) = (from.as_bytes(), to.as_bytes());
+        let mut i = 0;
+        while i + from.len() <= response.len() {
+            if &response[i..i + from.len()] == from {
+                response[i..i + from.len()].copy_from_slice(to);
+                i += from.len();
+            } else {
+                i += 1;
+            }
+        }
+    }
     conn.write_all(&response)?;
     conn.flush()
 }
