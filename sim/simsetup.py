@@ -21,11 +21,13 @@ def _mount():
     image = os.getenv("MPFLEET_FLASH_IMG")
     flash = None
     if image:
-        blocks = _env_int("MPFLEET_FLASH_BLOCKS", _DEFAULT_BLOCKS)
         try:
-            fresh = os.stat(image)[6] == 0
+            size = os.stat(image)[6]
         except OSError:
-            fresh = True
+            size = 0
+        fresh = size == 0
+        # An existing image keeps its size, whatever MPFLEET_FLASH_BLOCKS says now.
+        blocks = _env_int("MPFLEET_FLASH_BLOCKS", _DEFAULT_BLOCKS) if fresh else size // 4096
         f = open(image, "w+b" if fresh else "r+b")
         cut = _env_int("MPFLEET_CUT_AFTER_WRITES", 0)
         flash = Flash(f, blocks, cut, os.getenv("MPFLEET_CUT_TEAR") or "half")
