@@ -14,7 +14,7 @@
 import os
 
 _BLOCK = 4096
-_ERASED = b"\xff" * _BLOCK
+_FF = b"\xff" * 256  # an erase writes this 16 times: a whole erased block would cost 4 KB of heap
 
 
 class Flash:
@@ -30,16 +30,25 @@ class Flash:
         self.f.readinto(buf)
 
     def _write(self, pos, data):
+        # data None: erase the block at pos.
         self.f.seek(pos)
         self.writes += 1
+        size = _BLOCK if data is None else len(data)
         if self.writes == self.cut_at:
             if self.tear != "lost":
-                self.f.write(data[: len(data) // 2])
+                self._put(data, size // 2)
             # The host file is unbuffered: what was written is in the file.
             os.system("kill -9 $PPID")
             while True:  # never return into littlefs
                 pass
-        self.f.write(data)
+        self._put(data, size)
+
+    def _put(self, data, size):
+        if data is None:
+            for _ in range(size // len(_FF)):
+                self.f.write(_FF)
+        else:
+            self.f.write(data if size == len(data) else data[:size])
 
     def writeblocks(self, block, buf, offset=0):
         self._write(block * _BLOCK + offset, buf)
@@ -50,6 +59,6 @@ class Flash:
         if op == 5:  # block size
             return _BLOCK
         if op == 6:  # erase one block
-            self._write(arg * _BLOCK, _ERASED)
+            self._write(arg * _BLOCK, None)
             return 0
         return None
