@@ -11,6 +11,7 @@ mod crash;
 mod export;
 mod faults;
 mod heap;
+mod ports;
 mod serve;
 
 /// The harness used to be split between `harness.rs` and `sim.rs`; code still written against
