@@ -160,10 +160,16 @@ def bootstrap():
 
     updater.run(done=main_py)
     if config.generation is None:
-        print("mpfleet: bootstrap failed; fix the cause above and run it again")
-        return
+        raise OSError("the update failed (above)")
     main_py()
     machine.reset()
 
 
-bootstrap()
+def _main():
+    try:
+        bootstrap()
+    except Exception as e:
+        print("mpfleet: bootstrap failed: %s: %s" % (type(e).__name__, e))
+        print("Fix the cause and run bootstrap.py again: it is safe to run twice.")
+
+_main()

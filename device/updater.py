@@ -345,7 +345,7 @@ def _update(stuck):
         g = head["generation"]
         if g == config.generation:
             if stuck:
-                raise ValueError("boot loop on generation %d; none newer yet" % g)
+                raise ValueError("no newer generation yet")
             return "boot"
         try:
             with open(_OTA + "bad.json") as f:
@@ -355,7 +355,8 @@ def _update(stuck):
             pass
         _install(server, head)
     finally:
-        remove(_MANIFEST)
+        for name in ("manifest.json", "dl", "primary.json"):
+            remove(_TMP + name)
     running()
     return "updated"
 
@@ -378,6 +379,12 @@ def run(update=True, stuck=False, rolled_back=None, done=None):
         event, error = "server_failed", str(e)
     except Exception as e:
         event, error = "update_failed", "%s: %s" % (type(e).__name__, e)
+    if stuck and error:
+        error = "boot loop on generation %s (reboots %s); %s" % (
+            config.generation,
+            config.get("reboots"),
+            error,
+        )
     gc.collect()
     print("mpfleet:", event, error or config.generation)
     flags = config.bootflags()

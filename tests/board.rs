@@ -36,19 +36,36 @@ fn raw_downloads(s: &Server, from: usize) -> Vec<String> {
         .collect()
 }
 
-/// The bytes installed on the board for `module` `version` equal what the server serves.
+/// The version of an installed file, `{version}-{sha256[..12]}.{py,mpy}`.
+fn version_of(file: &str) -> &str {
+    file.rsplit_once('-').unwrap().0
+}
+
+/// The bytes installed on the board for `module` `version` equal what the server serves,
+/// and the file is named by their SHA-256.
 fn installed_matches_server(b: &SimBoard, s: &Server, module: &str, version: &str) {
     let files = b.ls(&format!("ota/m/{module}"));
     let file = files
         .iter()
-        .find(|f| f.rsplit_once('.').unwrap().0 == version)
+        .find(|f| version_of(f) == version)
         .unwrap_or_else(|| panic!("{module} {version} not installed: {files:?}"));
     let on_flash = std::fs::read(b.flash.join(format!("ota/m/{module}/{file}"))).unwrap();
+    let ext = file.rsplit_once('.').unwrap().1;
     assert_eq!(
         on_flash,
-        s.get(&format!("m/{module}/{file}")).body,
+        s.get(&format!("m/{module}/{version}.{ext}")).body,
         "{module}/{file}"
     );
+    let sha = mpfleet_sha256(&on_flash);
+    assert_eq!(file, &format!("{version}-{}.{ext}", &sha[..12]));
+}
+
+fn mpfleet_sha256(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// A board that has bootstrapped and runs generation `g` of its manifest.
@@ -125,8 +142,11 @@ fn new_version_of_one_module_downloads_only_that_file() {
         run.out
     );
     assert_eq!(downloads(&s, mark), ["/m/sensorclass/2"]);
-    assert_eq!(b.json("ota/alternate.json")["modules"]["sensorclass"], "1");
-    assert_eq!(b.json("ota/primary.json")["modules"]["sensorclass"], "2");
+    assert_eq!(
+        b.json("ota/alternate.json")["modules"]["sensorclass"][0],
+        "1"
+    );
+    assert_eq!(b.json("ota/primary.json")["modules"]["sensorclass"][0], "2");
     installed_matches_server(&b, &s, "sensorclass", "2");
     assert_eq!(last_report(&f)["modules"]["sensorclass"], "2");
 }
@@ -164,8 +184,8 @@ fn pinned_version_stays_while_latest_follows() {
     );
     assert_eq!(downloads(&s, mark), ["/m/mqttclass/2"]);
     let primary = b.json("ota/primary.json");
-    assert_eq!(primary["modules"]["sensorclass"], "1");
-    assert_eq!(primary["modules"]["mqttclass"], "2");
+    assert_eq!(primary["modules"]["sensorclass"][0], "1");
+    assert_eq!(primary["modules"]["mqttclass"][0], "2");
 }
 
 #[test]
@@ -185,7 +205,7 @@ fn updater_updates_itself_and_the_next_boot_runs_it() {
         downloads(&s, mark),
         [format!(
             "/m/updater/{}",
-            b.json("ota/primary.json")["modules"]["updater"]
+            b.json("ota/primary.json")["modules"]["updater"][0]
                 .as_str()
                 .unwrap()
         )]
@@ -298,7 +318,7 @@ fn faulty_update(fault: Fault, prefix: &str, flag: &str) {
     assert!(
         b.ls("ota/m/sensorclass")
             .iter()
-            .all(|v| v.starts_with("1.")),
+            .all(|v| v.starts_with("1-")),
         "{:?}",
         b.ls("ota/m/sensorclass")
     );
@@ -419,7 +439,11 @@ fn board_prefers_the_precompiled_variant() {
     );
     let b = installed(&f, &s);
     assert!(raw_downloads(&s, 0).contains(&"/m/sensorclass/1.mpy".to_owned()));
-    assert_eq!(b.ls("ota/m/sensorclass"), ["1.mpy"]);
+    let files = b.ls("ota/m/sensorclass");
+    assert!(
+        files.len() == 1 && files[0].starts_with("1-") && files[0].ends_with(".mpy"),
+        "{files:?}"
+    );
     installed_matches_server(&b, &s, "sensorclass", "1");
 }
 
@@ -507,8 +531,11 @@ fn versions_neither_configuration_names_are_removed() {
     let versions: Vec<String> = b
         .ls("ota/m/sensorclass")
         .iter()
-        .map(|f| f.rsplit_once('.').unwrap().0.to_owned())
+        .map(|f| version_of(f).to_owned())
         .collect();
     assert_eq!(versions, ["2", "3"]);
-    assert_eq!(b.json("ota/alternate.json")["modules"]["sensorclass"], "2");
+    assert_eq!(
+        b.json("ota/alternate.json")["modules"]["sensorclass"][0],
+        "2"
+    );
 }

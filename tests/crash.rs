@@ -194,14 +194,18 @@ fn complete(t: &Target, files: &serde_json::Map<String, Value>) -> Result<(), St
         let version = entry["version"].as_str().unwrap();
         let mut found = 0;
         for ext in ["py", "mpy"] {
-            let path = format!("/ota/m/{name}/{version}.{ext}");
-            let Some(file) = files.get(&path) else {
-                continue;
-            };
             let want = if ext == "py" {
                 &entry["sha256"]
             } else {
                 &entry["mpy"]["sha256"]
+            };
+            let Some(sha) = want.as_str() else {
+                continue;
+            };
+            // Installed files are named by version and SHA-256.
+            let path = format!("/ota/m/{name}/{version}-{}.{ext}", &sha[..12]);
+            let Some(file) = files.get(&path) else {
+                continue;
             };
             if &file["sha256"] != want {
                 return Err(format!("{path} is not generation {}'s bytes", t.generation));
@@ -269,8 +273,7 @@ pub fn check<'a>(
             .iter()
             .find(|k| Some(k.generation) == g)
             .ok_or_else(|| format!("{name}.json names an unknown generation: {cfg}"))?;
-        let versions: BTreeMap<String, String> =
-            serde_json::from_value(cfg["modules"].clone()).map_err(|e| e.to_string())?;
+        let versions = crate::harness::config_versions(&cfg);
         if versions != k.versions() {
             return Err(format!("{name}.json is not generation {g:?}: {cfg}"));
         }

@@ -11,6 +11,7 @@ mod crash;
 mod export;
 mod faults;
 mod heap;
+mod never_stuck;
 mod ports;
 mod serve;
 
