@@ -91,9 +91,12 @@ impl SimCommand<'_> {
     fn command(&self) -> Command {
         let mut cmd = Command::new(BIN);
         cmd.args(["sim", "--server", self.server, "--mac", self.mac])
-            .args(["--heap", self.heap])
             .args(["--boots", &self.boots.to_string()])
             .args(["--settle", &self.settle.to_string()]);
+        // An empty heap: the simulator's default for the port, as a user runs it.
+        if !self.heap.is_empty() {
+            cmd.args(["--heap", self.heap]);
+        }
         if let Some(p) = self.port {
             cmd.args(["--port", p]);
         }
@@ -475,4 +478,17 @@ mod tests {
         assert!(started.elapsed() < Duration::from_secs(10), "{err}");
         assert!(err.contains("mpfleet: board 0a0b0c0d0e0f"), "{err}");
     }
+}
+
+/// `{module: version}` of a board's configuration file (`/ota/primary.json`,
+/// `/ota/alternate.json`), whose modules are `[version, file, sha256]`.
+pub fn config_versions(cfg: &serde_json::Value) -> std::collections::BTreeMap<String, String> {
+    cfg["modules"]
+        .as_object()
+        .map(|m| {
+            m.iter()
+                .map(|(k, v)| (k.clone(), v[0].as_str().unwrap_or("").to_owned()))
+                .collect()
+        })
+        .unwrap_or_default()
 }

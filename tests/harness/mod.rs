@@ -21,8 +21,8 @@ mod server;
 
 #[allow(unused_imports)]
 pub use board::{
-    app_source, fleet_with_board, inspect, with_board, ImageBoard, SimBoard, SimRun,
-    DEFAULT_DEADLINE,
+    app_source, config_versions, fleet_with_board, inspect, with_board, ImageBoard, SimBoard,
+    SimRun, DEFAULT_DEADLINE,
 };
 #[allow(unused_imports)]
 pub use fleet::{Fleet, Run};
