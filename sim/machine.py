@@ -131,8 +131,9 @@ class WDT:
 # between bytecodes, also while sleeping or waiting on a socket. Here a thread
 # (_ticker) asks the main thread every _TICK ms, with micropython.schedule, to
 # run _service, which calls the callbacks that are due. The main thread runs
-# it between bytecodes; time.sleep and socket waits (time.py, socket.py) wait
-# in slices of at most _TICK ms so that it runs during them too.
+# it between bytecodes and inside the unix port's time.sleep_ms; time.sleep
+# (time.py) waits with sleep_ms, and socket waits (socket.py) poll in slices of
+# at most 10 ms, so that it runs during them too.
 _TICK = const(10)
 _timers = []  # armed Timers
 _hw = {}  # ESP32: hardware timer number -> the Timer that has it
