@@ -13,6 +13,7 @@
 SERVER = "http://mpfleet.local:8080/"  # your mpfleet server; ends with "/"
 INTERVAL = 3600  # seconds between update checks your application may use
 WATCHDOG = 30  # seconds a boot may take before it says it is healthy (0: no watchdog)
+TIMEOUT = 10  # seconds the updater waits for the server
 
 import binascii
 import hashlib
@@ -97,6 +98,7 @@ def bootstrap():
     settings["server"] = server
     settings.setdefault("interval", INTERVAL)
     settings["watchdog"] = WATCHDOG
+    settings["timeout"] = TIMEOUT
     with open("/ota/tmp/ota.json", "w") as f:
         json.dump(settings, f)
     try:

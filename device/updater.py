@@ -52,10 +52,11 @@ class ServerFailed(Exception):
     pass
 
 
-def _request(method, url, body=None, timeout=_TIMEOUT):
+def _request(method, url, body=None, timeout=None):
     # Returns (status, socket at the body, Content-Length or None); the caller
-    # closes the socket.
+    # closes the socket. The timeout: /ota.json "timeout" seconds, 10 by default.
     config.alive()
+    timeout = timeout or _settings().get("timeout", _TIMEOUT)
     _, _, hostport, path = url.split("/", 3)
     if not url.startswith("http://"):
         raise ValueError("not http://: " + url)

@@ -60,7 +60,11 @@ def _bootstrap_source():
         return None
     with machine.host.open(path, "r") as f:
         source = f.read()
-    for name, env in (("SERVER", "MPFLEET_SERVER"), ("WATCHDOG", "MPFLEET_WATCHDOG")):
+    for name, env in (
+        ("SERVER", "MPFLEET_SERVER"),
+        ("WATCHDOG", "MPFLEET_WATCHDOG"),
+        ("TIMEOUT", "MPFLEET_TIMEOUT"),
+    ):
         value = os.getenv(env)
         if value:
             value = repr(value) if name == "SERVER" else value

@@ -50,6 +50,8 @@ pub struct BoardOptions {
     pub cut_tear: String,
     /// Replaces bootstrap.py's `WATCHDOG` (seconds) when the board bootstraps.
     pub watchdog: Option<f64>,
+    /// Replaces bootstrap.py's `TIMEOUT` (seconds) when the board bootstraps.
+    pub timeout: Option<f64>,
     /// Print each line the board says, prefixed with its MAC and boot number.
     pub echo: bool,
 }
@@ -233,6 +235,9 @@ impl Board {
                 cmd.env("MPFLEET_FLASH_DIR", d)
             }
         };
+        if let Some(t) = o.timeout {
+            cmd.env("MPFLEET_TIMEOUT", t.to_string());
+        }
         if let Some(w) = o.watchdog {
             cmd.env("MPFLEET_WATCHDOG", w.to_string());
         }

@@ -107,6 +107,10 @@ pub struct SimArgs {
     /// bootstrap.py's `WATCHDOG`; 0: none). The harness resets a board whose watchdog expires.
     #[arg(long)]
     pub watchdog: Option<f64>,
+    /// Seconds the board's updater waits for the server before it gives up, written to
+    /// `/ota.json` when the board bootstraps (replaces bootstrap.py's `TIMEOUT`, 10).
+    #[arg(long)]
+    pub timeout: Option<f64>,
     /// Request an update on the first boot, as application code does with
     /// `config.set('update')` before `machine.reset()`.
     #[arg(long)]
@@ -246,6 +250,7 @@ pub fn run(args: SimArgs) -> Result<()> {
                 settle: std::time::Duration::from_secs_f64(args.settle),
                 cut_tear: args.cut_tear.clone(),
                 watchdog: args.watchdog,
+                timeout: args.timeout,
                 echo: true,
             })
         })

@@ -290,6 +290,9 @@ pub struct ImageBoard {
     pub tear: &'static str,
     /// The watchdog timeout (seconds) the board gets when it bootstraps (`--watchdog`).
     pub watchdog: Option<f64>,
+    /// The updater's socket timeout (seconds) the board gets when it bootstraps
+    /// (`--timeout`; default 10).
+    pub timeout: Option<f64>,
     /// `--settle` seconds.
     pub settle: f64,
     /// `--port`: the MicroPython port the board pretends to be (None: the simulator's default).
@@ -310,6 +313,7 @@ impl ImageBoard {
             flash_blocks: 256,
             tear: "half",
             watchdog: None,
+            timeout: None,
             settle: 1.0,
             port: None,
             port_version: None,
@@ -356,6 +360,9 @@ impl ImageBoard {
         ]);
         if update {
             extra.push("--update".into());
+        }
+        if let Some(t) = self.timeout {
+            extra.extend(["--timeout".into(), t.to_string().into()]);
         }
         if let Some(w) = self.watchdog {
             extra.extend(["--watchdog".into(), w.to_string().into()]);
