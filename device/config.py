@@ -22,7 +22,8 @@
 # The watchdog. The first stage starts machine.WDT(timeout=5000), the one
 # timeout every port accepts (an ESP8266 resets 1.6-3.2 s after the last feed
 # whatever it is given), and a periodic machine.Timer that feeds it until the
-# boot deadline: /ota.json "watchdog" seconds (30 by default; 0: no watchdog).
+# boot deadline: /ota.json "watchdog" seconds (30 by default; 0: no watchdog),
+# before it imports this module (main.py's Watch holds both).
 # A boot that has not said it is healthy by then stops being fed and resets,
 # so a new version that hangs is rolled back like one that raises. Once your
 # app is healthy the timer feeds the watchdog for as long as the board runs,
@@ -41,10 +42,7 @@ from micropython import const
 _RTC_SIZE = const(492)
 _OTA = "/ota/"
 
-_wdt = None  # the first stage's machine.WDT, None if none
-_deadline = None  # ticks_ms until which the timer feeds; None: for ever
-_timer = None
-_fed = False  # the app feeds the watchdog itself
+_w = None  # main.py's Watch (.wdt, .timer, .until), None without a watchdog
 primary = False
 alternate = False
 confirmed = False
@@ -53,8 +51,9 @@ app = None
 files = {}
 
 
-def init(which, head, installed):
-    global primary, alternate, confirmed, generation, app, files
+def init(which, head, installed, watch=None):
+    global primary, alternate, confirmed, generation, app, files, _w
+    _w = watch
     primary = which == "primary"
     alternate = which == "alternate"
     confirmed = alternate or head.get("confirmed", False)
@@ -103,18 +102,16 @@ def clear(flag):
 
 def feed():
     # Feed the watchdog; you feed it from now on (at least every 1.5 s).
-    global _fed, _timer
-    _fed = True
-    if _timer:
-        _timer.deinit()
-        _timer = None
-    if _wdt:
-        _wdt.feed()
+    if _w:
+        if _w.timer:
+            _w.timer.deinit()
+            _w.timer = None
+        _w.wdt.feed()
 
 
 def _healthy():
-    global _deadline
-    _deadline = None
+    if _w:
+        _w.until = None  # the timer feeds it for as long as the board runs
     if primary and not confirmed:
         try:
             _confirm()
@@ -152,35 +149,10 @@ def _rename(src, dst):
         os.rename(src, dst)
 
 
-def _watch(seconds):
-    # Start the watchdog and the timer that feeds it for `seconds` (see above).
-    global _wdt, _deadline, _timer
-    if not seconds:
-        return
-    try:
-        _wdt = machine.WDT(timeout=5000)
-    except Exception:  # no watchdog on this port
-        return
-    _deadline = time.ticks_add(time.ticks_ms(), seconds * 1000)
-    for t in (-1, 0):  # ESP8266: any id; ESP32: a hardware timer (-1 from 1.29)
-        try:
-            _timer = machine.Timer(t)
-            _timer.init(period=500, mode=machine.Timer.PERIODIC, callback=_tick)
-            return
-        except Exception:
-            _timer = None
-
-
-def _tick(timer):
-    if _deadline is None or time.ticks_diff(_deadline, time.ticks_ms()) > 0:
-        _wdt.feed()
-
-
 def alive(seconds=30):
     # Work is progressing (the updater, between chunks): feed now, and keep
     # feeding for `seconds` more unless the app is already healthy.
-    global _deadline
-    if _wdt:
-        _wdt.feed()
-        if _deadline is not None:
-            _deadline = time.ticks_add(time.ticks_ms(), seconds * 1000)
+    if _w:
+        _w.wdt.feed()
+        if _w.until is not None:
+            _w.until = time.ticks_add(time.ticks_ms(), seconds * 1000)

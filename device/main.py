@@ -5,6 +5,7 @@
 import gc
 import os
 import sys
+import time
 
 import machine
 
@@ -41,11 +42,26 @@ class Importer:
         return iter(())
 
 
+class Watch:
+    # The watchdog, and the timer callback that feeds it until a deadline
+    # (ticks_ms; None: for ever). Started by the first stage before anything
+    # versioned is imported, so a `config` that hangs is reset too; config.py
+    # moves the deadline. Here, like Importer, so the first stage can go.
+    def __init__(self, wdt, ms):
+        self.wdt = wdt
+        self.timer = None
+        self.until = time.ticks_add(time.ticks_ms(), ms)
+
+    def tick(self, timer):
+        if self.until is None or time.ticks_diff(self.until, time.ticks_ms()) > 0:
+            self.wdt.feed()
+
+
 sys.path.append("/ota")
 try:
     import mpfleet
 
-    app, todo = mpfleet.boot(Importer)
+    app, todo = mpfleet.boot(Importer, Watch)
     del sys.modules["mpfleet"]
     mpfleet = None
     gc.collect()

@@ -9,7 +9,7 @@
 #     last *confirmed* one) when primary is missing, was rolled back from, or
 #     loops (`reboots` > 4: primary's generation goes into /ota/bad.json and
 #     `reboots` starts again for the alternate);
-#  3. start the watchdog (see config.py);
+#  3. start the watchdog (see config.py), before anything versioned runs;
 #  4. say whether the updater must run: the `update` flag is set, or the board
 #     is stuck (the configuration it runs loops too and there is nothing to
 #     fall back to). A stuck board asks the server for a fix at boots 5, 10,
@@ -178,9 +178,29 @@ def failed(e):
     _save(flags)
 
 
-def boot(importer):
-    # Mounts importer (main.py's Importer) for the chosen configuration.
-    # Returns (the app to import or None, the updater's run() arguments or None).
+def _watch(watch):
+    # Start the watchdog and the timer that feeds it until the boot deadline
+    # (see config.py); returns main.py's Watch, or None without a watchdog.
+    seconds = _settings().get("watchdog", 30)
+    if not seconds:
+        return None
+    try:
+        w = watch(machine.WDT(timeout=5000), seconds * 1000)  # ESP8266 takes no other
+    except Exception:  # no watchdog on this port
+        return None
+    for t in (-1, 0):  # ESP8266: any id; ESP32: a hardware timer (-1 from 1.29)
+        try:
+            w.timer = machine.Timer(t)
+            w.timer.init(period=500, mode=machine.Timer.PERIODIC, callback=w.tick)
+            break
+        except Exception:
+            w.timer = None
+    return w
+
+
+def boot(importer, watch):
+    # Mounts importer (main.py's Importer) for the chosen configuration and
+    # starts the watchdog (main.py's Watch). Returns (the app to import or None, the updater's run() arguments or None).
     flags = _flags()
     flags["reboots"] = flags.get("reboots", 0) + 1
     _empty_tmp()
@@ -197,13 +217,13 @@ def boot(importer):
         flags.pop("check", None)
     _save(flags)
     print("mpfleet: boot", which, head["generation"], "reboots", flags["reboots"])
+    w = _watch(watch)
     files = _files(which)
     mount(importer(files), _IMPORTER)
     sys.path.insert(0, _IMPORTER)
     import config
 
-    config._watch(_settings().get("watchdog", 30))
-    config.init(which, head, files)
+    config.init(which, head, files, w)
     if failed is not None:
         print("mpfleet: rolled back from generation", failed)
         failed = "generation %s: %s" % (failed, flags.get("error"))

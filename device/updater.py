@@ -236,7 +236,8 @@ def install(server, e, path):
 
 def _install(server, head):
     # Put in place every file the new configuration lacks, then swap the
-    # configurations. On error remove what this call added and re-raise.
+    # configurations. On error remove what this call added (the files neither
+    # configuration names) and re-raise.
     app = head["app"]
     st = os.statvfs("/")
     need = _MARGIN
@@ -250,7 +251,6 @@ def _install(server, head):
         raise ValueError("manifest lacks config, updater or its app")
     if need > st[4]:
         raise OSError("no room on flash: %d blocks needed, %d free" % (need, st[4]))
-    added = []
     out = open(_TMP + "primary.json", "w")
     try:
         out.write('{"generation":%d,"app":"%s","confirmed":false,"modules":{' % (head["generation"], app))
@@ -262,7 +262,6 @@ def _install(server, head):
             if not _exists(path):
                 if not _exists(d):
                     os.mkdir(d)
-                added.append(path)
                 install(server, e, path)
                 gc.collect()
             out.write('%s"%s":["%s","%s","%s"]' % (sep, name, e[0], e[1], e[3]))
@@ -274,8 +273,10 @@ def _install(server, head):
         replace(_TMP + "primary.json", _OTA + "primary.json")
     except:  # noqa: E722 -- undo, then re-raise
         out.close()
-        for path in added:
-            remove(path)
+        try:
+            _tidy()
+        except OSError:
+            pass
         raise
     try:
         _tidy()
@@ -335,7 +336,7 @@ def running():
     files = {}
     for name, m in _lines(_OTA + "primary.json"):
         files[name] = m[1]
-    config.init("primary", _head(_OTA + "primary.json"), files)
+    config.init("primary", _head(_OTA + "primary.json"), files, config._w)
 
 
 def _update(stuck):
@@ -395,7 +396,7 @@ def run(update=True, stuck=False, rolled_back=None, done=None):
     if retry:
         flags["retry"] = flags.get("retry", 0) + 1
         flags["update"] = True  # again, on a fresh heap
-        flags["reboots"] -= 1  # not a boot loop
+        flags["reboots"] = flags.get("reboots", 1) - 1  # not a boot loop
     else:
         flags.pop("retry", None)
     if event == "updated":

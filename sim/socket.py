@@ -65,7 +65,7 @@ class socket(io.IOBase):
         try:
             self._s.connect(addr)  # the outcome: ECONNREFUSED etc.
         except OSError as e:
-            if e.errno != errno.EISCONN:
+            if e.errno != getattr(errno, "EISCONN", 106):  # 106: Linux; not in the port's errno
                 raise
 
     def accept(self):

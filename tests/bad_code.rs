@@ -38,13 +38,14 @@ fn generation(s: &Server) -> i64 {
 }
 
 /// A fleet whose board runs `app` and sensorclass 1, bootstrapped, with a 3 s watchdog.
-fn installed(app_src: &str) -> (Fleet, Server, ImageBoard) {
+fn installed(port: &str, app_src: &str) -> (Fleet, Server, ImageBoard) {
     let f = Fleet::new();
     f.publish("app", app_src, &[]);
     f.publish("sensorclass", "VALUE = 'one'\n", &[]);
     f.ok(&["device", "set", MAC, "--app", "app", "sensorclass=latest"]);
     let s = f.serve();
     let mut b = ImageBoard::new(f.dir.path().join("board"), MAC);
+    b.port = Some(port.to_owned());
     b.watchdog = Some(WATCHDOG);
     let run = b.boot_with(&s.base, 6, false, None);
     assert!(run.settled(), "{}", run.out);
@@ -74,8 +75,8 @@ fn publishes(f: &Fleet, s: &Server, name: &str, source: &str, version: &str) {
 }
 
 /// Installs a broken sensorclass 2 and checks the whole story.
-fn rolls_back(broken: &str, watchdog_expected: bool) {
-    let (f, s, b) = installed(&app(""));
+fn rolls_back(port: &str, broken: &str, watchdog_expected: bool) {
+    let (f, s, b) = installed(port, &app(""));
     let good = generation(&s);
     publishes(&f, &s, "sensorclass", broken, "2");
     let bad = generation(&s);
@@ -142,29 +143,24 @@ fn rolls_back(broken: &str, watchdog_expected: bool) {
     );
 }
 
-#[test]
-fn raising_on_import_rolls_back() {
-    rolls_back("raise RuntimeError('broken sensor')\n", false);
+fn raising_on_import_rolls_back(port: &str) {
+    rolls_back(port, "raise RuntimeError('broken sensor')\n", false);
 }
 
-#[test]
-fn syntax_error_rolls_back() {
-    rolls_back("VALUE = 'two'\ndef broken(:\n    pass\n", false);
+fn syntax_error_rolls_back(port: &str) {
+    rolls_back(port, "VALUE = 'two'\ndef broken(:\n    pass\n", false);
 }
 
-#[test]
-fn reset_at_import_rolls_back() {
-    rolls_back("import machine\nmachine.reset()\n", false);
+fn reset_at_import_rolls_back(port: &str) {
+    rolls_back(port, "import machine\nmachine.reset()\n", false);
 }
 
-#[test]
-fn infinite_loop_at_import_is_reset_by_the_watchdog_and_rolls_back() {
-    rolls_back("VALUE = 'two'\nwhile True:\n    pass\n", true);
+fn infinite_loop_at_import_is_reset_by_the_watchdog_and_rolls_back(port: &str) {
+    rolls_back(port, "VALUE = 'two'\nwhile True:\n    pass\n", true);
 }
 
-#[test]
-fn config_that_hangs_at_import_rolls_back() {
-    let (f, s, b) = installed(&app(""));
+fn config_that_hangs_at_import_rolls_back(port: &str) {
+    let (f, s, b) = installed(port, &app(""));
     let good = generation(&s);
     let hang = format!(
         "{}\nwhile True:\n    pass\n",
@@ -186,13 +182,13 @@ fn config_that_hangs_at_import_rolls_back() {
     assert!(run.out.contains("ended: Watchdog"), "{}", run.out);
 }
 
-#[test]
-fn healthy_app_outlives_the_watchdog() {
+fn healthy_app_outlives_the_watchdog(port: &str) {
     // Runs 6 s (twice the watchdog's 3 s) without ever feeding it: once it said it is
     // healthy, the board feeds the watchdog in the background.
-    let (_f, _s, mut b) = installed(&app(
-        "import time\nfor i in range(30):\n    time.sleep(0.2)\nprint('APP done')\n",
-    ));
+    let (_f, _s, mut b) = installed(
+        port,
+        &app("import time\nfor i in range(30):\n    time.sleep(0.2)\nprint('APP done')\n"),
+    );
     b.settle = 10.0;
     let run = b.boot_with(&_s.base, 2, false, None);
     assert!(run.settled(), "{}", run.out);
@@ -200,10 +196,9 @@ fn healthy_app_outlives_the_watchdog() {
     assert!(run.out.contains("APP done"), "{}", run.out);
 }
 
-#[test]
-fn app_that_feeds_then_hangs_is_reset() {
+fn app_that_feeds_then_hangs_is_reset(port: &str) {
     // An app that feeds the watchdog itself owns it: when it stops feeding, the board resets.
-    let (f, s, mut b) = installed(&app(""));
+    let (f, s, mut b) = installed(port, &app(""));
     let feeds = app(
         "import time\nfor i in range(10):\n    config.feed()\n    time.sleep(0.5)\n\
          print('APP hangs')\nwhile True:\n    pass\n",
@@ -214,3 +209,31 @@ fn app_that_feeds_then_hangs_is_reset() {
     assert!(run.out.contains("APP hangs"), "{}", run.out);
     assert!(run.out.contains("ended: Watchdog"), "{}", run.out);
 }
+
+/// Every test above, once per port profile: each port's watchdog, timer and RTC rules.
+macro_rules! on_ports {
+    ($($test:ident),* $(,)?) => {
+        mod esp8266 {
+            $(#[test]
+            fn $test() {
+                super::$test("esp8266");
+            })*
+        }
+        mod esp32 {
+            $(#[test]
+            fn $test() {
+                super::$test("esp32");
+            })*
+        }
+    };
+}
+
+on_ports!(
+    raising_on_import_rolls_back,
+    syntax_error_rolls_back,
+    reset_at_import_rolls_back,
+    infinite_loop_at_import_is_reset_by_the_watchdog_and_rolls_back,
+    config_that_hangs_at_import_rolls_back,
+    healthy_app_outlives_the_watchdog,
+    app_that_feeds_then_hangs_is_reset,
+);

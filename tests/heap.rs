@@ -29,7 +29,7 @@ const MAC: &str = "deadbeef4ea9";
 /// What a plain boot may need over the floor, in KiB.
 const BOOT_BUDGET: u32 = 6;
 /// What a whole update may need over the floor, runtime precompiled.
-const UPDATE_MPY_BUDGET: u32 = 12;
+pub(crate) const UPDATE_MPY_BUDGET: u32 = 12;
 /// What a whole update may need over the floor, runtime from source.
 const UPDATE_SOURCE_BUDGET: u32 = 24;
 
@@ -61,7 +61,7 @@ fn tail(out: &str, n: usize) -> String {
 
 /// The floor, measured once per test binary: the smallest heap at which an image holding
 /// only an empty `/main.py` boots.
-fn floor() -> u32 {
+pub(crate) fn floor() -> u32 {
     static FLOOR: OnceLock<u32> = OnceLock::new();
     *FLOOR.get_or_init(|| {
         let dir = tempfile::tempdir().unwrap();

@@ -143,6 +143,14 @@ impl Board {
         Self { options }
     }
 
+    /// Whether the app said it is healthy: `reboots` is 0 in its RTC memory.
+    fn said_healthy(&self) -> bool {
+        std::fs::read(&self.options.rtc)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+            .is_some_and(|f| f["reboots"] == 0)
+    }
+
     fn wdt_path(&self) -> PathBuf {
         self.options.rtc.with_extension("wdt")
     }
@@ -335,8 +343,11 @@ impl Board {
             }
             if let Some(app) = app_started {
                 let quiet = last_line.elapsed() >= o.settle;
-                let watchdog_had_its_say = wdt_at_app.is_none_or(|d| now_ms() > d);
-                if watchdog_had_its_say
+                // With a watchdog running, an app that has not said it is healthy is reset
+                // at its boot deadline: it has not settled until it says so.
+                let watchdog_content =
+                    wdt_at_app.is_none() || self.said_healthy() || app.elapsed() >= HUNG;
+                if watchdog_content
                     && ((quiet && app.elapsed() >= o.settle) || app.elapsed() >= o.settle * 4)
                 {
                     let _ = child.kill();
