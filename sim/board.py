@@ -1,18 +1,27 @@
-# A simulated board: `micropython -X heapsize=40k sim/board.py`, with sim/ on
-# MICROPYPATH. Mounts the board's flash at /, then runs /main.py as a real
-# board would (or the bootstrap when the flash has no /main.py yet).
+# A simulated board: `micropython -X heapsize=40k board.py` in the directory
+# mpfleet sim writes (this file and the shims precompiled, sim/mpy/*.mpy), that
+# directory on MICROPYPATH. (From this tree, with sim/ on MICROPYPATH, the
+# shims compile from source.) Mounts the board's flash at /, then runs
+# /main.py as a real board would (or the bootstrap when the flash has no
+# /main.py yet).
 # Environment, exit codes and files: see sim/README.md.
 import gc
-import os
 import sys
 
-# The shims: import them while the host filesystem is at /, and before the
-# board runs, so that compiling them costs the board no heap later.
+# The shims: import them while the host filesystem is at /. mpfleet carries
+# them precompiled (sim/mpy/), so loading them takes little more heap than
+# they keep. Each import's garbage is collected before the next, so that its
+# holes are refilled rather than left between what stays; simsetup, which is
+# dropped after setup, comes last.
 import machine
+gc.collect()
 import network  # noqa: F401
-import simsetup
+gc.collect()
 import socket  # noqa: F401
+gc.collect()
 import time
+gc.collect()
+import simsetup
 
 flash, bootstrap = simsetup.setup()
 machine._flash = flash

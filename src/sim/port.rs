@@ -27,10 +27,11 @@ impl Port {
     }
 
     /// The default `-X heapsize`: what the simulator itself needs (an empty `main.py` on a
-    /// littlefs image boots from `FLOOR`) plus twice the GC heap a board leaves your code,
-    /// since objects cost about twice as much on this 64-bit host (see sim/README.md).
+    /// littlefs image boots from 29k on esp8266 and esp32, 28k on unix; `FLOOR` keeps 1k
+    /// more) plus twice the GC heap a board leaves your code, since objects cost about twice
+    /// as much on this 64-bit host (see sim/README.md).
     pub fn default_heap(self) -> u64 {
-        const FLOOR: u64 = 44 * 1024;
+        const FLOOR: u64 = 30 * 1024;
         match self {
             Self::Esp8266 => FLOOR + 2 * 30 * 1024,
             Self::Esp32 => FLOOR + 2 * 90 * 1024,
