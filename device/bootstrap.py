@@ -1,10 +1,10 @@
 # mpfleet bootstrap: run once on a fresh board, after your boot.py connects Wi-Fi:
 #   mpremote run bootstrap.py      (or copy it over and `import bootstrap`)
-# It writes /ota.json, fetches the `config` and `updater` the server names for
-# this board into /ota/tmp (each checked by size and SHA-256), and hands over
-# to the updater: it installs the first stage (/ota/mpfleet.mpy and the
-# /main.py that imports it) and the rest of the manifest, every file checked,
-# then resets into your app. Running it again is safe: it updates the board
+# It writes /ota.json, fetches the `updater` the server names for this board
+# into /ota/tmp (checked by size and SHA-256), and hands over to it: it
+# installs the first stage (/ota/mpfleet.mpy, /ota/mpfleet_boot.mpy, and last
+# the /main.py that imports them) and the rest of the manifest, every file
+# checked, then resets into your app. Running it again is safe: it updates the board
 # from what it runs.
 #
 # Needs MicroPython 1.22 or newer: before 1.22 an ESP32 clears RTC memory at
@@ -119,29 +119,25 @@ def bootstrap():
         print("  mpfleet device set %s --app YOUR_APP" % mac)
         print("then run bootstrap.py again")
         return
-    # The manifest has one module per line: keep only the two lines we need.
-    mpy = getattr(sys.implementation, "_mpy", -1) & 0xFF
-    todo = []
+    # The manifest has one module per line: keep only the updater's.
     try:
         sock.readline()
-        while len(todo) < 2:
+        while True:
             line = sock.readline()
             if not line.startswith(b'"'):
-                raise ValueError("the manifest names no config or updater")
-            if line.startswith(b'"config"') or line.startswith(b'"updater"'):
-                name, m = json.loads(b"{" + line.strip().rstrip(b",") + b"}").popitem()
-                if isinstance(m.get("mpy"), dict) and m["mpy"].get("version") == mpy:
-                    m = m["mpy"]  # precompiled bytecode this port loads
-                todo.append((name, m))
+                raise ValueError("the manifest names no updater")
+            if line.startswith(b'"updater"'):
+                m = json.loads(b"{" + line.strip().rstrip(b",") + b"}")["updater"]
+                break
     finally:
         sock.close()
-    for name, m in todo:
-        url = m["url"]
-        print("mpfleet: fetching", url)
-        ext = ".mpy" if url.endswith(".mpy") else ".py"
-        _save(server + url, "/ota/tmp/" + name + ext, m["size"], m["sha256"])
+    mpy = m.get("mpy")
+    if isinstance(mpy, dict) and mpy.get("version") == getattr(sys.implementation, "_mpy", -1) & 0xFF:
+        m = mpy  # precompiled bytecode this port loads
+    print("mpfleet: fetching", m["url"])
+    ext = ".mpy" if m["url"].endswith(".mpy") else ".py"
+    _save(server + m["url"], "/ota/tmp/updater" + ext, m["size"], m["sha256"])
     sys.path.insert(0, "/ota/tmp")
-    import config
     import updater
 
     # From here on the updater's own code: the first stage, then the rest.
@@ -149,19 +145,23 @@ def bootstrap():
         updater.running()  # run again on a working board: update from what it runs
     except (OSError, ValueError):
         pass  # a new board (or one from an older mpfleet): install everything
-    boot = updater.manifest(server).get("boot") or {}
-    e = updater.entry("mpfleet", boot["mpfleet"])
-    path = "/ota/mpfleet" + e[1][e[1].rfind(".") :]
-    updater.install(server, e, path)
-    updater.remove("/ota/mpfleet.py" if path.endswith(".mpy") else "/ota/mpfleet.mpy")
-    stub = updater.entry("main", boot["main"])
+    updater.manifest(server)
+    boot = {}
+    for name, m in updater._lines("/ota/tmp/manifest.json", "boot"):
+        boot[name] = updater.entry(name, m)
+    for name in ("mpfleet_boot", "mpfleet"):  # the first stage
+        e = boot[name]
+        ext = e[1][e[1].rfind(".") :]
+        updater.install(server, e, "/ota/" + name + ext)
+        updater.remove("/ota/%s.%s" % (name, "py" if ext == ".mpy" else "mpy"))
+    stub = boot["main"]
     updater.remove("/ota/tmp/manifest.json")
 
     def main_py():  # last: a board with /main.py has everything it needs
         updater.install(server, stub, "/main.py")
 
-    updater.run(done=main_py)
-    if config.generation is None:
+    updater.run(updater._run, done=main_py)
+    if updater._gen() is None:
         raise OSError("the update failed (above)")
     main_py()
     machine.reset()

@@ -23,7 +23,7 @@
 # timeout every port accepts (an ESP8266 resets 1.6-3.2 s after the last feed
 # whatever it is given), and a periodic machine.Timer that feeds it until the
 # boot deadline: /ota.json "watchdog" seconds (30 by default; 0: no watchdog),
-# before it imports this module (main.py's Watch holds both).
+# before it imports this module (mpfleet.py's Watch holds both).
 # A boot that has not said it is healthy by then stops being fed and resets,
 # so a new version that hangs is rolled back like one that raises. Once your
 # app is healthy the timer feeds the watchdog for as long as the board runs,
@@ -36,13 +36,12 @@
 import json
 
 import machine
-import time
 from micropython import const
 
 _RTC_SIZE = const(492)
 _OTA = "/ota/"
 
-_w = None  # main.py's Watch (.wdt, .timer, .until), None without a watchdog
+_w = None  # mpfleet.py's Watch (.wdt, .timer, .until), None without a watchdog
 primary = False
 alternate = False
 confirmed = False
@@ -147,12 +146,3 @@ def _rename(src, dst):
     except OSError:  # FAT will not rename over an existing file
         os.remove(dst)
         os.rename(src, dst)
-
-
-def alive(seconds=30):
-    # Work is progressing (the updater, between chunks): feed now, and keep
-    # feeding for `seconds` more unless the app is already healthy.
-    if _w:
-        _w.wdt.feed()
-        if _w.until is not None:
-            _w.until = time.ticks_add(time.ticks_ms(), seconds * 1000)

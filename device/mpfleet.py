@@ -1,240 +1,91 @@
-# mpfleet first stage. Fixed: installed once (by the bootstrap) as
-# /ota/mpfleet.mpy (precompiled; /ota/mpfleet.py on a port that cannot load
-# .mpy), never replaced over the air. /main.py (device/main.py) imports it,
-# calls boot(), unloads it, and then runs the updater and the app.
-#
-# Every boot:
-#  1. load the bootflags from RTC memory and add one to `reboots`;
-#  2. pick the configuration: /ota/primary.json, or /ota/alternate.json (the
-#     last *confirmed* one) when primary is missing, was rolled back from, or
-#     loops (`reboots` > 4: primary's generation goes into /ota/bad.json and
-#     `reboots` starts again for the alternate);
-#  3. start the watchdog (see config.py), before anything versioned runs;
-#  4. say whether the updater must run: the `update` flag is set, or the board
-#     is stuck (the configuration it runs loops too and there is nothing to
-#     fall back to). A stuck board asks the server for a fix at boots 5, 10,
-#     20, 40, 80 and then every 64 boots, and installs the first new
-#     generation it gets;
-#  5. main.py then imports the application module the configuration names.
-# An exception out of any of it is kept short in the bootflags (`error`) and
-# the board resets, so `reboots` climbs.
-#
-# failed(): the updater could not be imported or raised. The generation is
-# blamed (it rolls back) only when that was a code error (not MemoryError, not
-# OSError) in an updater this generation changed; otherwise the update is
-# retried twice after a reset (a fresh heap), then left until the next
-# request, with `update_failed` set.
-#
-# Configurations are JSON, one module per line, so no board ever holds a big
-# one in memory:
-#   {"generation":7,"app":"app","confirmed":true,"modules":{
-#   "app":["1","1-9f86d081884c.mpy","9f86d081884c7d65..."],
-#   ...
-#   }}
-# Each module: its version, the installed file /ota/m/{name}/{file} (named by
-# the version and the SHA-256 of its bytes) and that SHA-256.
-#
-# The importer (main.py's Importer) is fixed too, not in the versioned
-# `config`: something fixed has to import `config` itself.
-import json
+# mpfleet first stage, the part that stays: /main.py imports this module
+# (installed precompiled as /ota/mpfleet.mpy), which runs the board. It asks
+# mpfleet_boot (the part that goes: which configuration, the watchdog, what to
+# do) and unloads it again, so the updater and your app have the heap to
+# themselves; `config` is imported only for the app. Fixed: installed by the
+# bootstrap, never replaced over the air.
+import gc
 import os
 import sys
+import time
 
 import machine
-from micropython import const
-
-try:
-    from vfs import mount
-except ImportError:  # MicroPython < 1.23
-    from os import mount
-
-_MAX_REBOOTS = const(4)
-_KEEP_BAD = const(8)
-_CHECK_EVERY = const(64)
-_RETRIES = const(2)
-_OTA = "/ota/"
-_IMPORTER = "/ota/importer"
-
-def _flags():
-    try:
-        flags = json.loads(machine.RTC().memory())
-    except Exception:  # empty after power-on
-        flags = None
-    return flags if isinstance(flags, dict) else {}  # an app may use RTC memory too
 
 
-def _save(flags):
-    machine.RTC().memory(json.dumps(flags))
+class Importer:
+    # A read-only filesystem the first stage mounts at /ota/importer, first on
+    # sys.path: `import sensorclass` opens /ota/m/sensorclass/{file} for the
+    # file the running configuration names (source or .mpy). It lives here,
+    # not in the first stage, so that the first stage can be unloaded.
+    def __init__(self, files):
+        self.files = files
 
-
-def _head(name):
-    # The first line of a configuration: generation, app, confirmed.
-    try:
-        with open(_OTA + name + ".json") as f:
-            head = json.loads(f.readline() + "}}")
-        return head if isinstance(head.get("generation"), int) else None
-    except (OSError, ValueError, AttributeError):
-        return None
-
-
-def _files(name):
-    # {module: installed file} of a configuration, read a line at a time.
-    files = {}
-    with open(_OTA + name + ".json") as f:
-        f.readline()
-        while True:
-            line = f.readline()
-            if not line.startswith('"'):
-                return files
-            for k, v in json.loads("{" + line.strip().rstrip(",") + "}").items():
-                files[k] = v[1]
-
-
-def _bad():
-    try:
-        with open(_OTA + "bad.json") as f:
-            return json.load(f)
-    except (OSError, ValueError):
-        return []
-
-
-def _add_bad(generation):
-    # /ota/bad.json: generations rolled back from; written whole, then renamed.
-    bad = (_bad() + [generation])[-_KEEP_BAD:]
-    with open(_OTA + "tmp/bad.json", "w") as f:
-        json.dump(bad, f)
-    try:
-        os.rename(_OTA + "tmp/bad.json", _OTA + "bad.json")
-    except OSError:  # FAT will not rename over an existing file
-        os.remove(_OTA + "bad.json")
-        os.rename(_OTA + "tmp/bad.json", _OTA + "bad.json")
-
-
-def _empty_tmp():
-    try:
-        for name in os.listdir(_OTA + "tmp"):
-            os.remove(_OTA + "tmp/" + name)
-    except OSError:
+    def mount(self, readonly, mkfs):
         pass
 
+    def umount(self):
+        pass
 
-def _choose(flags):
-    # Returns (which, head, generation rolled back from or None).
-    p = _head("primary")
-    a = _head("alternate")
-    if a and p and a["generation"] == p["generation"]:
-        a = None
-    if p is None:
-        return ("alternate", a, None) if a else (None, None, None)
-    if a is None:
-        return "primary", p, None
-    if p["generation"] in _bad():
-        return "alternate", a, None
-    if flags["reboots"] > _MAX_REBOOTS:
-        _add_bad(p["generation"])
-        flags["reboots"] = 1  # the alternate's first boot
-        return "alternate", a, p["generation"]
-    return "primary", p, None
+    def _path(self, path):
+        path = path.lstrip("/")
+        dot = path.rfind(".")
+        file = self.files.get(path[:dot]) if dot > 0 else None
+        if file is None or not file.endswith(path[dot:]):
+            raise OSError(2)  # ENOENT: let import look further along sys.path
+        return "/ota/m/%s/%s" % (path[:dot], file)
 
+    def stat(self, path):
+        return os.stat(self._path(path))
 
-def _settings():
-    try:
-        with open("/ota.json") as f:
-            return json.load(f)
-    except (OSError, ValueError):
-        return {}
+    def open(self, path, mode):
+        return open(self._path(path), mode)
+
+    def ilistdir(self, path):
+        return iter(())
 
 
-def _blamed(e):
-    # Did the updater of this generation fail by its own code?
-    import config
+class Watch:
+    # The watchdog, and the timer callback that feeds it until a deadline
+    # (ticks_ms; None: for ever). Started by the first stage before anything
+    # versioned is imported, so a `config` that hangs is reset too; config.py
+    # moves the deadline. Here, like Importer, so the first stage can go.
+    def __init__(self, wdt, ms):
+        self.wdt = wdt
+        self.timer = None
+        self.until = time.ticks_add(time.ticks_ms(), ms)
 
-    if not config.primary or isinstance(e, (MemoryError, OSError)):
-        return False
-    try:
-        return _files("alternate").get("updater") != _files("primary").get("updater")
-    except OSError:  # no alternate
-        return False
-
-
-def failed(e):
-    # The updater could not be imported or raised (see above).
-    record(e)
-    flags = _flags()
-    flags.pop("update", None)
-    if _blamed(e):
-        flags["reboots"] = _MAX_REBOOTS  # the next boot rolls back
-        _save(flags)
-        machine.reset()
-    retry = flags.get("retry", 0) + 1
-    flags["update_failed"] = True
-    if retry <= _RETRIES:
-        flags["retry"] = retry
-        flags["update"] = True  # again, on a fresh heap
-        flags["reboots"] -= 1  # not a boot loop
-        _save(flags)
-        machine.reset()
-    flags.pop("retry", None)
-    _save(flags)
+    def tick(self, timer):
+        if self.until is None or time.ticks_diff(self.until, time.ticks_ms()) > 0:
+            self.wdt.feed()
 
 
-def _watch(watch):
-    # Start the watchdog and the timer that feeds it until the boot deadline
-    # (see config.py); returns main.py's Watch, or None without a watchdog.
-    seconds = _settings().get("watchdog", 30)
-    if not seconds:
-        return None
-    try:
-        w = watch(machine.WDT(timeout=5000), seconds * 1000)  # ESP8266 takes no other
-    except Exception:  # no watchdog on this port
-        return None
-    for t in (-1, 0):  # ESP8266: any id; ESP32: a hardware timer (-1 from 1.29)
+try:
+    import mpfleet_boot
+
+    app, now, todo = mpfleet_boot.boot(Importer, Watch)
+    del sys.modules["mpfleet_boot"]
+    mpfleet_boot = None
+    gc.collect()
+    if todo:
         try:
-            w.timer = machine.Timer(t)
-            w.timer.init(period=500, mode=machine.Timer.PERIODIC, callback=w.tick)
-            break
-        except Exception:
-            w.timer = None
-    return w
+            import updater
 
+            updater.run(now, *todo)  # resets after an update
+        except Exception as e:
+            import mpfleet_boot
 
-def boot(importer, watch):
-    # Mounts importer (main.py's Importer) for the chosen configuration and
-    # starts the watchdog (main.py's Watch). Returns (the app to import or None, the updater's run() arguments or None).
-    flags = _flags()
-    flags["reboots"] = flags.get("reboots", 0) + 1
-    _empty_tmp()
-    which, head, failed = _choose(flags)
-    if head is None:
-        _save(flags)
-        print("mpfleet: nothing installed; run bootstrap.py")
-        return None, None
-    stuck = flags["reboots"] > _MAX_REBOOTS
-    check = stuck and flags["reboots"] >= flags.get("check", 0)
-    if check:
-        flags["check"] = flags["reboots"] + min(flags["reboots"], _CHECK_EVERY)
-    elif not stuck:
-        flags.pop("check", None)
-    _save(flags)
-    print("mpfleet: boot", which, head["generation"], "reboots", flags["reboots"])
-    w = _watch(watch)
-    files = _files(which)
-    mount(importer(files), _IMPORTER)
-    sys.path.insert(0, _IMPORTER)
-    import config
+            mpfleet_boot.failed(e, now[0])
+        sys.modules.pop("updater", None)
+        mpfleet_boot = updater = None
+        gc.collect()
+    if app:
+        import config
 
-    config.init(which, head, files, w)
-    if failed is not None:
-        print("mpfleet: rolled back from generation", failed)
-        failed = "generation %s: %s" % (failed, flags.get("error"))
-    if flags.get("update") or check or failed:
-        return head["app"], (flags.get("update") or check, check, failed)
-    return head["app"], None
+        config.init(*now)
+        print("mpfleet: running", app)
+        __import__(app)
+except Exception as e:
+    import mpfleet_boot
 
-
-def record(e):
-    # Keep the error, short, in the bootflags: the app and the next report see it.
-    sys.print_exception(e)
-    flags = _flags()
-    flags["error"] = ("%s: %s" % (type(e).__name__, e))[:80]
-    _save(flags)
+    mpfleet_boot.record(e)
+    machine.reset()

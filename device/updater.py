@@ -2,7 +2,8 @@
 #
 # /main.py calls run() when the `update` bootflag is set, when the board is
 # stuck (every configuration it has loops), or to report a rollback; the first
-# stage is unloaded meanwhile. It streams {server}v1/{mac}.json to
+# stage is unloaded meanwhile, and `config` is not loaded yet: the updater
+# has the heap to itself. It streams {server}v1/{mac}.json to
 # /ota/tmp/manifest.json, then reads it a line at a time (the server writes one
 # module per line), so a manifest of any size takes the same heap. Each module
 # file the board lacks streams into /ota/tmp/, is checked for size and
@@ -29,8 +30,8 @@ import json
 import os
 import socket
 import sys
+import time
 
-import config
 import machine
 from micropython import const
 
@@ -43,6 +44,9 @@ _TMP = "/ota/tmp/"
 _MANIFEST = "/ota/tmp/manifest.json"
 
 _buf = memoryview(bytearray(512))
+# What runs: (which, head, {module: file}, mpfleet.py's Watch or None), from the
+# first stage; None on a board that runs nothing yet (the bootstrap).
+_run = None
 # The .mpy major version this port loads; None (source only) if it does not say.
 _MPY = getattr(sys.implementation, "_mpy", None)
 _MPY = _MPY & 0xFF if _MPY is not None else None
@@ -52,10 +56,33 @@ class ServerFailed(Exception):
     pass
 
 
+def _flags():
+    # The bootflags (config.py says what they are).
+    try:
+        flags = json.loads(machine.RTC().memory())
+    except Exception:
+        flags = {}
+    return flags if isinstance(flags, dict) else {}
+
+
+def alive():
+    # Work is progressing: feed the watchdog and keep its timer feeding it 30 s
+    # more (unless the app already said it is healthy: then it feeds for ever).
+    w = _run and _run[3]
+    if w:
+        w.wdt.feed()
+        if w.until is not None:
+            w.until = time.ticks_add(time.ticks_ms(), 30000)
+
+
+def _gen():
+    return _run[1]["generation"] if _run else None
+
+
 def _request(method, url, body=None, timeout=None):
     # Returns (status, socket at the body, Content-Length or None); the caller
     # closes the socket. The timeout: /ota.json "timeout" seconds, 10 by default.
-    config.alive()
+    alive()
     timeout = timeout or _settings().get("timeout", _TIMEOUT)
     _, _, hostport, path = url.split("/", 3)
     if not url.startswith("http://"):
@@ -116,7 +143,7 @@ def _get(url, path, size=_MAX, sha=None):
                     break
                 h.update(_buf[:n])
                 f.write(_buf[:n])
-                config.alive()
+                alive()
     finally:
         sock.close()
     if got > size or sha and got != size:
@@ -136,15 +163,18 @@ def mac():
     return binascii.hexlify(network.WLAN(network.STA_IF).config("mac")).decode()
 
 
-def _lines(path):
-    # Yields (name, entry) for every module line of a manifest or a
-    # configuration on flash; raises if the closing line is missing.
+def _lines(path, section="modules"):
+    # Yields (name, entry) for every line of a section ("modules" or "boot")
+    # of a manifest or a configuration on flash; raises if it is cut short.
     with open(path) as f:
-        f.readline()
+        line = f.readline()
+        if section != "modules":
+            while line and not line.startswith('},"%s"' % section):
+                line = f.readline()
         while True:
             line = f.readline()
             if not line.startswith('"'):
-                if not line.startswith("}}"):
+                if not line.startswith("}"):
                     raise ValueError(path + " is cut short")
                 return
             for item in json.loads("{" + line.strip().rstrip(",") + "}").items():
@@ -234,11 +264,10 @@ def install(server, e, path):
     replace(_TMP + "dl", path)
 
 
-def _install(server, head):
-    # Put in place every file the new configuration lacks, then swap the
-    # configurations. On error remove what this call added (the files neither
-    # configuration names) and re-raise.
-    app = head["app"]
+def _install(server, g, app):
+    # Put in place every file generation g lacks, then swap the configurations.
+    # On error remove what this call added (the files neither configuration
+    # names) and re-raise.
     st = os.statvfs("/")
     need = _MARGIN
     found = 0
@@ -251,28 +280,29 @@ def _install(server, head):
         raise ValueError("manifest lacks config, updater or its app")
     if need > st[4]:
         raise OSError("no room on flash: %d blocks needed, %d free" % (need, st[4]))
-    out = open(_TMP + "primary.json", "w")
+    st = None
     try:
-        out.write('{"generation":%d,"app":"%s","confirmed":false,"modules":{' % (head["generation"], app))
-        sep = "\n"
         for name, m in _lines(_MANIFEST):
             e = entry(name, m)
             d = "%sm/%s" % (_OTA, name)
-            path = d + "/" + e[1]
-            if not _exists(path):
+            if not _exists(d + "/" + e[1]):
                 if not _exists(d):
                     os.mkdir(d)
-                install(server, e, path)
+                m = None
+                install(server, e, d + "/" + e[1])
                 gc.collect()
-            out.write('%s"%s":["%s","%s","%s"]' % (sep, name, e[0], e[1], e[3]))
-            sep = ",\n"
-        out.write("\n}}\n")
-        out.close()
-        if config.primary and config.confirmed:
+        with open(_TMP + "primary.json", "w") as out:
+            out.write('{"generation":%d,"app":"%s","confirmed":false,"modules":{' % (g, app))
+            sep = "\n"
+            for name, m in _lines(_MANIFEST):
+                e = entry(name, m)
+                out.write('%s"%s":["%s","%s","%s"]' % (sep, name, e[0], e[1], e[3]))
+                sep = ",\n"
+            out.write("\n}}\n")
+        if _run and _run[0] == "primary" and _run[1].get("confirmed"):
             replace(_OTA + "primary.json", _OTA + "alternate.json")
         replace(_TMP + "primary.json", _OTA + "primary.json")
     except:  # noqa: E722 -- undo, then re-raise
-        out.close()
         try:
             _tidy()
         except OSError:
@@ -310,13 +340,14 @@ def _tidy():
 def report(event, error=None):
     # POST what happened to {server}v1/{mac}/report. Never raises.
     try:
+        files = _run[2] if _run else {}
         body = json.dumps(
             {
                 "event": event,
-                "generation": config.generation,
-                "config": "primary" if config.primary else "alternate" if config.alternate else None,
-                "modules": config.versions(),
-                "flags": config.bootflags(),
+                "generation": _gen(),
+                "config": _run and _run[0],
+                "modules": {n: f[: f.rfind("-")] for n, f in files.items()},
+                "flags": _flags(),
                 "error": error,
                 "mem_free": gc.mem_free(),
                 "micropython": "%d.%d.%d" % sys.implementation.version[:3],
@@ -332,11 +363,12 @@ def report(event, error=None):
 
 
 def running():
-    # Tell config that /ota/primary.json runs now.
+    # /ota/primary.json runs now (after an update; at a bootstrap, if any).
+    global _run
     files = {}
     for name, m in _lines(_OTA + "primary.json"):
         files[name] = m[1]
-    config.init("primary", _head(_OTA + "primary.json"), files, config._w)
+    _run = ("primary", _head(_OTA + "primary.json"), files, _run and _run[3])
 
 
 def _update(stuck):
@@ -344,8 +376,8 @@ def _update(stuck):
     server = _settings()["server"]
     try:
         head = manifest(server)
-        g = head["generation"]
-        if g == config.generation:
+        g, app = head["generation"], head["app"]
+        if g == _gen():
             if stuck:
                 raise ValueError("no newer generation yet")
             return "boot"
@@ -355,7 +387,7 @@ def _update(stuck):
                     raise ValueError("generation %d was rolled back from" % g)
         except OSError:
             pass
-        _install(server, head)
+        _install(server, g, app)
     finally:
         for name in ("manifest.json", "dl", "primary.json"):
             remove(_TMP + name)
@@ -363,17 +395,19 @@ def _update(stuck):
     return "updated"
 
 
-def run(update=True, stuck=False, rolled_back=None, done=None):
-    # done: called after a successful update, before the reset (the bootstrap
-    # installs /main.py last).
+def run(now, update=True, stuck=False, rolled_back=None, done=None):
+    # now: what runs, as _run above. done: called after a successful update,
+    # before the reset (the bootstrap installs /main.py last).
+    global _run
+    _run = now
     if rolled_back:
         report("rolled_back", rolled_back)
     if not update:
         return
-    flags = config.bootflags()
+    flags = _flags()
     for flag in ("update", "update_failed", "server_failed"):
         flags.pop(flag, None)
-    config._save(flags)
+    machine.RTC().memory(json.dumps(flags))
     error = None
     try:
         event = _update(stuck)
@@ -383,13 +417,13 @@ def run(update=True, stuck=False, rolled_back=None, done=None):
         event, error = "update_failed", "%s: %s" % (type(e).__name__, e)
     if stuck and error:
         error = "boot loop on generation %s (reboots %s); %s" % (
-            config.generation,
-            config.get("reboots"),
+            _gen(),
+            _flags().get("reboots"),
             error,
         )
     gc.collect()
-    print("mpfleet:", event, error or config.generation)
-    flags = config.bootflags()
+    print("mpfleet:", event, error or _gen())
+    flags = _flags()
     retry = error and error.startswith("MemoryError") and flags.get("retry", 0) < _RETRIES
     if error:
         flags[event] = True
@@ -403,7 +437,7 @@ def run(update=True, stuck=False, rolled_back=None, done=None):
         flags["reboots"] = 0
         flags.pop("error", None)
         flags.pop("check", None)
-    config._save(flags)
+    machine.RTC().memory(json.dumps(flags))
     report(event, error)
     if event == "updated" and done:
         done()

