@@ -463,6 +463,19 @@ pub fn with_board(f: Fleet, mac: &str, extra: &[&str]) -> Fleet {
     f
 }
 
+/// `{module: version}` of a board's configuration file (`/ota/primary.json`,
+/// `/ota/alternate.json`), whose modules are `[version, file, sha256]`.
+pub fn config_versions(cfg: &serde_json::Value) -> std::collections::BTreeMap<String, String> {
+    cfg["modules"]
+        .as_object()
+        .map(|m| {
+            m.iter()
+                .map(|(k, v)| (k.clone(), v[0].as_str().unwrap_or("").to_owned()))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -485,17 +498,4 @@ mod tests {
         assert!(started.elapsed() < Duration::from_secs(10), "{err}");
         assert!(err.contains("mpfleet: board 0a0b0c0d0e0f"), "{err}");
     }
-}
-
-/// `{module: version}` of a board's configuration file (`/ota/primary.json`,
-/// `/ota/alternate.json`), whose modules are `[version, file, sha256]`.
-pub fn config_versions(cfg: &serde_json::Value) -> std::collections::BTreeMap<String, String> {
-    cfg["modules"]
-        .as_object()
-        .map(|m| {
-            m.iter()
-                .map(|(k, v)| (k.clone(), v[0].as_str().unwrap_or("").to_owned()))
-                .collect()
-        })
-        .unwrap_or_default()
 }
