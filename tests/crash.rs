@@ -1,11 +1,21 @@
-//! The crash suite: power fails during every flash write of an update, of a rollback and of a
-//! bootstrap, one cut per run, and after each the board must run one complete configuration.
+//! The crash suite: power fails during the flash writes of an update, of a rollback and of a
+//! bootstrap, and after each the board must run one complete configuration.
 //!
 //! For a scenario: a clean run from the starting image counts its flash writes N (littlefs
-//! programs and erases, across every boot of the run). Then for every k in 1..=N, on a fresh
-//! copy of the starting image: power fails during write k (that write torn, the process
-//! killed, RTC memory lost), the board boots on normally until it settles, and the invariant
-//! is checked on the image itself (`mpfleet sim --inspect`):
+//! programs and erases, across every boot of the run; the last boot, killed once its app has
+//! settled, reports none, so the writes it makes are found by cutting past N until no cut
+//! happens). Then, on a fresh copy of the starting image each time:
+//!
+//! - one cut (`power_cut_at_every_write_of_*`): for every k in 1..=N, power fails during write
+//!   k (that write torn, the process killed, RTC memory lost), the board boots on normally
+//!   until it settles;
+//! - two cuts (`second_power_cut_during_recovery_from_*`): for sampled k (evenly spaced over
+//!   1..=N, about one in ten drawn at random), the run stops with the boot the cut ends; a
+//!   clean recovery from that image (checked) counts its own writes M; then for sampled j
+//!   over the recovery (its last write, and one drawn from each stretch before it), power
+//!   fails again during write j of the recovery, and the board boots on until it settles.
+//!
+//! After each, the invariant is checked on the image itself (`mpfleet sim --inspect`):
 //!   - the board runs its app, and the app runs the complete configuration of one of the
 //!     scenario's allowed outcomes (what it prints, and every module file's SHA-256 on flash
 //!     matching that generation's manifest);
@@ -16,16 +26,20 @@
 //!
 //! The boards share one store and server: a `Router` serves each simulated board the manifest
 //! of the device standing for the step it is at. Iterations run in parallel threads
-//! (`MPFLEET_CRASH_THREADS`, default 2). Every cut runs twice: with the write in flight half
-//! written, and lost (`MPFLEET_CRASH_TEAR=half|lost` for one only). `MPFLEET_CRASH_ONLY=k`
-//! runs just cut k, `MPFLEET_CRASH_VERBOSE=1` shows the boards' output. Figures go to stderr
-//! (`--nocapture`).
+//! (`MPFLEET_CRASH_THREADS`, default 4). Every single cut runs twice: with the write in flight
+//! half written, and lost; each cut of a pair draws its tear (`MPFLEET_CRASH_TEAR=half|lost`
+//! for one only; `alternate`: single cuts once each, half at odd writes and lost at even ones). Knobs: `MPFLEET_CRASH_ONLY=k` runs just single cut k;
+//! `MPFLEET_CRASH_PAIRS` (default 12) is the number of pairs per scenario (first cuts: a
+//! third of it), `MPFLEET_CRASH_SEED` (default 1) draws them, `MPFLEET_CRASH_PAIR=K:T,J:T`
+//! runs just one pair; `MPFLEET_CRASH_ALL=1` goes on after a broken board and lists every
+//! one; `MPFLEET_CRASH_VERBOSE=1` shows the boards' output. Figures go to stderr
+//! (`--nocapture`, lines starting `FIGURES`).
 
 use crate::harness::{Fleet, ImageBoard, Router, Server, SimRun};
 use serde_json::Value;
 use std::collections::BTreeMap;
-use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::Instant;
 
@@ -301,7 +315,284 @@ fn later_update(s: &Setup, b: &ImageBoard) -> Result<(), String> {
     Ok(())
 }
 
-/// What a scenario showed.
+/// Boards run at once (`MPFLEET_CRASH_THREADS`, default 4). A board spends most of a run
+/// waiting (its app must stay quiet for a second to have settled), so more boards than
+/// cores keep the cores busy (on 2 cores, the update scenario's lost-write pass took 211 s
+/// with 2 threads and 99 s with 6).
+pub fn threads() -> usize {
+    std::env::var("MPFLEET_CRASH_THREADS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(4)
+}
+
+fn env_u64(name: &str) -> Option<u64> {
+    std::env::var(name).ok().and_then(|v| v.parse().ok())
+}
+
+fn verbose() -> bool {
+    std::env::var_os("MPFLEET_CRASH_VERBOSE").is_some()
+}
+
+/// `MPFLEET_CRASH_ALL=1`: run every cut even after one broke the board, and list them all.
+fn keep_going() -> bool {
+    std::env::var("MPFLEET_CRASH_ALL").is_ok_and(|v| v == "1")
+}
+
+/// The tears to try (`MPFLEET_CRASH_TEAR=half|lost` for one only).
+fn tears() -> &'static [&'static str] {
+    // `alternate` (single cuts: one pass, half at odd writes, lost at even ones) draws both.
+    match std::env::var("MPFLEET_CRASH_TEAR").as_deref() {
+        Ok("half") => &["half"],
+        Ok("lost") => &["lost"],
+        _ => &["half", "lost"],
+    }
+}
+
+/// The tear of single cut k in a pass (`alternate`: half at odd writes, lost at even ones).
+fn tear_of(pass: &str, k: u64) -> &'static str {
+    match pass {
+        "alternate" if k.is_multiple_of(2) => "lost",
+        "alternate" => "half",
+        t => tear_name(t),
+    }
+}
+
+fn tear_name(tear: &str) -> &'static str {
+    if tear == "lost" {
+        "lost"
+    } else {
+        "half"
+    }
+}
+
+/// xorshift64*: small, seeded, the same on every machine.
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn seeded(seed: u64) -> Self {
+        Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1)
+    }
+
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+/// Runs `job` on every item, on `threads()` threads. After the first `Err` no new item
+/// starts, unless `MPFLEET_CRASH_ALL=1`. Returns what ran: (index, result), in index order.
+fn pool<T: Sync, R: Send>(
+    items: &[T],
+    job: impl Fn(&T) -> Result<R, String> + Sync,
+) -> Vec<(usize, Result<R, String>)> {
+    let next = AtomicUsize::new(0);
+    let failed = AtomicBool::new(false);
+    let results = Mutex::new(Vec::new());
+    std::thread::scope(|sc| {
+        for _ in 0..threads().max(1) {
+            sc.spawn(|| loop {
+                let i = next.fetch_add(1, Ordering::SeqCst);
+                if i >= items.len() || (failed.load(Ordering::SeqCst) && !keep_going()) {
+                    break;
+                }
+                let r = job(&items[i]);
+                if r.is_err() {
+                    failed.store(true, Ordering::SeqCst);
+                }
+                results.lock().unwrap().push((i, r));
+            });
+        }
+    });
+    let mut results = results.into_inner().unwrap();
+    results.sort_by_key(|r| r.0);
+    results
+}
+
+/// The boot of `run` whose line says `--- boot N ended: {what}...`, the last one.
+fn boot_that_ended(run: &SimRun, what: &str) -> Option<u32> {
+    run.said().iter().rev().find_map(|l| {
+        let rest = l.strip_prefix("--- boot ")?;
+        let (n, end) = rest.split_once(" ended: ")?;
+        end.starts_with(what).then(|| n.parse().ok()).flatten()
+    })
+}
+
+/// The number of boots `run` went through.
+fn boots_of(run: &SimRun) -> u32 {
+    boot_that_ended(run, "").unwrap_or(0)
+}
+
+/// One scenario: a starting image (and RTC memory), the device the board follows, whether an
+/// update is asked for on the first boot, and the configurations it may end up running.
+struct Scenario<'a> {
+    s: &'a Setup,
+    name: &'a str,
+    id: u32,
+    start: &'a ImageBoard,
+    device: &'a str,
+    update: bool,
+    outcomes: Vec<&'a Target>,
+    work: PathBuf,
+    macs: AtomicU64,
+}
+
+/// A clean run from the starting image.
+struct Clean {
+    /// The flash writes the run counts (every boot but the last, which is killed once it has
+    /// settled and reports none).
+    counted: u64,
+    /// Every write of the run, the settled boot's included (`Scenario::writes_to_the_end`).
+    total: u64,
+    boots: u32,
+}
+
+impl<'a> Scenario<'a> {
+    fn new(
+        s: &'a Setup,
+        name: &'a str,
+        id: u32,
+        start: &'a ImageBoard,
+        device: &'a str,
+        update: bool,
+        outcomes: &[&'a Target],
+    ) -> Self {
+        Scenario {
+            s,
+            name,
+            id,
+            start,
+            device,
+            update,
+            outcomes: outcomes.to_vec(),
+            work: s.fleet.dir.path().join(format!("crash-{name}")),
+            macs: AtomicU64::new(1),
+        }
+    }
+
+    /// A copy of `from` (the starting image, or an image after a cut) as a new board routed
+    /// to the scenario's device, in a directory named after `tag`.
+    fn board(&self, from: &ImageBoard, tag: &str, tear: &str) -> ImageBoard {
+        let i = self.macs.fetch_add(1, Ordering::SeqCst);
+        let mut b = from.copy_to(self.work.join(format!("{tag}-{i}")), &mac(self.id, i));
+        b.tear = tear_name(tear);
+        self.s.router.route(&b.mac, self.device);
+        b
+    }
+
+    fn run(&self, b: &ImageBoard, boots: u32, update: bool, cut: Option<u64>) -> SimRun {
+        let run = b.boot_with(&self.s.router.base, boots, update, cut);
+        if verbose() {
+            eprintln!("{}", run.out);
+        }
+        run
+    }
+
+    fn done_with(&self, b: &ImageBoard) {
+        if std::env::var_os("MPFLEET_CRASH_KEEP").is_none() {
+            let _ = std::fs::remove_dir_all(&b.dir);
+        }
+    }
+
+    /// The invariant after `run` of `b`, then a later update: the generation it ran.
+    fn verify(&self, b: &ImageBoard, run: &SimRun) -> Result<i64, String> {
+        let all = [&self.s.old, &self.s.new, &self.s.later, &self.s.bad];
+        let t = check(b, run, &self.outcomes, &all).map_err(|e| format!("{e}\n{}", run.out))?;
+        later_update(self.s, b)?;
+        Ok(t.generation)
+    }
+
+    /// Whether a run from `from` with a cut at `k` is cut (the run makes k writes).
+    fn cut_happens(&self, from: &ImageBoard, update: bool, k: u64) -> bool {
+        let b = self.board(from, "probe", "lost");
+        let run = self.run(&b, 16, update, Some(k));
+        self.done_with(&b);
+        run.power_cut()
+    }
+
+    /// The clean run: its writes are the points to cut at.
+    fn clean(&self) -> Clean {
+        let b = self.board(self.start, "clean", "half");
+        let run = self.run(&b, 16, self.update, None);
+        let all = [&self.s.old, &self.s.new, &self.s.later, &self.s.bad];
+        let t = check(&b, &run, &self.outcomes, &all)
+            .unwrap_or_else(|e| panic!("{}, clean run: {e}\n{}", self.name, run.out));
+        let counted = run.flash_writes();
+        assert!(counted > 0, "{}", run.out);
+        let total = self.writes_to_the_end(self.start, self.update, counted, true);
+        eprintln!(
+            "crash {}: clean run: {counted} flash writes counted, {total} with the settled \
+             boot's, {} boots, runs generation {}",
+            self.name,
+            boots_of(&run),
+            t.generation
+        );
+        self.done_with(&b);
+        Clean {
+            counted,
+            total,
+            boots: boots_of(&run),
+        }
+    }
+
+    /// The writes of a whole run from `from` whose count said `counted`, the last boot's
+    /// included: that boot is killed once its app has settled and reports no count, but it
+    /// writes (the first stage empties `/ota/tmp` and writes the rollback marker there, the
+    /// app's `set('reboots', 0)` confirms the configuration), so the last k at which a cut
+    /// still happens is searched for: cuts at counted + 1, + 2, + 4, ... until one is not cut
+    /// (`parallel`: all at once), then bisection.
+    fn writes_to_the_end(
+        &self,
+        from: &ImageBoard,
+        update: bool,
+        counted: u64,
+        parallel: bool,
+    ) -> u64 {
+        let steps: Vec<u64> = (0..8).map(|i| 1u64 << i).collect();
+        let first_uncut = if parallel {
+            pool(&steps, |&d| {
+                Ok::<_, String>(self.cut_happens(from, update, counted + d))
+            })
+            .into_iter()
+            .position(|(_, r)| !r.unwrap())
+        } else {
+            steps
+                .iter()
+                .position(|&d| !self.cut_happens(from, update, counted + d))
+        };
+        let Some(first_uncut) = first_uncut else {
+            panic!(
+                "{}: a cut at write {} still happens: the last boot writes that much?",
+                self.name,
+                counted + steps[steps.len() - 1]
+            );
+        };
+        // The last write is in [lo, hi): a cut at lo happens (or lo = counted), at hi not.
+        let mut lo = if first_uncut == 0 {
+            counted
+        } else {
+            counted + steps[first_uncut - 1]
+        };
+        let mut hi = counted + steps[first_uncut];
+        while hi - lo > 1 {
+            let mid = lo + (hi - lo) / 2;
+            if self.cut_happens(from, update, mid) {
+                lo = mid;
+            } else {
+                hi = mid;
+            }
+        }
+        lo
+    }
+}
+
+/// What the single-cut scenario showed.
 #[derive(Debug, Default)]
 pub struct Figures {
     pub writes: u64,
@@ -310,116 +601,70 @@ pub struct Figures {
     pub by_outcome: BTreeMap<i64, u64>,
 }
 
-pub fn threads() -> usize {
-    std::env::var("MPFLEET_CRASH_THREADS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(2)
-}
-
-/// Runs scenario `name`: `start` is the starting image (and RTC memory); the board follows
-/// `device` (`update`: an update is requested on its first boot); `outcomes` are the
-/// configurations it may end up running.
-fn scenario(
-    s: &Setup,
-    name: &str,
-    id: u32,
-    start: &ImageBoard,
-    device: &str,
-    update: bool,
-    outcomes: &[&Target],
-) -> Figures {
+/// Runs scenario `sc` with one cut at every write of its clean run, each tear.
+fn every_write(sc: &Scenario) -> Figures {
     let t0 = Instant::now();
-    let all = [&s.old, &s.new, &s.later, &s.bad];
-    let work = s.fleet.dir.path().join(format!("crash-{name}"));
-    // The clean run: its writes are the points to cut at.
-    let clean = start.copy_to(work.join("clean"), &mac(id, 0));
-    s.router.route(&clean.mac, device);
-    let run = clean.boot_with(&s.router.base, 16, update, None);
-    let t = check(&clean, &run, outcomes, &all)
-        .unwrap_or_else(|e| panic!("{name}, clean run: {e}\n{}", run.out));
-    if std::env::var_os("MPFLEET_CRASH_VERBOSE").is_some() {
-        eprintln!("{}", run.out);
-    }
-    let n = run.flash_writes();
-    assert!(n > 0, "{}", run.out);
-    eprintln!(
-        "crash {name}: clean run: {n} flash writes, runs generation {}",
-        t.generation
-    );
-    // Both ways a write in flight can end: half of it on flash, or none of it.
-    let tears: &[&str] = match std::env::var("MPFLEET_CRASH_TEAR").as_deref() {
-        Ok("half") => &["half"],
-        Ok("lost") => &["lost"],
-        _ => &["half", "lost"],
-    };
+    let clean = sc.clean();
+    let n = clean.total;
     let mut figures = Figures {
         writes: n,
         ..Figures::default()
     };
-    for tear in tears {
-        // MPFLEET_CRASH_ONLY=k: just that cut (with MPFLEET_CRASH_VERBOSE, its output).
-        let only: Option<u64> = std::env::var("MPFLEET_CRASH_ONLY")
-            .ok()
-            .and_then(|v| v.parse().ok());
-        let n = only.unwrap_or(n);
-        let next = AtomicU64::new(only.unwrap_or(1));
-        let failed = AtomicBool::new(false);
-        let results = Mutex::new(Vec::new());
-        std::thread::scope(|sc| {
-            for _ in 0..threads() {
-                sc.spawn(|| loop {
-                    let k = next.fetch_add(1, Ordering::SeqCst);
-                    if k > n || failed.load(Ordering::SeqCst) {
-                        break;
-                    }
-                    let mut b = start.copy_to(work.join(format!("{tear}-{k}")), &mac(id, k));
-                    b.tear = tear;
-                    s.router.route(&b.mac, device);
-                    let run = b.boot_with(&s.router.base, 16, update, Some(k));
-                    if std::env::var_os("MPFLEET_CRASH_VERBOSE").is_some() {
-                        eprintln!("{}", run.out);
-                    }
-                    let outcome = check(&b, &run, outcomes, &all)
-                        .map_err(|e| format!("{e}\n{}", run.out))
-                        .and_then(|t| later_update(s, &b).map(|()| t.generation));
-                    match outcome {
-                        Ok(g) => {
-                            results.lock().unwrap().push((k, run.power_cut(), g));
-                            if std::env::var_os("MPFLEET_CRASH_KEEP").is_none() {
-                                let _ = std::fs::remove_dir_all(&b.dir);
-                            }
-                        }
-                        Err(e) => {
-                            failed.store(true, Ordering::SeqCst);
-                            eprintln!("crash {name}: cut at write {k} ({tear}): {e}");
-                            results.lock().unwrap().push((k, false, -1));
-                        }
-                    }
-                });
-            }
+    // MPFLEET_CRASH_ONLY=k: just that cut (with MPFLEET_CRASH_VERBOSE, its output).
+    let cuts: Vec<u64> = match env_u64("MPFLEET_CRASH_ONLY") {
+        Some(k) => vec![k],
+        None => (1..=n).collect(),
+    };
+    let mut broken = Vec::new();
+    // MPFLEET_CRASH_TEAR=alternate: every write cut once, half the runs.
+    let alternate = std::env::var("MPFLEET_CRASH_TEAR").is_ok_and(|v| v == "alternate");
+    let passes: &[&str] = if alternate { &["alternate"] } else { tears() };
+    for pass in passes {
+        let results = pool(&cuts, |&k| {
+            let tear = tear_of(pass, k);
+            let b = sc.board(sc.start, tear, tear);
+            let run = sc.run(&b, 16, sc.update, Some(k));
+            let cut = run.power_cut();
+            let g = sc.verify(&b, &run).map_err(|e| {
+                eprintln!("crash {}: cut at write {k} ({tear}): {e}", sc.name);
+                e
+            })?;
+            sc.done_with(&b);
+            Ok((cut, g))
         });
-        let results = results.into_inner().unwrap();
-        let bad: Vec<u64> = results.iter().filter(|r| r.2 < 0).map(|r| r.0).collect();
-        assert!(
-            bad.is_empty(),
-            "crash {name}: cut at write(s) {bad:?} ({tear}) broke the board (output above)"
-        );
-        for (_, cut, g) in results {
-            figures.runs += 1;
-            figures.cuts += u64::from(cut);
-            *figures.by_outcome.entry(g).or_default() += 1;
+        for (i, r) in results {
+            match r {
+                Ok((cut, g)) => {
+                    figures.runs += 1;
+                    figures.cuts += u64::from(cut);
+                    *figures.by_outcome.entry(g).or_default() += 1;
+                }
+                Err(_) => broken.push(format!("{} ({})", cuts[i], tear_of(pass, cuts[i]))),
+            }
+        }
+        if !keep_going() && !broken.is_empty() {
+            break;
         }
     }
     eprintln!(
-        "FIGURES crash {name}: {n} write points, {} runs, {} cuts survived, outcomes by generation {:?} \
-         (old {}, new {}), {:.1}s",
+        "FIGURES crash {}: {n} write points ({} counted + {} in the settled boot), {} runs, \
+         {} cuts survived, {} broke the board, outcomes by generation {:?} (old {}, new {}), {:.1}s",
+        sc.name,
+        clean.counted,
+        n - clean.counted,
         figures.runs,
         figures.cuts,
+        broken.len(),
         figures.by_outcome,
-        s.old.generation,
-        s.new.generation,
+        sc.s.old.generation,
+        sc.s.new.generation,
         t0.elapsed().as_secs_f64()
+    );
+    assert!(
+        broken.is_empty(),
+        "crash {}: cut at write(s) {broken:?} broke the board (output above); one alone: \
+         MPFLEET_CRASH_ONLY=K MPFLEET_CRASH_TEAR=T MPFLEET_CRASH_VERBOSE=1",
+        sc.name
     );
     figures
 }
@@ -433,7 +678,8 @@ fn power_cut_at_every_write_of_an_update() {
         &mac(1, 0xffff),
         D_OLD,
     );
-    let f = scenario(&s, "update", 1, &start, D_NEW, true, &[&s.old, &s.new]);
+    let sc = Scenario::new(&s, "update", 1, &start, D_NEW, true, &[&s.old, &s.new]);
+    let f = every_write(&sc);
     assert!(f.cuts + 2 >= f.runs, "{f:?}");
     // Cuts early in the update leave the old generation, late ones the new one.
     assert!(f.runs < f.writes || f.by_outcome.len() == 2, "{f:?}");
@@ -450,7 +696,8 @@ fn power_cut_at_every_write_of_a_rollback() {
         &mac(2, 0xffff),
         D_OLD,
     );
-    let f = scenario(&s, "rollback", 2, &start, D_BAD, true, &[&s.old]);
+    let sc = Scenario::new(&s, "rollback", 2, &start, D_BAD, true, &[&s.old]);
+    let f = every_write(&sc);
     assert!(f.cuts + 2 >= f.runs, "{f:?}");
 }
 
@@ -460,6 +707,369 @@ fn power_cut_at_every_write_of_a_bootstrap() {
     // A blank (empty) image: the board formats it, then runs the bootstrap.
     let blank = ImageBoard::new(s.fleet.dir.path().join("blank"), &mac(3, 0xffff));
     std::fs::write(blank.image(), b"").unwrap();
-    let f = scenario(&s, "bootstrap", 3, &blank, D_OLD, false, &[&s.old]);
+    let sc = Scenario::new(&s, "bootstrap", 3, &blank, D_OLD, false, &[&s.old]);
+    let f = every_write(&sc);
     assert!(f.cuts + 2 >= f.runs, "{f:?}");
+}
+
+// ---------------------------------------------------------------------------------------
+// A second power cut during the recovery boot.
+
+/// `count` points evenly spaced over 1..=n, both ends included.
+fn spread(n: u64, count: u64) -> Vec<u64> {
+    if count == 0 || n == 0 {
+        return Vec::new();
+    }
+    if count >= n {
+        return (1..=n).collect();
+    }
+    if count == 1 {
+        return vec![n];
+    }
+    let mut v: Vec<u64> = (0..count)
+        .map(|i| 1 + (i * (n - 1) + (count - 1) / 2) / (count - 1))
+        .collect();
+    v.dedup();
+    v
+}
+
+/// The first cuts: `count` points over 1..=n, about 9 in 10 evenly spaced and the rest
+/// drawn from `rng`, each with a tear drawn from `rng` (or the one `MPFLEET_CRASH_TEAR` names).
+fn first_cuts(n: u64, count: u64, rng: &mut Rng) -> Vec<(u64, &'static str)> {
+    let count = count.min(n);
+    let random = if count >= 4 { count.div_ceil(10) } else { 0 };
+    let mut ks = spread(n, count - random);
+    while (ks.len() as u64) < count {
+        let k = 1 + rng.below(n);
+        if !ks.contains(&k) {
+            ks.push(k);
+        }
+    }
+    ks.sort_unstable();
+    ks.into_iter().map(|k| (k, draw_tear(rng))).collect()
+}
+
+fn draw_tear(rng: &mut Rng) -> &'static str {
+    let t = tears();
+    t[rng.below(t.len() as u64) as usize]
+}
+
+/// The second cuts of one recovery run of `m` writes: its last write (where an update
+/// commits), and `count - 1` drawn one from each equal stretch of the writes before it.
+fn second_cuts(m: u64, count: u64, rng: &mut Rng) -> Vec<u64> {
+    if count == 0 || m == 0 {
+        return Vec::new();
+    }
+    if count >= m {
+        return (1..=m).collect();
+    }
+    let strata = count - 1;
+    let mut js = vec![m];
+    for i in 0..strata {
+        let lo = 1 + i * (m - 1) / strata;
+        let hi = 1 + (i + 1) * (m - 1) / strata;
+        js.push(lo + rng.below((hi - lo).max(1)));
+    }
+    js.sort_unstable();
+    js.dedup();
+    js
+}
+
+/// A cut: the write it tears, and how (`half` or `lost`).
+type Cut = (u64, &'static str);
+
+/// `MPFLEET_CRASH_PAIR=K:TEAR,J:TEAR`: just that pair.
+fn only_pair() -> Option<(Cut, Cut)> {
+    let v = std::env::var("MPFLEET_CRASH_PAIR").ok()?;
+    let parse = |p: &str| {
+        let (k, t) = p.split_once(':').unwrap_or((p, "half"));
+        let k: u64 = k.trim().parse().expect("MPFLEET_CRASH_PAIR=K:TEAR,J:TEAR");
+        (k, tear_name(t.trim()))
+    };
+    let (a, b) = v.split_once(',').expect("MPFLEET_CRASH_PAIR=K:TEAR,J:TEAR");
+    Some((parse(a), parse(b)))
+}
+
+/// A board on the image a first cut (at `k`, torn `tear`) left: the run from the starting
+/// image stops with the boot the cut ends, so the image is as the power left it (RTC memory
+/// lost). `cum[b]`: writes of the clean run's boots 1..=b+1. `None`: there is no write k.
+fn after_a_cut(sc: &Scenario, k: u64, tear: &str, cum: &[u64]) -> Option<ImageBoard> {
+    let mut boots = cum
+        .iter()
+        .position(|&c| c >= k)
+        .map_or(cum.len(), |i| i + 1) as u32;
+    for _ in 0..4 {
+        let b = sc.board(sc.start, &format!("first-{k}-{tear}"), tear);
+        let run = sc.run(&b, boots, sc.update, Some(k));
+        match boot_that_ended(&run, "PowerCut") {
+            Some(c) if c == boots => return Some(b),
+            // Cut in an earlier boot than the clean run said: stop there.
+            Some(c) => boots = c,
+            None => boots += 1,
+        }
+        sc.done_with(&b);
+        if boots > 16 {
+            break;
+        }
+    }
+    None
+}
+
+/// What the second-cut scenario showed.
+#[derive(Debug, Default)]
+pub struct PairFigures {
+    pub first: u64,
+    pub first_uncut: u64,
+    pub recovery_writes: (u64, u64),
+    pub pairs: u64,
+    pub second_cuts: u64,
+    pub by_outcome: BTreeMap<i64, u64>,
+}
+
+/// Two cuts: power fails at write k of the scenario (sampled), the board boots again and
+/// power fails at write j of that recovery (sampled over the recovery's own writes), then it
+/// boots on until its app runs; the invariant, and a later update, after each pair.
+fn two_cuts(sc: &Scenario) -> PairFigures {
+    let t0 = Instant::now();
+    let pairs = env_u64("MPFLEET_CRASH_PAIRS").unwrap_or(12).max(1);
+    let seed = env_u64("MPFLEET_CRASH_SEED").unwrap_or(1);
+    let mut rng = Rng::seeded(seed ^ u64::from(sc.id) << 32);
+    let clean = sc.clean();
+    let n = clean.total;
+    // The clean run's writes after each boot (the runs stop after boot b).
+    let bs: Vec<u32> = (1..clean.boots).collect();
+    let mut cum: Vec<u64> = pool(&bs, |&b| {
+        let board = sc.board(sc.start, "boots", "half");
+        let run = sc.run(&board, b, sc.update, None);
+        sc.done_with(&board);
+        Ok::<_, String>(run.flash_writes())
+    })
+    .into_iter()
+    .map(|(_, r)| r.unwrap())
+    .collect();
+    cum.push(n);
+
+    let only = only_pair();
+    let mut figures = PairFigures {
+        recovery_writes: (u64::MAX, 0),
+        ..PairFigures::default()
+    };
+    // Phase 1: the image each first cut leaves, and a clean recovery from it (checked), which
+    // counts the recovery's writes. First cuts: a third of the pairs asked for, and more
+    // (drawn at random) while their recoveries have fewer writes in all than pairs asked for.
+    let phase1 = |firsts: &[Cut]| {
+        pool(firsts, |&(k, tear)| {
+            let Some(post) = after_a_cut(sc, k, tear, &cum) else {
+                return Ok(None);
+            };
+            let b = sc.board(&post, &format!("recovery-{k}-{tear}"), tear);
+            let run = sc.run(&b, 16, false, None);
+            let all = [&sc.s.old, &sc.s.new, &sc.s.later, &sc.s.bad];
+            check(&b, &run, &sc.outcomes, &all).map_err(|e| {
+                let e = format!("cut at write {k} ({tear}), recovery: {e}\n{}", run.out);
+                eprintln!("crash {} (two cuts): {e}", sc.name);
+                e
+            })?;
+            sc.done_with(&b);
+            // Its writes, the settled boot's included (most of a recovery's are there).
+            let m = sc.writes_to_the_end(&post, false, run.flash_writes(), false);
+            Ok(Some((post, m)))
+        })
+    };
+    let mut firsts: Vec<Cut> = match only {
+        Some((k, _)) => vec![k],
+        None => first_cuts(n, pairs.div_ceil(3), &mut rng),
+    };
+    let mut broken: Vec<String> = Vec::new();
+    // (first cut, its image, its recovery's writes)
+    let mut recovered: Vec<(Cut, ImageBoard, u64)> = Vec::new();
+    let mut batch = firsts.clone();
+    loop {
+        for (i, r) in phase1(&batch) {
+            let (k, tear) = batch[i];
+            match r {
+                Err(_) => broken.push(format!("{k}:{tear} (its recovery)")),
+                Ok(None) => figures.first_uncut += 1,
+                Ok(Some((post, m))) => recovered.push(((k, tear), post, m)),
+            }
+        }
+        let room: u64 = recovered.iter().map(|r| r.2).sum();
+        let left = n - firsts.len() as u64;
+        if only.is_some() || room >= pairs || left == 0 || !(broken.is_empty() || keep_going()) {
+            break;
+        }
+        // More first cuts, as many as the recoveries so far say the missing pairs need.
+        let per = (room / recovered.len().max(1) as u64).max(1);
+        let more = (pairs - room).div_ceil(per).min(left);
+        batch.clear();
+        while (batch.len() as u64) < more {
+            let k = 1 + rng.below(n);
+            if !firsts.iter().any(|f| f.0 == k) {
+                batch.push((k, draw_tear(&mut rng)));
+                firsts.push(*batch.last().unwrap());
+            }
+        }
+    }
+    figures.first = firsts.len() as u64;
+    eprintln!(
+        "crash {} (two cuts): first cuts {:?}, seed {seed}",
+        sc.name,
+        {
+            let mut f = firsts.clone();
+            f.sort_unstable();
+            f
+        }
+    );
+    // The pairs: shared out one at a time over the first cuts, none more than its recovery's
+    // writes, then drawn (second_cuts) for each.
+    recovered.sort_by_key(|r| r.0);
+    let mut counts = vec![0u64; recovered.len()];
+    let mut given = 0;
+    while given < pairs {
+        let before = given;
+        for (c, r) in counts.iter_mut().zip(&recovered) {
+            if given < pairs && *c < r.2 {
+                *c += 1;
+                given += 1;
+            }
+        }
+        if given == before {
+            break;
+        }
+    }
+    let mut work = Vec::new();
+    for ((first, post, m), count) in recovered.iter().zip(counts) {
+        figures.recovery_writes.0 = figures.recovery_writes.0.min(*m);
+        figures.recovery_writes.1 = figures.recovery_writes.1.max(*m);
+        let seconds: Vec<Cut> = match only {
+            Some((_, j)) => vec![j],
+            None => second_cuts(*m, count, &mut rng)
+                .into_iter()
+                .map(|j| (j, draw_tear(&mut rng)))
+                .collect(),
+        };
+        for second in seconds {
+            work.push((post.clone(), *first, second));
+        }
+    }
+    // Phase 2: every pair, from its first cut's image.
+    let results = if broken.is_empty() || keep_going() {
+        pool(&work, |(post, (k, tear), (j, tear2))| {
+            let b = sc.board(post, &format!("pair-{k}{tear}-{j}{tear2}"), tear2);
+            let run = sc.run(&b, 16, false, Some(*j));
+            let cut = run.power_cut();
+            let g = sc.verify(&b, &run).map_err(|e| {
+                let e = format!("cuts at write {k} ({tear}) then {j} ({tear2}): {e}");
+                eprintln!("crash {} (two cuts): {e}", sc.name);
+                e
+            })?;
+            sc.done_with(&b);
+            Ok((cut, g))
+        })
+    } else {
+        Vec::new()
+    };
+    for (i, r) in results {
+        let (_, (k, tear), (j, tear2)) = &work[i];
+        match r {
+            Ok((cut, g)) => {
+                figures.pairs += 1;
+                figures.second_cuts += u64::from(cut);
+                *figures.by_outcome.entry(g).or_default() += 1;
+            }
+            Err(_) => broken.push(format!("{k}:{tear},{j}:{tear2}")),
+        }
+    }
+    for (_, post, _) in &recovered {
+        sc.done_with(post);
+    }
+    eprintln!(
+        "FIGURES crash {} two cuts: {n} write points, {} first cuts (seed {seed}; {} not reached), \
+         recovery runs of {}..{} writes, {} pairs survived, {} second cuts, \
+         {} broke the board, outcomes by generation {:?}, {:.1}s",
+        sc.name,
+        figures.first,
+        figures.first_uncut,
+        figures.recovery_writes.0.min(figures.recovery_writes.1),
+        figures.recovery_writes.1,
+        figures.pairs,
+        figures.second_cuts,
+        broken.len(),
+        figures.by_outcome,
+        t0.elapsed().as_secs_f64()
+    );
+    assert!(
+        broken.is_empty(),
+        "crash {} two cuts: {broken:?} broke the board (output above); one alone: \
+         MPFLEET_CRASH_PAIR=K:TEAR,J:TEAR MPFLEET_CRASH_VERBOSE=1",
+        sc.name
+    );
+    figures
+}
+
+#[test]
+fn second_power_cut_during_recovery_from_an_update() {
+    let s = setup();
+    let start = bootstrapped(
+        &s,
+        &s.fleet.dir.path().join("start"),
+        &mac(4, 0xffff),
+        D_OLD,
+    );
+    let sc = Scenario::new(&s, "update", 4, &start, D_NEW, true, &[&s.old, &s.new]);
+    let f = two_cuts(&sc);
+    assert!(f.pairs > 0 && f.second_cuts > 0, "{f:?}");
+}
+
+#[test]
+fn second_power_cut_during_recovery_from_a_rollback() {
+    let s = setup();
+    let start = bootstrapped(
+        &s,
+        &s.fleet.dir.path().join("start"),
+        &mac(5, 0xffff),
+        D_OLD,
+    );
+    let sc = Scenario::new(&s, "rollback", 5, &start, D_BAD, true, &[&s.old]);
+    let f = two_cuts(&sc);
+    assert!(f.pairs > 0 && f.second_cuts > 0, "{f:?}");
+}
+
+#[test]
+fn second_power_cut_during_recovery_from_a_bootstrap() {
+    let s = setup();
+    let blank = ImageBoard::new(s.fleet.dir.path().join("blank"), &mac(6, 0xffff));
+    std::fs::write(blank.image(), b"").unwrap();
+    let sc = Scenario::new(&s, "bootstrap", 6, &blank, D_OLD, false, &[&s.old]);
+    let f = two_cuts(&sc);
+    assert!(f.pairs > 0 && f.second_cuts > 0, "{f:?}");
+}
+
+#[cfg(test)]
+mod sampling {
+    use super::*;
+
+    #[test]
+    fn spread_covers_both_ends() {
+        assert_eq!(spread(10, 1), vec![10]);
+        assert_eq!(spread(10, 2), vec![1, 10]);
+        assert_eq!(spread(10, 4), vec![1, 4, 7, 10]);
+        assert_eq!(spread(3, 5), vec![1, 2, 3]);
+        let v = spread(107, 40);
+        assert_eq!((v.len(), v[0], v[39]), (40, 1, 107));
+    }
+
+    #[test]
+    fn cuts_are_distinct_and_in_range() {
+        let mut rng = Rng::seeded(1);
+        let k = first_cuts(107, 44, &mut rng);
+        assert_eq!(k.len(), 44);
+        assert!(
+            k.windows(2).all(|w| w[0].0 < w[1].0) && k[43].0 <= 107,
+            "{k:?}"
+        );
+        let j = second_cuts(30, 4, &mut rng);
+        assert!(j.contains(&30) && j.len() == 4 && j.iter().all(|&j| (1..=30).contains(&j)));
+        assert_eq!(second_cuts(3, 5, &mut rng), vec![1, 2, 3]);
+    }
 }
