@@ -135,8 +135,8 @@ def bootstrap():
     if isinstance(mpy, dict) and mpy.get("version") == getattr(sys.implementation, "_mpy", -1) & 0xFF:
         m = mpy  # precompiled bytecode this port loads
     print("mpfleet: fetching", m["url"])
-    ext = ".mpy" if m["url"].endswith(".mpy") else ".py"
-    _save(server + m["url"], "/ota/tmp/updater" + ext, m["size"], m["sha256"])
+    fetched = "/ota/tmp/updater" + (".mpy" if m["url"].endswith(".mpy") else ".py")
+    _save(server + m["url"], fetched, m["size"], m["sha256"])
     sys.path.insert(0, "/ota/tmp")
     import updater
 
@@ -158,6 +158,7 @@ def bootstrap():
     updater.remove("/ota/tmp/manifest.json")
 
     def main_py():  # last: a board with /main.py has everything it needs
+        updater.remove(fetched)  # loaded: its file can go
         updater.install(server, stub, "/main.py")
 
     updater.run(updater._run, done=main_py)

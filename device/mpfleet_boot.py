@@ -111,11 +111,22 @@ def _add_bad(generation):
 
 
 def _empty_tmp():
+    # mkdir first: it makes littlefs finish what a power cut interrupted (a
+    # rename half done hides files from listdir until the next write), and
+    # makes /ota/tmp if it is missing. Then each file on its own.
     try:
-        for name in os.listdir(_OTA + "tmp"):
-            os.remove(_OTA + "tmp/" + name)
-    except OSError:
+        os.mkdir(_OTA + "tmp")
+    except OSError:  # it exists
         pass
+    try:
+        names = os.listdir(_OTA + "tmp")
+    except OSError:
+        return
+    for name in names:
+        try:
+            os.remove(_OTA + "tmp/" + name)
+        except OSError:
+            pass
 
 
 def _choose(flags):

@@ -114,19 +114,6 @@ def _request(method, url, body=None, timeout=None):
         raise
 
 
-def _body(sock, left):
-    # Yields the size of each piece of the body read into _buf.
-    while left is None or left > 0:
-        n = sock.readinto(_buf, 512 if left is None else min(512, left))
-        if not n:
-            if left:
-                raise OSError("connection closed mid-body")
-            return
-        if left is not None:
-            left -= n
-        yield n
-
-
 def _get(url, path, size=_MAX, sha=None):
     # Stream url into path; raise unless it is `size` bytes with SHA-256 `sha`
     # (with sha None: at most `size` bytes).
@@ -137,7 +124,12 @@ def _get(url, path, size=_MAX, sha=None):
         if status != 200:
             raise (ValueError if status < 500 else OSError)("HTTP %d for %s" % (status, url))
         with open(path, "wb") as f:
-            for n in _body(sock, length):
+            while length is None or got < length:
+                n = sock.readinto(_buf, 512 if length is None else min(512, length - got))
+                if not n:
+                    if length is not None:
+                        raise OSError("connection closed mid-body")
+                    break
                 got += n
                 if got > size:
                     break
@@ -300,7 +292,15 @@ def _install(server, g, app):
                 sep = ",\n"
             out.write("\n}}\n")
         if _run and _run[0] == "primary" and _run[1].get("confirmed"):
-            replace(_OTA + "primary.json", _OTA + "alternate.json")
+            # The running configuration becomes the alternate: a copy, renamed
+            # over the old one, so that a power cut never leaves no primary.
+            with open(_OTA + "primary.json") as f, open(_TMP + "alternate.json", "w") as out:
+                while True:
+                    n = f.readinto(_buf)
+                    if not n:
+                        break
+                    out.write(_buf[:n])
+            replace(_TMP + "alternate.json", _OTA + "alternate.json")
         replace(_TMP + "primary.json", _OTA + "primary.json")
     except:  # noqa: E722 -- undo, then re-raise
         try:
@@ -389,7 +389,7 @@ def _update(stuck):
             pass
         _install(server, g, app)
     finally:
-        for name in ("manifest.json", "dl", "primary.json"):
+        for name in ("manifest.json", "dl", "primary.json", "alternate.json"):
             remove(_TMP + name)
     running()
     return "updated"
