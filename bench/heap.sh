@@ -10,7 +10,9 @@
 #   plain boot     an installed board reaches its app and settles, no update
 #   update (.mpy)  a whole update to a new module version, then the new version runs; the
 #                  runtime precompiled (the server has mpy-cross)
-#   update (source) the same with the runtime as source (server and CLI: MPFLEET_MPY_CROSS="")
+#   update (no mpy-cross) the same on a server without mpy-cross (MPFLEET_MPY_CROSS=""):
+#                  the app comes as source; the runtime still comes precompiled, since the
+#                  binary carries it
 # each also as "+N k over the floor", against the budgets the tests assert.
 # Figures are for the 64-bit unix port; a 32-bit board needs about half.
 #
@@ -63,8 +65,8 @@ row() { # label key [budget-key]
 printf '%-44s %5sk\n' "floor: empty /main.py on a littlefs image" "$floor"
 row "plain boot (runtime .mpy)" boot "$line" boot
 row "whole update, runtime precompiled (.mpy)" update_mpy "$line" update_mpy
-row "whole update, runtime from source" update_source "$line" update_source
-row "plain boot (runtime from source)" boot_source "$detail"
+row "whole update, server without mpy-cross" update_source "$line" update_source
+row "plain boot, server without mpy-cross" boot_source "$detail"
 printf '%-44s %5sk\n' "floor on a --flash-dir instead of an image" "$(get floor_dir "$detail")"
 echo "($(sed -n 's/.*; without mpy-cross/without mpy-cross/p' <<<"$detail"))"
 echo

@@ -59,12 +59,17 @@ fn app(confirm: bool) -> String {
     )
 }
 
-/// A served fleet whose board (a littlefs image) runs `app` and sensorclass 'one'.
-fn installed(app_src: &str) -> (Fleet, Server, ImageBoard) {
-    let f = Fleet::new();
+/// Publishes `app_src` as the app and sensorclass 'one', and assigns the board to them.
+fn assign(f: &Fleet, app_src: &str) {
     f.publish("app", app_src, &[]);
     f.publish("sensorclass", "VALUE = 'one'\n", &[]);
     f.ok(&["device", "set", MAC, "--app", "app", "sensorclass=latest"]);
+}
+
+/// A served fleet whose board (a littlefs image) runs `app` and sensorclass 'one'.
+fn installed(app_src: &str) -> (Fleet, Server, ImageBoard) {
+    let f = Fleet::new();
+    assign(&f, app_src);
     let s = f.serve();
     let mut b = ImageBoard::new(f.dir.path().join("board"), MAC);
     // An app that never says it is healthy is reset at this boot deadline.
@@ -247,9 +252,7 @@ fn newcomer_path_without_mpy_cross_reaches_the_app_and_updates() {
     // The README: `mpfleet serve` on a fresh machine (no mpy-cross), then `mpfleet sim` as
     // shown, at its default heap and port.
     let f = Fleet::without_mpy_cross();
-    f.publish("app", &app(true), &[]);
-    f.publish("sensorclass", "VALUE = 'one'\n", &[]);
-    f.ok(&["device", "set", MAC, "--app", "app", "sensorclass=latest"]);
+    assign(&f, &app(true));
     let s = f.serve();
     let mut b = SimBoard::new(&f, MAC);
     b.heap = String::new();
@@ -340,9 +343,7 @@ fn a_manifest_of_64_modules_installs_and_65_is_refused() {
 #[test]
 fn bootstrap_refuses_a_truncated_main_py_and_completes_later() {
     let f = Fleet::new();
-    f.publish("app", &app(true), &[]);
-    f.publish("sensorclass", "VALUE = 'one'\n", &[]);
-    f.ok(&["device", "set", MAC, "--app", "app", "sensorclass=latest"]);
+    assign(&f, &app(true));
     let s = f.serve();
     let proxy = FaultProxy::start(&s.base);
     proxy.set(Fault::Truncate, "m/main/");
@@ -367,9 +368,7 @@ fn bootstrap_refuses_a_truncated_main_py_and_completes_later() {
 #[test]
 fn a_version_reused_with_other_bytes_is_installed_by_its_sha256() {
     let f = Fleet::new();
-    f.publish("app", &app(true), &[]);
-    f.publish("sensorclass", "VALUE = 'one'\n", &[]);
-    f.ok(&["device", "set", MAC, "--app", "app", "sensorclass=latest"]);
+    assign(&f, &app(true));
     let s = f.serve();
     let b = SimBoard::new(&f, MAC);
     let run = b.boot(&s.base, 6);
@@ -404,9 +403,7 @@ fn a_version_reused_with_other_bytes_is_installed_by_its_sha256() {
 fn rtc_memory_that_is_not_an_object_is_ignored() {
     // An app that uses RTC memory itself: the runtime starts afresh, it does not crash.
     let f = Fleet::new();
-    f.publish("app", &app(true), &[]);
-    f.publish("sensorclass", "VALUE = 'one'\n", &[]);
-    f.ok(&["device", "set", MAC, "--app", "app", "sensorclass=latest"]);
+    assign(&f, &app(true));
     let s = f.serve();
     let b = SimBoard::new(&f, MAC);
     assert!(b.boot(&s.base, 6).settled());
@@ -427,9 +424,7 @@ fn rtc_memory_that_is_not_an_object_is_ignored() {
 #[test]
 fn bootstrap_refuses_micropython_before_1_22() {
     let f = Fleet::new();
-    f.publish("app", &app(true), &[]);
-    f.publish("sensorclass", "VALUE = 'one'\n", &[]);
-    f.ok(&["device", "set", MAC, "--app", "app", "sensorclass=latest"]);
+    assign(&f, &app(true));
     let s = f.serve();
     let mut b = SimBoard::new(&f, MAC);
     b.port = Some("esp32".into());
