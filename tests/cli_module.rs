@@ -117,7 +117,7 @@ fn bad_names_and_versions_touch_nothing() {
         .collect();
     assert_eq!(
         names,
-        ["config", "main", "updater"],
+        ["config", "main", "mpfleet", "mpfleet_boot", "updater"],
         "only the runtime is in the store"
     );
     // No file escaped the data directory.
@@ -163,7 +163,7 @@ fn concurrent_publishes_both_end_consistent() {
 fn runtime_is_published_on_first_open() {
     let f = Fleet::new();
     let list = f.json(&["module", "list", "--json"]);
-    for rt in ["config", "updater", "main"] {
+    for rt in ["config", "updater", "main", "mpfleet", "mpfleet_boot"] {
         assert!(
             list.as_array().unwrap().iter().any(|m| m["name"] == rt),
             "{rt} missing: {list}"
