@@ -11,9 +11,8 @@
 # lost on power-off. An ESP8266 holds 492 bytes: keep values short.
 #
 # The first stage (mpfleet.py) picks the configuration and calls init(); then
-# `primary` or `alternate` is True for the one running, and `generation`,
-# `app`, `files` ({name: installed file}) describe it; versions() gives
-# {name: version}.
+# `primary` or `alternate` is True for the one running, `generation` and `app`
+# describe it, and versions() gives {name: version} (read from flash).
 #
 # Healthy. set('reboots', 0) also *confirms* the running configuration: it is
 # written down as good, and only a confirmed configuration ever becomes the
@@ -47,23 +46,27 @@ alternate = False
 confirmed = False
 generation = None
 app = None
-files = {}
 
 
-def init(which, head, installed, watch=None):
-    global primary, alternate, confirmed, generation, app, files, _w
+def init(which, head, watch=None):
+    global primary, alternate, confirmed, generation, app, _w
     _w = watch
     primary = which == "primary"
     alternate = which == "alternate"
     confirmed = alternate or head.get("confirmed", False)
     generation = head["generation"]
     app = head["app"]
-    files = installed
 
 
 def versions():
     # {name: version} of the running configuration.
-    return {n: f[: f.rfind("-")] for n, f in files.items()}
+    found = {}
+    with open(_OTA + ("primary" if primary else "alternate") + ".json") as f:
+        for line in f:  # "name":["version","file","sha256"],
+            if line.startswith('"'):
+                parts = line.split('"')
+                found[parts[1]] = parts[3]
+    return found
 
 
 def bootflags():

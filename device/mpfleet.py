@@ -15,10 +15,12 @@ import machine
 class Importer:
     # A read-only filesystem the first stage mounts at /ota/importer, first on
     # sys.path: `import sensorclass` opens /ota/m/sensorclass/{file} for the
-    # file the running configuration names (source or .mpy). It lives here,
-    # not in the first stage, so that the first stage can be unloaded.
-    def __init__(self, files):
-        self.files = files
+    # file the running configuration names (source or .mpy). It looks the
+    # module up in the configuration's file at each import, so a board with 64
+    # modules holds no table of them. It lives here, not in the first stage,
+    # so that the first stage can be unloaded.
+    def __init__(self, which):
+        self.cfg = "/ota/%s.json" % which
 
     def mount(self, readonly, mkfs):
         pass
@@ -29,10 +31,16 @@ class Importer:
     def _path(self, path):
         path = path.lstrip("/")
         dot = path.rfind(".")
-        file = self.files.get(path[:dot]) if dot > 0 else None
-        if file is None or not file.endswith(path[dot:]):
-            raise OSError(2)  # ENOENT: let import look further along sys.path
-        return "/ota/m/%s/%s" % (path[:dot], file)
+        if dot > 0:
+            key = '"%s":' % path[:dot]
+            with open(self.cfg) as f:
+                for line in f:  # "name":["version","file","sha256"],
+                    if line.startswith(key):
+                        file = line.split('"')[5]
+                        if file.endswith(path[dot:]):
+                            return "/ota/m/%s/%s" % (path[:dot], file)
+                        break
+        raise OSError(2)  # ENOENT: let import look further along sys.path
 
     def stat(self, path):
         return os.stat(self._path(path))

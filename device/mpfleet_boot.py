@@ -77,17 +77,13 @@ def _head(name):
         return None
 
 
-def _files(name):
-    # {module: installed file} of a configuration, read a line at a time.
-    files = {}
+def _file(name, module):
+    # The file configuration `name` installs for `module`, or None.
+    key = '"%s":' % module
     with open(_OTA + name + ".json") as f:
-        f.readline()
-        while True:
-            line = f.readline()
-            if not line.startswith('"'):
-                return files
-            for k, v in json.loads("{" + line.strip().rstrip(",") + "}").items():
-                files[k] = v[1]
+        for line in f:  # "name":["version","file","sha256"],
+            if line.startswith(key):
+                return line.split('"')[5]
 
 
 def _bad():
@@ -161,7 +157,7 @@ def _blamed(e, which):
     if which != "primary" or isinstance(e, (MemoryError, OSError)):
         return False
     try:
-        return _files("alternate").get("updater") != _files("primary").get("updater")
+        return _file("alternate", "updater") != _file("primary", "updater")
     except OSError:  # no alternate
         return False
 
@@ -210,7 +206,7 @@ def _watch(watch):
 def boot(importer, watch):
     # Mounts importer (mpfleet.py's Importer) for the chosen configuration and
     # starts the watchdog (mpfleet.py's Watch). Returns (the app to import or
-    # None, what runs: (which, head, files, watch), the updater's run()
+    # None, what runs: (which, head, watch), the updater's run()
     # arguments after that or None). Imports nothing versioned.
     flags = _flags()
     flags["reboots"] = flags.get("reboots", 0) + 1
@@ -229,10 +225,9 @@ def boot(importer, watch):
     _save(flags)
     print("mpfleet: boot", which, head["generation"], "reboots", flags["reboots"])
     w = _watch(watch)
-    files = _files(which)
-    mount(importer(files), _IMPORTER)
+    mount(importer(which), _IMPORTER)
     sys.path.insert(0, _IMPORTER)
-    now = (which, head, files, w)
+    now = (which, head, w)
     if failed is not None:
         print("mpfleet: rolled back from generation", failed)
         failed = "generation %s: %s" % (failed, flags.get("error"))

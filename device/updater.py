@@ -44,8 +44,8 @@ _TMP = "/ota/tmp/"
 _MANIFEST = "/ota/tmp/manifest.json"
 
 _buf = memoryview(bytearray(512))
-# What runs: (which, head, {module: file}, mpfleet.py's Watch or None), from the
-# first stage; None on a board that runs nothing yet (the bootstrap).
+# What runs: (which, head, mpfleet.py's Watch or None), from the first stage;
+# None on a board that runs nothing yet (the bootstrap).
 _run = None
 # The .mpy major version this port loads; None (source only) if it does not say.
 _MPY = getattr(sys.implementation, "_mpy", None)
@@ -68,7 +68,7 @@ def _flags():
 def alive():
     # Work is progressing: feed the watchdog and keep its timer feeding it 30 s
     # more (unless the app already said it is healthy: then it feeds for ever).
-    w = _run and _run[3]
+    w = _run and _run[2]
     if w:
         w.wdt.feed()
         if w.until is not None:
@@ -340,13 +340,16 @@ def _tidy():
 def report(event, error=None):
     # POST what happened to {server}v1/{mac}/report. Never raises.
     try:
-        files = _run[2] if _run else {}
+        modules = {}
+        if _run:
+            for n, m in _lines(_OTA + _run[0] + ".json"):
+                modules[n] = m[0]
         body = json.dumps(
             {
                 "event": event,
                 "generation": _gen(),
                 "config": _run and _run[0],
-                "modules": {n: f[: f.rfind("-")] for n, f in files.items()},
+                "modules": modules,
                 "flags": _flags(),
                 "error": error,
                 "mem_free": gc.mem_free(),
@@ -365,10 +368,7 @@ def report(event, error=None):
 def running():
     # /ota/primary.json runs now (after an update; at a bootstrap, if any).
     global _run
-    files = {}
-    for name, m in _lines(_OTA + "primary.json"):
-        files[name] = m[1]
-    _run = ("primary", _head(_OTA + "primary.json"), files, _run and _run[3])
+    _run = ("primary", _head(_OTA + "primary.json"), _run and _run[2])
 
 
 def _update(stuck):
