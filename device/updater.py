@@ -1,6 +1,6 @@
 # mpfleet updater: installs what the server says this board should run.
 #
-# /main.py calls run() when the `update` bootflag is set, when the board is
+# The first stage (mpfleet.py) calls run() when the `update` bootflag is set, when the board is
 # stuck (every configuration it has loops), or to report a rollback; the first
 # stage is unloaded meanwhile, and `config` is not loaded yet: the updater
 # has the heap to itself. It streams {server}v1/{mac}.json to
