@@ -100,10 +100,11 @@ impl Store {
         ))?;
         if old.as_deref() != Some(text.as_str()) {
             if old.is_none() {
+                let key = super::DeviceKey::random()?;
                 tx.execute(
-                    "INSERT INTO devices (mac, desired, generation, resolved_hash, created_at)
-                     VALUES (?1, ?2, 0, '', ?3)",
-                    rusqlite::params![mac.as_str(), text, now()],
+                    "INSERT INTO devices (mac, desired, generation, resolved_hash, created_at, key)
+                     VALUES (?1, ?2, 0, '', ?3, ?4)",
+                    rusqlite::params![mac.as_str(), text, now(), key.to_hex()],
                 )?;
             } else {
                 tx.execute(

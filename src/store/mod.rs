@@ -6,12 +6,14 @@
 
 mod blobs;
 mod devices;
+mod keys;
 mod modules;
 mod reports;
 mod schema;
 
 pub use blobs::sha256_hex;
 pub use devices::DeviceRow;
+pub use keys::DeviceKey;
 pub use modules::{Published, VersionRow};
 pub use reports::{Report, Sighting, UnknownDevice, REPORT_HISTORY};
 

@@ -55,6 +55,21 @@ const MIGRATIONS: &[&str] = &[
     "ALTER TABLE versions ADD COLUMN mpy_sha256 TEXT;
      ALTER TABLE versions ADD COLUMN mpy_size INTEGER;
      ALTER TABLE versions ADD COLUMN mpy_version INTEGER;",
+    // 3: trust. `meta` holds the store's identity ('store': random, named in every signed
+    // manifest so a board refuses another store's) and settings of the store itself. Every
+    // device gets a random 256-bit key (manifests are signed and reports checked with it),
+    // the highest report counter accepted from it (a lower one is a replay) and how many
+    // forged and replayed reports were refused.
+    "CREATE TABLE meta (
+        name  TEXT PRIMARY KEY,
+        value TEXT NOT NULL
+     );
+     INSERT INTO meta VALUES ('store', lower(hex(randomblob(16))));
+     ALTER TABLE devices ADD COLUMN key TEXT NOT NULL DEFAULT '';
+     UPDATE devices SET key = lower(hex(randomblob(32)));
+     ALTER TABLE devices ADD COLUMN report_counter INTEGER NOT NULL DEFAULT 0;
+     ALTER TABLE devices ADD COLUMN forged_reports INTEGER NOT NULL DEFAULT 0;
+     ALTER TABLE devices ADD COLUMN replayed_reports INTEGER NOT NULL DEFAULT 0;",
 ];
 
 pub(crate) fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
