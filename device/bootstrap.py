@@ -1,6 +1,9 @@
-# mpfleet bootstrap: run once on a fresh board, after your boot.py connects Wi-Fi:
+# mpfleet bootstrap: run once on a fresh board, after your boot.py connects Wi-Fi.
+# Each board has its own, with its key filled in (it is a secret: do not keep it):
+#   mpfleet device bootstrap MAC --server http://HOST:8080/ > bootstrap.py
 #   mpremote run bootstrap.py      (or copy it over and `import bootstrap`)
-# It writes /ota.json, fetches the `updater` the server names for this board
+# It writes /ota.json (server, key, store), fetches this board's signed
+# manifest, checks its HMAC under the key, fetches the `updater` it names
 # into /ota/tmp (checked by size and SHA-256), and hands over to it: it
 # installs the first stage (/ota/mpfleet.mpy, /ota/mpfleet_boot.mpy, and last
 # the /main.py that imports them) and the rest of the manifest, every file
@@ -11,6 +14,9 @@
 # every reset (the boot flags could not count a boot loop) and an ESP8266
 # watchdog takes no timeout.
 SERVER = "http://mpfleet.local:8080/"  # your mpfleet server; ends with "/"
+KEY = None  # this board's secret key (64 hex digits), from `mpfleet device bootstrap`
+STORE = None  # the identity of the store the key belongs to
+COUNTER = 0  # report counters up to this one were used already
 INTERVAL = 3600  # seconds between update checks your application may use
 WATCHDOG = 30  # seconds a boot may take before it says it is healthy (0: no watchdog)
 TIMEOUT = 10  # seconds the updater waits for the server
@@ -74,11 +80,61 @@ def _save(url, path, size, sha256):
         raise OSError("%s: %d bytes or sha256 do not match the manifest" % (url, got))
 
 
+def _hmac():
+    # HMAC-SHA256 under KEY: (inner hash to feed, outer key pad).
+    k = bytearray(binascii.unhexlify(KEY) + bytes(32))
+    for i in range(64):
+        k[i] ^= 0x36
+    inner = hashlib.sha256(k)
+    for i in range(64):
+        k[i] ^= 0x6A  # 0x36 ^ 0x5C: the outer pad
+    return inner, k
+
+
+def _write(path, value):
+    # JSON to path, atomically (a copy in /ota/tmp, then renamed).
+    with open("/ota/tmp/new.json", "w") as f:
+        json.dump(value, f)
+    try:
+        os.rename("/ota/tmp/new.json", path)
+    except OSError:  # FAT will not rename over an existing file
+        os.remove(path)
+        os.rename("/ota/tmp/new.json", path)
+
+
+def _read(path):
+    try:
+        with open(path) as f:
+            value = json.load(f)
+    except (OSError, ValueError):
+        value = None
+    return value if isinstance(value, dict) else {}
+
+
 def _mkdir(path):
     try:
         os.mkdir(path)
     except OSError:  # exists
         pass
+
+
+def _settings(server):
+    # /ota.json (server, key, store...) and /ota/trust.json (report counters).
+    for d in ("/ota", "/ota/tmp", "/ota/m"):
+        _mkdir(d)
+    settings = _read("/ota.json")
+    trust = _read("/ota/trust.json")
+    if settings.get("store") != STORE or settings.get("key") != KEY:
+        trust = {}  # another store or key: its generations are not this one's
+    trust["n"] = max(trust.get("n", 0), COUNTER)
+    settings["server"] = server
+    settings.setdefault("interval", INTERVAL)
+    settings["watchdog"] = WATCHDOG
+    settings["timeout"] = TIMEOUT
+    settings["key"] = KEY
+    settings["store"] = STORE
+    _write("/ota/trust.json", trust)
+    _write("/ota.json", settings)
 
 
 def bootstrap():
@@ -88,26 +144,10 @@ def bootstrap():
         print("Flash a newer firmware (https://micropython.org/download/), then run bootstrap.py again.")
         return
     server = SERVER if SERVER.endswith("/") else SERVER + "/"
-    for d in ("/ota", "/ota/tmp", "/ota/m"):
-        _mkdir(d)
-    try:
-        with open("/ota.json") as f:
-            settings = json.load(f)
-    except (OSError, ValueError):
-        settings = {}
-    settings["server"] = server
-    settings.setdefault("interval", INTERVAL)
-    settings["watchdog"] = WATCHDOG
-    settings["timeout"] = TIMEOUT
-    with open("/ota/tmp/ota.json", "w") as f:
-        json.dump(settings, f)
-    try:
-        os.rename("/ota/tmp/ota.json", "/ota.json")
-    except OSError:  # FAT will not rename over an existing file
-        os.remove("/ota.json")
-        os.rename("/ota/tmp/ota.json", "/ota.json")
-
     mac = binascii.hexlify(network.WLAN(network.STA_IF).config("mac")).decode()
+    keyed = KEY and len(KEY) == 64 and STORE
+    if keyed:
+        _settings(server)
     print("mpfleet: board", mac, "server", server)
     try:
         sock, length = _get("%sv1/%s.json" % (server, mac))
@@ -117,20 +157,39 @@ def bootstrap():
         # The server saw us (`mpfleet device list --unknown`): say what to do.
         print("mpfleet: this board is not assigned on the server yet: run")
         print("  mpfleet device set %s --app YOUR_APP" % mac)
-        print("then run bootstrap.py again")
+        print("  mpfleet device bootstrap %s --server %s > bootstrap.py" % (mac, server))
+        print("then run that bootstrap.py")
         return
-    # The manifest has one module per line: keep only the updater's.
+    if not keyed:
+        sock.close()
+        print("mpfleet: this bootstrap has no key. Make this board's own on the server:")
+        print("  mpfleet device bootstrap %s --server %s > bootstrap.py" % (mac, server))
+        print("then run that bootstrap.py")
+        return
+
+    # The manifest is sealed: an HMAC line, then one file per line. Keep only
+    # the updater's line, and use it once the HMAC of every line checks.
+    m = None
     try:
-        sock.readline()
-        while True:
-            line = sock.readline()
-            if not line.startswith(b'"'):
-                raise ValueError("the manifest names no updater")
-            if line.startswith(b'"updater"'):
-                m = json.loads(b"{" + line.strip().rstrip(b",") + b"}")["updater"]
+        seal = sock.readline(76)
+        if not (seal.startswith(b'{"hmac":"') and seal.endswith(b'"}\n')):
+            raise ValueError("the manifest is not signed: refused")
+        h, k = _hmac()
+        got = len(seal)
+        while length is None or got < length:
+            line = sock.readline(1024)
+            if not line:
                 break
+            got += len(line)
+            h.update(line)
+            if m is None and line.startswith(b'"updater"'):
+                m = json.loads(b"{" + line.strip().rstrip(b",") + b"}")["updater"]
     finally:
         sock.close()
+    if binascii.hexlify(hashlib.sha256(k + h.digest()).digest()) != seal[9:73]:
+        raise ValueError("the manifest is not signed with this board's key: refused")
+    if m is None:
+        raise ValueError("the manifest names no updater")
     mpy = m.get("mpy")
     if isinstance(mpy, dict) and mpy.get("version") == getattr(sys.implementation, "_mpy", -1) & 0xFF:
         m = mpy  # precompiled bytecode this port loads

@@ -21,6 +21,16 @@
 #                  stuck board that found nothing new
 # Every outcome is reported to {server}v1/{mac}/report, best effort.
 #
+# Trust (docs/security.md): the manifest arrives sealed, its first line
+# {"hmac":"<hex>"} the HMAC-SHA256 of the rest under this board's key
+# (/ota.json "key"), checked over the bytes as they stream to flash before
+# anything in them is used; it must name this board and its store (/ota.json
+# "store"), and a generation no lower than the highest this board accepted
+# (/ota/trust.json "gen"), so a replayed old manifest cannot bring old code
+# back. Every file is then checked against the manifest's SHA-256. Reports
+# carry a counter "n" (/ota/trust.json "n", written before it is used, so
+# never reused) and their HMAC in the X-Mpfleet-Hmac header.
+#
 # HTTP/1.1 with Content-Length or until the server closes (no chunked bodies:
 # mpfleet serve, nginx and Home Assistant send Content-Length for files).
 import binascii
@@ -42,6 +52,7 @@ _RETRIES = const(2)
 _OTA = "/ota/"
 _TMP = "/ota/tmp/"
 _MANIFEST = "/ota/tmp/manifest.json"
+_TRUST = "/ota/trust.json"
 
 _buf = memoryview(bytearray(512))
 # What runs: (which, head, mpfleet.py's Watch or None), from the first stage;
@@ -79,7 +90,41 @@ def _gen():
     return _run[1]["generation"] if _run else None
 
 
-def _request(method, url, body=None, timeout=None):
+def _hmac():
+    # HMAC-SHA256 under this board's key: (inner hash to feed, outer key pad).
+    k = _settings().get("key") or ""
+    if len(k) != 64:
+        raise ValueError("no key: provision this board with `mpfleet device bootstrap`")
+    k = bytearray(binascii.unhexlify(k) + bytes(32))
+    for i in range(64):
+        k[i] ^= 0x36
+    inner = hashlib.sha256(k)
+    for i in range(64):
+        k[i] ^= 0x6A  # 0x36 ^ 0x5C: the outer pad
+    return inner, k
+
+
+def _hmac_hex(inner, k):
+    return binascii.hexlify(hashlib.sha256(k + inner.digest()).digest())
+
+
+def _trust():
+    # {"gen": highest generation accepted, "n": report counters reserved}.
+    try:
+        with open(_TRUST) as f:
+            t = json.load(f)
+    except (OSError, ValueError):
+        t = None
+    return t if isinstance(t, dict) else {}
+
+
+def _keep(t):
+    with open(_TMP + "trust.json", "w") as f:
+        json.dump(t, f)
+    replace(_TMP + "trust.json", _TRUST)
+
+
+def _request(method, url, body=None, timeout=None, sign=None):
     # Returns (status, socket at the body, Content-Length or None); the caller
     # closes the socket. The timeout: /ota.json "timeout" seconds, 10 by default.
     alive()
@@ -96,6 +141,8 @@ def _request(method, url, body=None, timeout=None):
         sock.write("%s /%s HTTP/1.1\r\nHost: %s\r\nConnection: close\r\n" % (method, path, hostport))
         if body:
             sock.write("Content-Type: application/json\r\nContent-Length: %d\r\n" % len(body))
+        if sign:
+            sock.write(b"X-Mpfleet-Hmac: " + sign + b"\r\n")
         sock.write("\r\n")
         if body:
             sock.write(body)
@@ -114,15 +161,25 @@ def _request(method, url, body=None, timeout=None):
         raise
 
 
-def _get(url, path, size=_MAX, sha=None):
+def _get(url, path, size=_MAX, sha=None, sealed=False):
     # Stream url into path; raise unless it is `size` bytes with SHA-256 `sha`
-    # (with sha None: at most `size` bytes).
+    # (with sha None: at most `size` bytes). sealed: the body is an envelope
+    # line then the bytes it signs, which go to path, checked under the key.
     status, sock, length = _request("GET", url)
-    h = hashlib.sha256()
+    h = k = claimed = None
     got = 0
     try:
         if status != 200:
             raise (ValueError if status < 500 else OSError)("HTTP %d for %s" % (status, url))
+        if sealed:
+            h, k = _hmac()
+            claimed = sock.readline(76)
+            got = len(claimed)
+            if not (claimed.startswith(b'{"hmac":"') and claimed.endswith(b'"}\n') and got == 76):
+                raise ValueError("manifest is not signed: refused")
+            claimed = claimed[9:73]
+        else:
+            h = hashlib.sha256()
         with open(path, "wb") as f:
             while length is None or got < length:
                 n = sock.readinto(_buf, 512 if length is None else min(512, length - got))
@@ -140,7 +197,13 @@ def _get(url, path, size=_MAX, sha=None):
         sock.close()
     if got > size or sha and got != size:
         raise ValueError("%s: %d bytes, not %d" % (url, got, size))
-    if sha and binascii.hexlify(h.digest()).decode() != sha:
+    if k:
+        d = 0
+        for a, b in zip(_hmac_hex(h, k), claimed):
+            d |= a ^ b
+        if d:
+            raise ValueError("manifest not signed with this board's key: refused")
+    elif sha and binascii.hexlify(h.digest()).decode() != sha:
         raise ValueError(url + ": sha256 mismatch")
 
 
@@ -233,19 +296,25 @@ def remove(path):
 
 
 def manifest(server):
-    # Streams the manifest to flash; returns its first line (generation, app...).
+    # Streams the manifest to flash, checks its seal; returns its first line
+    # (generation, app...).
     try:
-        _get("%sv1/%s.json" % (server, mac()), _MANIFEST)
+        _get("%sv1/%s.json" % (server, mac()), _MANIFEST, sealed=True)
     except OSError as e:
         raise ServerFailed("cannot reach %s: %s" % (server, e))
     try:
         head = _head(_MANIFEST)
     except ValueError:
         raise ValueError("manifest is not JSON with one module per line")
-    if not (isinstance(head.get("generation"), int) and _ok(head.get("app") or "", 64, "_")):
+    g = head.get("generation")
+    if not (isinstance(g, int) and _ok(head.get("app") or "", 64, "_")):
         raise ValueError("bad generation or app")
-    if head.get("device", mac()) != mac():
+    if head.get("device") != mac():
         raise ValueError("manifest of device %s" % head.get("device"))
+    if head.get("store") != _settings().get("store"):
+        raise ValueError("manifest of another store")
+    if g < _trust().get("gen", 0):
+        raise ValueError("generation %d is older than %d, accepted before: refused" % (g, _trust()["gen"]))
     return head
 
 
@@ -344,8 +413,13 @@ def report(event, error=None):
         if _run:
             for n, m in _lines(_OTA + _run[0] + ".json"):
                 modules[n] = m[0]
+        t = _trust()
+        t["n"] = t.get("n", 0) + 1  # on flash before use: never used twice
+        _keep(t)
         body = json.dumps(
             {
+                "n": t["n"],
+                "high": t.get("gen"),
                 "event": event,
                 "generation": _gen(),
                 "config": _run and _run[0],
@@ -357,7 +431,11 @@ def report(event, error=None):
                 "mpy": getattr(sys.implementation, "_mpy", None),
             }
         )
-        status, sock, _ = _request("POST", "%sv1/%s/report" % (_settings()["server"], mac()), body, 3)
+        modules = None
+        h, k = _hmac()
+        h.update(body)
+        k = _hmac_hex(h, k)
+        status, sock, _ = _request("POST", "%sv1/%s/report" % (_settings()["server"], mac()), body, 3, k)
         sock.close()
         if status not in (200, 204):
             print("mpfleet: report got HTTP", status)
@@ -387,6 +465,10 @@ def _update(stuck):
                     raise ValueError("generation %d was rolled back from" % g)
         except OSError:
             pass
+        t = _trust()
+        if g > t.get("gen", 0):
+            t["gen"] = g  # accepted: nothing lower will be, from now on
+            _keep(t)
         _install(server, g, app)
     finally:
         for name in ("manifest.json", "dl", "primary.json", "alternate.json"):

@@ -54,7 +54,9 @@ def _mount():
 
 
 def _bootstrap_source():
-    # The host's bootstrap.py, with SERVER replaced by env MPFLEET_SERVER if set.
+    # The host's bootstrap.py, with SERVER replaced by env MPFLEET_SERVER if set,
+    # and likewise the board's key, store and first report counter (what
+    # `mpfleet device bootstrap` fills in), WATCHDOG and TIMEOUT.
     path = _host_path("MPFLEET_BOOTSTRAP")
     if not path:
         return None
@@ -62,12 +64,15 @@ def _bootstrap_source():
         source = f.read()
     for name, env in (
         ("SERVER", "MPFLEET_SERVER"),
+        ("KEY", "MPFLEET_KEY"),
+        ("STORE", "MPFLEET_STORE"),
+        ("COUNTER", "MPFLEET_COUNTER"),
         ("WATCHDOG", "MPFLEET_WATCHDOG"),
         ("TIMEOUT", "MPFLEET_TIMEOUT"),
     ):
         value = os.getenv(env)
         if value:
-            value = repr(value) if name == "SERVER" else value
+            value = repr(value) if name in ("SERVER", "KEY", "STORE") else value
             start = source.find("\n%s = " % name) + 1
             end = source.find("\n", start)
             source = source[:start] + "%s = %s" % (name, value) + source[end:]

@@ -5,7 +5,7 @@
 #   settimeout(t)  t seconds per call, restarted whenever data moves; expiry
 #                  raises OSError(ETIMEDOUT) (110, as on ESP8266); 0: EAGAIN
 #   readinto(buf[, n]), read(n)  keep reading until n bytes or EOF (py/stream.c)
-#   readline, recv, write, send, sendall, connect, accept, close; anything
+#   readline([size]), recv, write, send, sendall, connect, accept, close; anything
 #   else goes to the unix port's socket (json.load reads through readinto)
 import errno
 import io
@@ -110,11 +110,12 @@ class socket(io.IOBase):
                 return data
             data += part
 
-    def readline(self):
+    def readline(self, size=-1):
         line = b""
         end = self._end()
-        while not line.endswith(b"\n"):
-            part = self._s.readline()  # a part of the line, or None: nothing there yet
+        while not line.endswith(b"\n") and len(line) != size:
+            # A part of the line, or None: nothing there yet.
+            part = self._s.readline(size - len(line) if size >= 0 else -1)
             if part is None:
                 self._wait(_IN, end)
             elif not part:

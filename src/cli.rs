@@ -139,6 +139,30 @@ pub enum DeviceCommand {
     },
     /// Forget a device and its reports.
     Rm { mac: String },
+    /// Print the bootstrap for one board: bootstrap.py with the server, this device's key and
+    /// the store's identity filled in. Run it on the board once, over the cable.
+    ///
+    /// It holds the device's secret key: do not keep it or commit it anywhere. The board keeps
+    /// the key in /ota.json and from then on accepts only manifests signed with it.
+    ///
+    /// Example: mpfleet device bootstrap DE:AD:BE:EF:12:34 --server http://192.168.1.10:8080/ > bootstrap.py && mpremote run bootstrap.py
+    Bootstrap {
+        mac: String,
+        /// The URL boards reach the server at (what `serve` listens on, as the board sees it,
+        /// or where an export is served).
+        #[arg(long, env = "MPFLEET_SERVER", default_value = "http://mpfleet.local:8080/")]
+        server: String,
+    },
+    /// Show a device's key fingerprint, or give it a new key with --rotate.
+    ///
+    /// After --rotate the board refuses every manifest (and the server its reports) until it
+    /// runs its new bootstrap (`mpfleet device bootstrap MAC`) over the cable.
+    Key {
+        mac: String,
+        /// Replace the key with a new random one.
+        #[arg(long)]
+        rotate: bool,
+    },
 }
 
 #[derive(Debug, Args)]

@@ -12,6 +12,7 @@ pub mod manifest;
 pub mod mpy;
 pub mod names;
 pub mod runtime;
+pub mod sign;
 pub mod sim;
 pub mod snapshot;
 pub mod store;

@@ -231,13 +231,15 @@ impl Resolved {
         )
     }
 
-    /// The body of `v1/{mac}.json`: JSON with one file per line, so a board can read it
-    /// from flash a line at a time (see `docs/protocol.md`). The first line holds the
-    /// device, app and generation and ends with `"modules":{`; then one `"name":{...}` per
-    /// line; then `},"boot":{`, one line per file a bootstrap installs, and `}}`.
-    pub fn to_json(&self, mac: &Mac, generation: i64) -> String {
+    /// The manifest inside `v1/{mac}.json` (which is this, sealed by `crate::sign::seal`):
+    /// JSON with one file per line, so a board can read it from flash a line at a time (see
+    /// `docs/protocol.md`). The first line holds the device, the store, app and generation
+    /// and ends with `"modules":{`; then one `"name":{...}` per line; then `},"boot":{`, one
+    /// line per file a bootstrap installs, and `}}`.
+    pub fn to_json(&self, mac: &Mac, store: &str, generation: i64) -> String {
         let head = json!({
             "device": mac.as_str(),
+            "store": store,
             "app": self.app.as_str(),
             "generation": generation,
         })

@@ -10,7 +10,7 @@
 //! compiling `updater` from source would take more heap than an ESP8266 has to spare.
 
 use crate::names::ModuleName;
-use crate::store::{sha256_hex, Published, Store};
+use crate::store::{sha256_hex, DeviceKey, Published, Store};
 use anyhow::Result;
 
 /// The runtime modules, as (module name, source). `main` is what a board's `/main.py` holds
@@ -45,8 +45,36 @@ pub fn precompiled(name: &str, source: &[u8]) -> Option<crate::mpy::Compiled> {
     })
 }
 
-/// The bootstrap a user copies to a fresh board; not a module (it runs once, by hand).
+/// The bootstrap template; not a module (it runs once, by hand). Without a key it refuses to
+/// run: a board gets its own with [`bootstrap_for`] (`mpfleet device bootstrap MAC`).
 pub const BOOTSTRAP: &str = include_str!("../device/bootstrap.py");
+
+/// One board's bootstrap: [`BOOTSTRAP`] with its server, key, the store's identity and the
+/// first report counter it may use (above every one the server has taken) filled in.
+pub fn bootstrap_for(server: &str, key: &DeviceKey, store: &str, counter: i64) -> String {
+    let mut server = server.to_owned();
+    if !server.ends_with('/') {
+        server.push('/');
+    }
+    let mut out = String::with_capacity(BOOTSTRAP.len() + 128);
+    for line in BOOTSTRAP.lines() {
+        let (name, _) = line.split_once(" = ").unwrap_or(("", ""));
+        let value = match name {
+            "SERVER" => format!("{server:?}"),
+            "KEY" => format!("{:?}", key.to_hex()),
+            "STORE" => format!("{store:?}"),
+            "COUNTER" => counter.to_string(),
+            _ => {
+                out.push_str(line);
+                out.push('\n');
+                continue;
+            }
+        };
+        let comment = line.find("  #").map(|i| &line[i..]).unwrap_or("");
+        out.push_str(&format!("{name} = {value}{comment}\n"));
+    }
+    out
+}
 
 pub(crate) fn ensure_published(store: &mut Store) -> Result<()> {
     let catalog = store.catalog()?;

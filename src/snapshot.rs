@@ -2,10 +2,13 @@
 //!
 //! It is a pure function of the store's state, built once per change. `serve` keeps the
 //! current one in memory and answers device reads from it without touching the database;
-//! `export` writes the same one to disk. Both therefore serve the same bytes.
+//! `export` writes the same one to disk. Both therefore serve the same bytes. A device's
+//! manifest is sealed with its key (`crate::sign`); the keys are kept beside the tree, to
+//! check reports, and are never part of it.
 
 use crate::manifest::{mpy_path, version_path};
-use crate::store::Store;
+use crate::names::Mac;
+use crate::store::{DeviceKey, Store};
 use anyhow::Result;
 use axum::body::Bytes;
 use axum::http::HeaderValue;
@@ -29,6 +32,8 @@ pub struct Snapshot {
     files: BTreeMap<String, Entry>,
     /// Blob bytes by SHA-256, reused by the next build so only new blobs are read.
     blobs: HashMap<String, Bytes>,
+    /// Each device's key, to check its reports. Never a served path.
+    keys: HashMap<Mac, DeviceKey>,
 }
 
 const JSON: &str = "application/json";
@@ -53,6 +58,8 @@ impl Snapshot {
             let revision = store.revision()?;
             let catalog = store.catalog()?;
             let devices = store.devices()?;
+            let store_id = store.store_id()?;
+            let mut keys = HashMap::new();
             let mut files = BTreeMap::new();
             let mut blobs = HashMap::new();
             let mut blob = |sha: &str| -> Result<Bytes> {
@@ -88,8 +95,10 @@ impl Snapshot {
             for d in &devices {
                 let desired = d.desired.to_seed_json();
                 files.insert(d.mac.to_string(), entry(desired.into(), JSON, false));
+                keys.insert(d.mac.clone(), d.key.clone());
                 if let Ok(resolved) = catalog.resolve(&d.desired) {
-                    let body = resolved.to_json(&d.mac, d.generation);
+                    let body = resolved.to_json(&d.mac, &store_id, d.generation);
+                    let body = crate::sign::seal(&d.key, &body);
                     files.insert(
                         format!("v1/{}.json", d.mac),
                         entry(body.into(), JSON, false),
@@ -100,6 +109,7 @@ impl Snapshot {
                 revision,
                 files,
                 blobs,
+                keys,
             })
         })
     }
@@ -107,6 +117,11 @@ impl Snapshot {
     /// The file at `path` (relative to the base URL, no leading slash).
     pub fn get(&self, path: &str) -> Option<&Entry> {
         self.files.get(path)
+    }
+
+    /// The key of a device, if it is one.
+    pub fn key(&self, mac: &Mac) -> Option<&DeviceKey> {
+        self.keys.get(mac)
     }
 
     /// Every file, in path order.

@@ -45,6 +45,7 @@ fn installed(port: &str, app_src: &str) -> (Fleet, Server, ImageBoard) {
     f.ok(&["device", "set", MAC, "--app", "app", "sensorclass=latest"]);
     let s = f.serve();
     let mut b = ImageBoard::new(f.dir.path().join("board"), MAC);
+    b.data = Some(f.data());
     b.port = Some(port.to_owned());
     b.watchdog = Some(WATCHDOG);
     let run = b.boot_with(&s.base, 6, false, None);

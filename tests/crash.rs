@@ -90,6 +90,8 @@ pub struct Setup {
     pub fleet: Fleet,
     pub _server: Server,
     pub router: Router,
+    /// The store's identity, which routed boards bootstrap with.
+    pub store: String,
     pub old: Target,
     pub new: Target,
     pub later: Target,
@@ -177,10 +179,12 @@ pub fn setup() -> Setup {
     for (i, g) in gens.iter().enumerate() {
         assert!(!gens[..i].contains(g), "generations collide: {gens:?}");
     }
+    let store = old.manifest["store"].as_str().unwrap().to_owned();
     Setup {
         fleet: f,
         _server: server,
         router,
+        store,
         old,
         new,
         later,
@@ -195,7 +199,8 @@ fn mac(s: u32, i: u64) -> String {
 
 /// Boots `b` as a blank board routed to `device` until it runs it; returns it.
 pub fn bootstrapped(s: &Setup, dir: &Path, mac: &str, device: &str) -> ImageBoard {
-    let b = ImageBoard::new(dir.to_path_buf(), mac);
+    let mut b = ImageBoard::new(dir.to_path_buf(), mac);
+    b.key = Some(Router::key(&s.store));
     s.router.route(mac, device);
     let run = b.boot_with(&s.router.base, 8, false, None);
     assert!(run.settled(), "{}", run.out);
@@ -705,7 +710,8 @@ fn power_cut_at_every_write_of_a_rollback() {
 fn power_cut_at_every_write_of_a_bootstrap() {
     let s = setup();
     // A blank (empty) image: the board formats it, then runs the bootstrap.
-    let blank = ImageBoard::new(s.fleet.dir.path().join("blank"), &mac(3, 0xffff));
+    let mut blank = ImageBoard::new(s.fleet.dir.path().join("blank"), &mac(3, 0xffff));
+    blank.key = Some(Router::key(&s.store));
     std::fs::write(blank.image(), b"").unwrap();
     let sc = Scenario::new(&s, "bootstrap", 3, &blank, D_OLD, false, &[&s.old]);
     let f = every_write(&sc);
@@ -1038,7 +1044,8 @@ fn second_power_cut_during_recovery_from_a_rollback() {
 #[test]
 fn second_power_cut_during_recovery_from_a_bootstrap() {
     let s = setup();
-    let blank = ImageBoard::new(s.fleet.dir.path().join("blank"), &mac(6, 0xffff));
+    let mut blank = ImageBoard::new(s.fleet.dir.path().join("blank"), &mac(6, 0xffff));
+    blank.key = Some(Router::key(&s.store));
     std::fs::write(blank.image(), b"").unwrap();
     let sc = Scenario::new(&s, "bootstrap", 6, &blank, D_OLD, false, &[&s.old]);
     let f = two_cuts(&sc);

@@ -147,6 +147,7 @@ fn random_faults(port: &str, default_seed: u64) {
     let s = f.serve();
     let proxy = FaultProxy::start(&s.base);
     let mut b = ImageBoard::new(f.dir.path().join("board"), MAC);
+    b.data = Some(f.data());
     b.port = Some(port.to_owned());
     b.heap = String::new(); // the port's default heap, as a user runs it
     b.flash_blocks = 64; // 256 KiB: room for the runtime and a few versions, not much more
@@ -327,6 +328,7 @@ fn update_too_big_for_the_flash_is_refused_before_anything_is_replaced() {
     f.ok(&["device", "set", MAC, "--app", "app", "sensorclass=latest"]);
     let s = f.serve();
     let mut b = ImageBoard::new(f.dir.path().join("board"), MAC);
+    b.data = Some(f.data());
     b.flash_blocks = 64;
     let run = b.boot_with(&s.base, 6, false, None);
     let old = target(&s, "v0");

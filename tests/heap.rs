@@ -139,6 +139,7 @@ impl Installed {
         let server = fleet.serve();
         let mut board = ImageBoard::new(fleet.dir.path().join("installed"), MAC);
         board.heap = GENEROUS.into();
+        board.data = Some(fleet.data());
         let run = board.boot_with(&server.base, 6, false, None);
         assert!(run.settled(), "bootstrap failed:\n{}", run.out);
         assert!(

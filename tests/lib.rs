@@ -13,6 +13,7 @@ mod faults;
 mod heap;
 mod never_stuck;
 mod ports;
+mod security;
 mod serve;
 
 /// The harness used to be split between `harness.rs` and `sim.rs`; code still written against

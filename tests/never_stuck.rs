@@ -72,6 +72,7 @@ fn installed(app_src: &str) -> (Fleet, Server, ImageBoard) {
     assign(&f, app_src);
     let s = f.serve();
     let mut b = ImageBoard::new(f.dir.path().join("board"), MAC);
+    b.data = Some(f.data());
     // An app that never says it is healthy is reset at this boot deadline.
     b.watchdog = Some(3.0);
     let run = b.boot_with(&s.base, 6, false, None);
@@ -317,7 +318,8 @@ fn a_manifest_of_64_modules_installs_and_65_is_refused() {
     assert_eq!(manifest.json()["modules"].as_object().unwrap().len(), 64);
     assert!(manifest.body.len() > 4096 * 4, "{}", manifest.body.len());
     // A blank board bootstraps from it and runs; then takes an update of one module.
-    let b = ImageBoard::new(f.dir.path().join("board"), MAC);
+    let mut b = ImageBoard::new(f.dir.path().join("board"), MAC);
+    b.data = Some(f.data());
     let run = b.boot_with(&s.base, 6, false, None);
     assert!(run.settled(), "{}", run.out);
     assert!(

@@ -182,10 +182,11 @@ fn unknown_mac_gets_json_404_and_is_recorded() {
 fn report_is_stored_and_shown() {
     let f = seed_fleet();
     let s = f.serve();
-    let report = json!({"event": "updated", "generation": 7, "config": "primary",
+    let report = json!({"n": 1, "event": "updated", "generation": 7, "config": "primary",
         "modules": {"sensorclass": "2", "updater": "1"}, "flags": {"reboots": 1},
         "error": null, "mem_free": 21344, "micropython": "1.24.1", "mpy": 2822});
-    let r = s.post("v1/deadbeef1234/report", report.to_string().as_bytes());
+    let key = f.key("deadbeef1234");
+    let r = s.report("deadbeef1234", &key, report.to_string().as_bytes());
     assert_eq!(r.status, 200, "{}", r.text());
     // Stored before the reply: visible at once.
     let show = f.json(&["device", "show", "deadbeef1234", "--json"]);
@@ -200,10 +201,11 @@ fn report_is_stored_and_shown() {
 fn report_history_is_bounded() {
     let f = seed_fleet();
     let s = f.serve();
+    let key = f.key("deadbeef1234");
     for i in 0..60 {
-        let body = json!({"event": "boot", "generation": i});
+        let body = json!({"n": i + 1, "event": "boot", "generation": i});
         assert_eq!(
-            s.post("v1/deadbeef1234/report", body.to_string().as_bytes())
+            s.report("deadbeef1234", &key, body.to_string().as_bytes())
                 .status,
             200
         );
@@ -221,14 +223,18 @@ fn report_history_is_bounded() {
 fn bad_reports_are_refused_with_json_errors() {
     let f = seed_fleet();
     let s = f.serve();
+    let key = f.key("deadbeef1234");
     for (body, status) in [
         (&b"not json"[..], 400),
         (b"[1,2]", 400),
         (b"{\"generation\": 1}", 400),
-        (b"{\"event\": \"exploded\"}", 400),
-        (b"{\"event\": 5}", 400),
+        (b"{\"event\": \"exploded\", \"n\": 1}", 400),
+        (b"{\"event\": 5, \"n\": 1}", 400),
+        (b"{\"event\": \"boot\"}", 400),
+        (b"{\"event\": \"boot\", \"n\": 0}", 400),
+        (b"{\"event\": \"boot\", \"n\": 1, \"high\": \"x\"}", 400),
     ] {
-        let r = s.post("v1/deadbeef1234/report", body);
+        let r = s.report("deadbeef1234", &key, body);
         assert_eq!(r.status, status, "{}", String::from_utf8_lossy(body));
         assert!(r.json()["error"].is_string());
     }

@@ -130,7 +130,7 @@ pub fn run(data: &Path, command: DeviceCommand) -> Result<()> {
                 bail!("unknown device {m}: add it with `mpfleet device set {m} --app NAME`");
             };
             let resolved = store.catalog()?.resolve(&d.desired)?;
-            let resolved: Value = serde_json::from_str(&resolved.to_json(&m, d.generation))?;
+            let resolved: Value = serde_json::from_str(&resolved.to_json(&m, &store.store_id()?, d.generation))?;
             let reports = store.reports(&m, 10)?;
             if list.json {
                 let desired: Value = serde_json::from_str(&d.desired.to_seed_json())?;
@@ -142,6 +142,9 @@ pub fn run(data: &Path, command: DeviceCommand) -> Result<()> {
                     "mac": m.as_str(), "desired": desired, "resolved": resolved,
                     "generation": d.generation, "last_seen": d.last_seen,
                     "last_report": d.last_report, "last_report_at": d.last_report_at,
+                    "key": d.key.fingerprint(), "report_counter": d.report_counter,
+                    "forged_reports": d.forged_reports,
+                    "replayed_reports": d.replayed_reports,
                     "reports": rs,
                 }));
                 return Ok(());
@@ -150,6 +153,11 @@ pub fn run(data: &Path, command: DeviceCommand) -> Result<()> {
             println!("app        {}", d.desired.app);
             println!("generation {}", d.generation);
             println!("last seen  {}", ago(d.last_seen));
+            println!("key        {} (fingerprint)", d.key.fingerprint());
+            println!(
+                "reports    counter {}; refused {} forged, {} replayed",
+                d.report_counter, d.forged_reports, d.replayed_reports
+            );
             println!("desired    {}", d.desired.to_seed_json());
             println!();
             let rows: Vec<Vec<String>> = resolved["modules"]
@@ -185,6 +193,42 @@ pub fn run(data: &Path, command: DeviceCommand) -> Result<()> {
                 for r in &reports {
                     println!("  {:>8}  {}", ago(Some(r.at)), r.body);
                 }
+            }
+            Ok(())
+        }
+        DeviceCommand::Bootstrap { mac: m, server } => {
+            let m = mac(&m)?;
+            if !server.starts_with("http://") {
+                bail!("--server {server:?}: boards speak plain http://, e.g. http://192.168.1.10:8080/");
+            }
+            let store = Store::open_plain(data)?;
+            let Some(d) = store.device(&m)? else {
+                bail!("unknown device {m}: add it first with `mpfleet device set {m} --app NAME`");
+            };
+            let text =
+                crate::runtime::bootstrap_for(&server, &d.key, &store.store_id()?, d.report_counter);
+            print!("{text}");
+            eprintln!(
+                "mpfleet: this bootstrap holds the secret key of {m}: run it on that board \
+                 (mpremote run bootstrap.py) and do not keep it"
+            );
+            Ok(())
+        }
+        DeviceCommand::Key { mac: m, rotate } => {
+            let m = mac(&m)?;
+            let mut store = Store::open_plain(data)?;
+            if rotate && !store.rotate_key(&m)? {
+                bail!("unknown device {m}");
+            }
+            let Some(d) = store.device(&m)? else {
+                bail!("unknown device {m}");
+            };
+            println!("device {m}: key {}", d.key.fingerprint());
+            if rotate {
+                println!(
+                    "new key: the board refuses updates until it runs its new bootstrap: \
+                     mpfleet device bootstrap {m} > bootstrap.py"
+                );
             }
             Ok(())
         }

@@ -5,6 +5,7 @@
 
 use super::{error::ApiError, App};
 use crate::names::Mac;
+use crate::sign::REPORT_HMAC;
 use crate::store::now;
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, State};
@@ -117,27 +118,79 @@ pub async fn report(
     let bytes: Bytes = axum::body::to_bytes(body, MAX_REPORT)
         .await
         .map_err(|_| too_large())?;
-    let value: serde_json::Value = serde_json::from_slice(&bytes)
-        .map_err(|e| ApiError::BadRequest(format!("report is not JSON: {e}")))?;
-    let event = value
-        .as_object()
-        .ok_or_else(|| ApiError::BadRequest("report is not a JSON object".into()))?
-        .get("event")
-        .and_then(|e| e.as_str())
-        .ok_or_else(|| ApiError::BadRequest("report has no \"event\" string".into()))?;
-    if !EVENTS.contains(&event) {
-        return Err(ApiError::BadRequest(format!(
-            "unknown event {event:?}: expected one of {}",
-            EVENTS.join(", ")
-        )));
-    }
-    if app.snapshot().get(mac.as_str()).is_none() {
+    let Some(key) = app.snapshot().key(&mac).cloned() else {
         let message = format!("unknown device {mac}");
         app.recorder.unknown(mac, now());
         return Err(ApiError::NotFound(message));
+    };
+    let signed = headers
+        .get(REPORT_HMAC)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|claimed| crate::sign::verify(&key, &bytes, claimed));
+    if !signed {
+        app.recorder.forged(mac.clone());
+        return Err(ApiError::Unauthorized(format!(
+            "report for {mac} is not signed with its key (header {REPORT_HMAC})"
+        )));
     }
-    app.recorder.report(mac, now(), value.to_string()).await?;
+    let report = parse_report(&bytes).map_err(ApiError::BadRequest)?;
+    let taken = app
+        .recorder
+        .report(mac, now(), report.body, report.counter, report.high)
+        .await?;
+    if !taken {
+        return Err(ApiError::Conflict(format!(
+            "report counter {} was already used: a replay",
+            report.counter
+        )));
+    }
     Ok(Json(serde_json::json!({ "stored": true })).into_response())
+}
+
+/// A report's checked fields, and its body as stored.
+#[derive(Debug)]
+pub struct ParsedReport {
+    pub body: String,
+    /// The board's report counter: higher than any report before it.
+    pub counter: i64,
+    /// The highest generation the board has accepted, if it says.
+    pub high: Option<i64>,
+}
+
+/// Checks a report body (after its HMAC): a JSON object with a known `event`, a positive
+/// integer counter `n`, and an optional integer `high`.
+pub fn parse_report(bytes: &[u8]) -> Result<ParsedReport, String> {
+    let value: serde_json::Value =
+        serde_json::from_slice(bytes).map_err(|e| format!("report is not JSON: {e}"))?;
+    let object = value.as_object().ok_or("report is not a JSON object")?;
+    let event = object
+        .get("event")
+        .and_then(|e| e.as_str())
+        .ok_or("report has no \"event\" string")?;
+    if !EVENTS.contains(&event) {
+        return Err(format!(
+            "unknown event {event:?}: expected one of {}",
+            EVENTS.join(", ")
+        ));
+    }
+    let counter = object
+        .get("n")
+        .and_then(|n| n.as_i64())
+        .filter(|n| *n > 0)
+        .ok_or("report has no counter \"n\" (a positive integer)")?;
+    let high = match object.get("high") {
+        None | Some(serde_json::Value::Null) => None,
+        Some(h) => Some(
+            h.as_i64()
+                .filter(|h| *h >= 0)
+                .ok_or("\"high\" is not a generation")?,
+        ),
+    };
+    Ok(ParsedReport {
+        body: value.to_string(),
+        counter,
+        high,
+    })
 }
 
 #[cfg(test)]

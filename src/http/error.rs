@@ -10,6 +10,12 @@ pub enum ApiError {
     /// 400: the request is malformed (bad MAC, bad JSON, bad report).
     #[error("{0}")]
     BadRequest(String),
+    /// 401: a report without a valid HMAC under the device's key.
+    #[error("{0}")]
+    Unauthorized(String),
+    /// 409: a report whose counter was already used (a replay).
+    #[error("{0}")]
+    Conflict(String),
     /// 404: no such file, or a MAC that is not a device.
     #[error("{0}")]
     NotFound(String),
@@ -32,6 +38,8 @@ impl ApiError {
         match self {
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
+            Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            Self::Conflict(_) => StatusCode::CONFLICT,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,

@@ -28,7 +28,8 @@ const FLUSH: Duration = Duration::from_secs(1);
 
 struct Job {
     sighting: Sighting,
-    done: oneshot::Sender<Result<(), String>>,
+    /// Whether the report was taken (false: a replayed counter), or why writing failed.
+    done: oneshot::Sender<Result<bool, String>>,
 }
 
 /// Sightings not yet written: the latest time per known MAC, and time and request count
@@ -37,6 +38,8 @@ struct Job {
 struct Pending {
     seen: HashMap<Mac, i64>,
     unknown: HashMap<Mac, (i64, i64)>,
+    /// Reports refused for a wrong HMAC, per known device.
+    forged: HashMap<Mac, i64>,
 }
 
 impl Pending {
@@ -50,6 +53,11 @@ impl Pending {
             self.unknown
                 .drain()
                 .map(|(mac, (at, requests))| Sighting::Unknown { mac, at, requests }),
+        );
+        out.extend(
+            self.forged
+                .drain()
+                .map(|(mac, count)| Sighting::Forged { mac, count }),
         );
         out
     }
@@ -88,14 +96,16 @@ impl Recorder {
                     Err(RecvTimeoutError::Disconnected) => true,
                 };
                 let mut batch = shared.lock().expect("pending lock").drain();
+                let first_job = batch.len();
                 batch.extend(jobs.iter().map(|j| j.sighting.clone()));
                 if !batch.is_empty() {
                     let result = store.record(&batch).map_err(|e| format!("{e:#}"));
                     if let Err(e) = &result {
                         tracing::error!("recording {} sightings failed: {e}", batch.len());
                     }
-                    for job in jobs {
-                        let _ = job.done.send(result.clone());
+                    for (i, job) in jobs.into_iter().enumerate() {
+                        let taken = result.as_ref().map(|t| t[first_job + i]);
+                        let _ = job.done.send(taken.map_err(Clone::clone));
                     }
                 }
                 if stopped {
@@ -120,12 +130,32 @@ impl Recorder {
         e.1 += 1;
     }
 
-    /// Queues a report and waits until it is committed.
-    pub async fn report(&self, mac: Mac, at: i64, body: String) -> Result<(), ApiError> {
+    /// Notes a report for a known device whose HMAC is wrong or missing.
+    pub fn forged(&self, mac: Mac) {
+        let mut p = self.pending.lock().expect("pending lock");
+        *p.forged.entry(mac).or_insert(0) += 1;
+    }
+
+    /// Queues a report (its HMAC checked) and waits until it is committed. Returns false if
+    /// it was refused as a replay: its counter is not above the last one stored.
+    pub async fn report(
+        &self,
+        mac: Mac,
+        at: i64,
+        body: String,
+        counter: i64,
+        high: Option<i64>,
+    ) -> Result<bool, ApiError> {
         let stopped = || ApiError::Internal(anyhow::anyhow!("the recorder thread stopped"));
         let (done, wait) = oneshot::channel();
         let job = Job {
-            sighting: Sighting::Report { mac, at, body },
+            sighting: Sighting::Report {
+                mac,
+                at,
+                body,
+                counter,
+                high,
+            },
             done,
         };
         self.tx.try_send(job).map_err(|e| match e {

@@ -52,6 +52,11 @@ pub struct BoardOptions {
     pub watchdog: Option<f64>,
     /// Replaces bootstrap.py's `TIMEOUT` (seconds) when the board bootstraps.
     pub timeout: Option<f64>,
+    /// The server's data directory: a board that bootstraps gets the key of its device there
+    /// (and the store's identity), as `mpfleet device bootstrap` would fill them in.
+    pub data: PathBuf,
+    /// (key, store) to bootstrap with instead of the data directory's (`--key`, `--store`).
+    pub key: Option<(String, String)>,
     /// Print each line the board says, prefixed with its MAC and boot number.
     pub echo: bool,
 }
@@ -212,6 +217,23 @@ impl Board {
         }
     }
 
+    /// The board's key, the store's identity and its last report counter, from the data
+    /// directory, if the board is a device there (read at each boot: it may be added later).
+    fn trust(&self) -> Result<Option<(String, String, i64)>> {
+        let o = &self.options;
+        if let Some((key, store)) = &o.key {
+            return Ok(Some((key.clone(), store.clone(), 0)));
+        }
+        if !o.data.join("mpfleet.db").exists() {
+            return Ok(None);
+        }
+        let store = crate::store::Store::open_plain(&o.data)?;
+        let Some(d) = store.device(&o.mac)? else {
+            return Ok(None);
+        };
+        Ok(Some((d.key.to_hex(), store.store_id()?, d.report_counter)))
+    }
+
     /// One boot: one interpreter process. Returns how it ended and its flash writes (0 when
     /// it did not say: killed by the watchdog or as hung).
     pub fn boot(&self, n: u32, cut: Option<u64>, cause: Cause) -> Result<(Boot, u64)> {
@@ -245,6 +267,11 @@ impl Board {
         };
         if let Some(t) = o.timeout {
             cmd.env("MPFLEET_TIMEOUT", t.to_string());
+        }
+        if let Some((key, store, counter)) = self.trust()? {
+            cmd.env("MPFLEET_KEY", key)
+                .env("MPFLEET_STORE", store)
+                .env("MPFLEET_COUNTER", counter.to_string());
         }
         if let Some(w) = o.watchdog {
             cmd.env("MPFLEET_WATCHDOG", w.to_string());

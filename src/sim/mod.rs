@@ -138,6 +138,13 @@ pub struct SimArgs {
     /// `/ota.json` when the board bootstraps (replaces bootstrap.py's `TIMEOUT`, 10).
     #[arg(long)]
     pub timeout: Option<f64>,
+    /// The key the board bootstraps with (64 hex digits) instead of its device's in the data
+    /// directory: for a board provisioned from another store, or a test of a wrong key.
+    #[arg(long, requires = "store")]
+    pub key: Option<String>,
+    /// The store identity the board bootstraps with, with --key.
+    #[arg(long, requires = "key")]
+    pub store: Option<String>,
     /// Request an update on the first boot, as application code does with
     /// `config.set('update')` before `machine.reset()`.
     #[arg(long)]
@@ -223,7 +230,7 @@ fn inspect(image: &Path, micropython: &Path, shims: &Path) -> Result<()> {
     Ok(())
 }
 
-pub fn run(args: SimArgs) -> Result<()> {
+pub fn run(args: SimArgs, data: &std::path::Path) -> Result<()> {
     let micropython = micropython()?;
     let shims = shims_dir()?;
     if let Some(image) = &args.inspect {
@@ -280,6 +287,8 @@ pub fn run(args: SimArgs) -> Result<()> {
                 cut_tear: args.cut_tear.clone(),
                 watchdog: args.watchdog,
                 timeout: args.timeout,
+                data: data.to_owned(),
+                key: args.key.clone().zip(args.store.clone()),
                 echo: true,
             })
         })

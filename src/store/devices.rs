@@ -1,6 +1,6 @@
 //! Devices: their desired manifests, generations and what they last reported.
 
-use super::{bump, catalog, commit_change, now, optional, Store};
+use super::{bump, catalog, commit_change, now, optional, DeviceKey, Store};
 use crate::manifest::{Catalog, Desired};
 use crate::names::Mac;
 use anyhow::{Context, Result};
@@ -16,37 +16,48 @@ pub struct DeviceRow {
     pub last_seen: Option<i64>,
     pub last_report: Option<Value>,
     pub last_report_at: Option<i64>,
+    pub key: DeviceKey,
+    /// The highest report counter accepted from the board.
+    pub report_counter: i64,
+    /// Reports refused: a wrong HMAC (forged) or a counter already used (replayed).
+    pub forged_reports: i64,
+    pub replayed_reports: i64,
 }
 
 const SELECT: &str = "SELECT mac, desired, generation, created_at, last_seen, last_report,
-                             last_report_at FROM devices";
+                             last_report_at, key, report_counter, forged_reports,
+                             replayed_reports FROM devices";
 
 /// A devices row as stored, before parsing.
 type RawDevice = (
-    String,
-    String,
-    i64,
-    i64,
-    Option<i64>,
-    Option<String>,
-    Option<i64>,
+    (String, String, i64, i64, Option<i64>, Option<String>),
+    (Option<i64>, String, i64, i64, i64),
 );
 
 fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RawDevice> {
     Ok((
-        r.get(0)?,
-        r.get(1)?,
-        r.get(2)?,
-        r.get(3)?,
-        r.get(4)?,
-        r.get(5)?,
-        r.get(6)?,
+        (
+            r.get(0)?,
+            r.get(1)?,
+            r.get(2)?,
+            r.get(3)?,
+            r.get(4)?,
+            r.get(5)?,
+        ),
+        (r.get(6)?, r.get(7)?, r.get(8)?, r.get(9)?, r.get(10)?),
     ))
 }
 
 fn to_device(raw: RawDevice) -> Result<DeviceRow> {
-    let (mac, desired, generation, created_at, last_seen, last_report, last_report_at) = raw;
+    let (
+        (mac, desired, generation, created_at, last_seen, last_report),
+        (last_report_at, key, report_counter, forged_reports, replayed_reports),
+    ) = raw;
     Ok(DeviceRow {
+        key: DeviceKey::from_hex(&key).with_context(|| format!("stored key of {mac}"))?,
+        report_counter,
+        forged_reports,
+        replayed_reports,
         mac: Mac::parse(&mac).map_err(anyhow::Error::msg)?,
         desired: Desired::from_seed_json(&desired)
             .with_context(|| format!("stored manifest of {mac}"))?,
@@ -100,7 +111,7 @@ impl Store {
         ))?;
         if old.as_deref() != Some(text.as_str()) {
             if old.is_none() {
-                let key = super::DeviceKey::random()?;
+                let key = DeviceKey::random()?;
                 tx.execute(
                     "INSERT INTO devices (mac, desired, generation, resolved_hash, created_at, key)
                      VALUES (?1, ?2, 0, '', ?3, ?4)",

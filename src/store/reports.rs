@@ -3,7 +3,8 @@
 //! `serve` writes these in batches (one transaction for many boards), so a storm of boards
 //! rebooting after a power cut does not serialise on the database.
 
-use super::Store;
+use super::{bump, Store};
+use rusqlite::Transaction;
 use crate::names::Mac;
 use anyhow::Result;
 use serde_json::Value;
@@ -18,8 +19,18 @@ pub enum Sighting {
     Seen { mac: Mac, at: i64 },
     /// A MAC that is not a device asked for its manifest, `requests` times, last `at`.
     Unknown { mac: Mac, at: i64, requests: i64 },
-    /// A known device sent a report (already validated JSON text).
-    Report { mac: Mac, at: i64, body: String },
+    /// A known device sent a report (already validated JSON text, its HMAC checked):
+    /// stored if `counter` is higher than any before it, refused as a replay otherwise.
+    /// `high` is the highest generation the board has accepted (see [`Store::record`]).
+    Report {
+        mac: Mac,
+        at: i64,
+        body: String,
+        counter: i64,
+        high: Option<i64>,
+    },
+    /// Reports for a known device with a wrong or missing HMAC, `count` of them.
+    Forged { mac: Mac, count: i64 },
 }
 
 #[derive(Debug, Clone)]
@@ -37,10 +48,20 @@ pub struct UnknownDevice {
 }
 
 impl Store {
-    /// Records a batch of sightings in one transaction.
-    pub fn record(&mut self, batch: &[Sighting]) -> Result<()> {
+    /// Records a batch of sightings in one transaction. Returns, per sighting, whether it was
+    /// taken: false only for a report whose counter is not above the last one stored (a
+    /// replay, counted in `replayed_reports`).
+    ///
+    /// A report naming a generation higher than the device's (`high`: the board accepted it
+    /// from this server before it was restored from a backup) moves the device to a new
+    /// generation above it, so the board, which refuses anything lower, takes the next
+    /// manifest.
+    pub fn record(&mut self, batch: &[Sighting]) -> Result<Vec<bool>> {
         let tx = self.write()?;
+        let mut taken = Vec::with_capacity(batch.len());
+        let mut moved = false;
         for s in batch {
+            taken.push(true);
             match s {
                 Sighting::Seen { mac, at } => {
                     tx.execute(
@@ -62,7 +83,36 @@ impl Store {
                         rusqlite::params![mac.as_str(), at, requests],
                     )?;
                 }
-                Sighting::Report { mac, at, body } => {
+                Sighting::Forged { mac, count } => {
+                    tx.execute(
+                        "UPDATE devices SET forged_reports = forged_reports + ?2 WHERE mac = ?1",
+                        rusqlite::params![mac.as_str(), count],
+                    )?;
+                }
+                Sighting::Report {
+                    mac,
+                    at,
+                    body,
+                    counter,
+                    high,
+                } => {
+                    let fresh = tx.execute(
+                        "UPDATE devices SET report_counter = ?2
+                         WHERE mac = ?1 AND report_counter < ?2",
+                        rusqlite::params![mac.as_str(), counter],
+                    )? > 0;
+                    if !fresh {
+                        tx.execute(
+                            "UPDATE devices SET replayed_reports = replayed_reports + 1
+                             WHERE mac = ?1",
+                            [mac.as_str()],
+                        )?;
+                        *taken.last_mut().expect("pushed above") = false;
+                        continue;
+                    }
+                    if let Some(high) = high {
+                        moved |= restored_past(&tx, mac, *high)?;
+                    }
                     tx.execute(
                         "INSERT INTO reports (mac, at, body) VALUES (?1, ?2, ?3)",
                         rusqlite::params![mac.as_str(), at, body],
@@ -81,8 +131,11 @@ impl Store {
                 }
             }
         }
+        if moved {
+            bump(&tx, "revision")?;
+        }
         tx.commit()?;
-        Ok(())
+        Ok(taken)
     }
 
     /// The last `limit` reports of a device, newest first.
@@ -132,4 +185,32 @@ impl Store {
         }
         Ok(out)
     }
+}
+
+/// Gives `mac` a new generation above `high` if its own is lower: the store was restored
+/// from a backup older than what the board already accepted. True if it did.
+fn restored_past(tx: &Transaction<'_>, mac: &Mac, high: i64) -> Result<bool> {
+    let generation: Option<i64> = super::optional(tx.query_row(
+        "SELECT generation FROM devices WHERE mac = ?1",
+        [mac.as_str()],
+        |r| r.get(0),
+    ))?;
+    if generation.is_none_or(|g| g >= high) {
+        return Ok(false);
+    }
+    tx.execute(
+        "UPDATE counters SET value = max(value, ?1) WHERE name = 'generation'",
+        [high],
+    )?;
+    let next = bump(tx, "generation")?;
+    tx.execute(
+        "UPDATE devices SET generation = ?2 WHERE mac = ?1",
+        rusqlite::params![mac.as_str(), next],
+    )?;
+    tracing::warn!(
+        device = %mac,
+        "the board accepted generation {high}, above this store's; moved it to {next} \
+         (was the store restored from a backup?)"
+    );
+    Ok(true)
 }

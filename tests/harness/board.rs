@@ -77,6 +77,10 @@ struct SimCommand<'a> {
     settle: f64,
     port: Option<&'a str>,
     port_version: Option<&'a str>,
+    /// The store whose key the board bootstraps with (`--data`; None: no store, no key).
+    data: Option<&'a Path>,
+    /// `--key KEY --store STORE` instead.
+    key: Option<&'a (String, String)>,
     deadline: Duration,
     /// The board kind's own arguments (its flash, state, cuts...).
     extra: Vec<OsString>,
@@ -102,6 +106,14 @@ impl SimCommand<'_> {
         }
         if let Some(v) = self.port_version {
             cmd.args(["--port-version", v]);
+        }
+        match self.data {
+            Some(d) => cmd.arg("--data").arg(d),
+            // Not the current directory's `mpfleet-data`: no store at all.
+            None => cmd.args(["--data", "/nonexistent/mpfleet-data"]),
+        };
+        if let Some((key, store)) = self.key {
+            cmd.args(["--key", key, "--store", store]);
         }
         cmd.args(&self.extra);
         cmd
@@ -205,6 +217,8 @@ pub struct SimBoard {
     pub port_version: Option<String>,
     /// Wall-clock limit of one `mpfleet sim` run.
     pub deadline: Duration,
+    /// The fleet's data directory: the board bootstraps with its device's key from there.
+    pub data: PathBuf,
 }
 
 impl SimBoard {
@@ -218,6 +232,7 @@ impl SimBoard {
             port: None,
             port_version: None,
             deadline: DEFAULT_DEADLINE,
+            data: fleet.data(),
         }
     }
 
@@ -233,6 +248,8 @@ impl SimBoard {
             settle: 1.0,
             port: self.port.as_deref(),
             port_version: self.port_version.as_deref(),
+            data: Some(&self.data),
+            key: None,
             deadline: self.deadline,
             extra,
         }
@@ -301,6 +318,11 @@ pub struct ImageBoard {
     pub port_version: Option<String>,
     /// Wall-clock limit of one `mpfleet sim` run.
     pub deadline: Duration,
+    /// The fleet's data directory: a board that bootstraps gets its device's key from there
+    /// (None: no key, unless `key` is set).
+    pub data: Option<PathBuf>,
+    /// (key, store) to bootstrap with instead: a board routed to another device's manifest.
+    pub key: Option<(String, String)>,
 }
 
 impl ImageBoard {
@@ -318,6 +340,8 @@ impl ImageBoard {
             port: None,
             port_version: None,
             deadline: DEFAULT_DEADLINE,
+            data: None,
+            key: None,
         }
     }
 
@@ -379,6 +403,8 @@ impl ImageBoard {
             settle: self.settle,
             port: self.port.as_deref(),
             port_version: self.port_version.as_deref(),
+            data: self.data.as_deref(),
+            key: self.key.as_ref(),
             deadline: self.deadline,
             extra,
         }

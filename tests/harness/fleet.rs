@@ -63,6 +63,16 @@ impl Fleet {
         f
     }
 
+    /// The secret key of device `mac`, read from its bootstrap as a user gets it.
+    pub fn key(&self, mac: &str) -> mpfleet::store::DeviceKey {
+        let bootstrap = self.ok(&["device", "bootstrap", mac]);
+        let line = bootstrap
+            .lines()
+            .find(|l| l.starts_with("KEY = "))
+            .unwrap_or_else(|| panic!("no KEY line in the bootstrap:\n{bootstrap}"));
+        mpfleet::store::DeviceKey::from_hex(line[6..].split('"').nth(1).unwrap()).unwrap()
+    }
+
     pub fn data(&self) -> PathBuf {
         self.dir.path().join("data")
     }

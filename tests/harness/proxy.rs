@@ -196,13 +196,25 @@ fn proxy_one(
 /// A proxy in front of the real server that serves each board the manifest of another device:
 /// `v1/{mac}.json` and `v1/{mac}/report` go to the device `route(mac)` names (or `mac` itself),
 /// and the device's MAC in what comes back (the manifest's `device`) is replaced by the board's.
-/// Many simulated boards can then share one store, each following its own script.
+/// Many simulated boards can then share one store, each following its own script. A routed
+/// manifest is sealed again under [`Router::KEY`], the key such boards bootstrap with
+/// ([`Router::key`]); their reports, signed with it, are refused by the server.
 pub struct Router {
     pub base: String,
     routes: Arc<Mutex<HashMap<String, String>>>,
 }
 
 impl Router {
+    /// The key every routed board holds.
+    pub const KEY: &'static str =
+        "5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a";
+
+    /// (key, store) for [`ImageBoard::key`](super::ImageBoard): a board that takes routed
+    /// manifests of `store`.
+    pub fn key(store: &str) -> (String, String) {
+        (Self::KEY.to_owned(), store.to_owned())
+    }
+
     pub fn start(upstream: &str) -> Self {
         let routes = Arc::new(Mutex::new(HashMap::new()));
         let shared = routes.clone();
@@ -255,7 +267,85 @@ fn route_one(
                 i += 1;
             }
         }
+        reseal(&mut response);
     }
     conn.write_all(&response)?;
     conn.flush()
+}
+
+/// Seals the manifest in `response` (if it is one) again under [`Router::KEY`]: same length,
+/// so Content-Length still holds.
+fn reseal(response: &mut [u8]) {
+    let Some(head_end) = response.windows(4).position(|w| w == b"\r\n\r\n") else {
+        return;
+    };
+    let body = &mut response[head_end + 4..];
+    if !body.starts_with(b"{\"hmac\":\"") {
+        return;
+    }
+    let Some(nl) = body.iter().position(|&b| b == b'\n') else {
+        return;
+    };
+    let key = mpfleet::store::DeviceKey::from_hex(Router::KEY).unwrap();
+    let manifest = std::str::from_utf8(&body[nl + 1..]).unwrap().to_owned();
+    let sealed = mpfleet::sign::seal(&key, &manifest);
+    body.copy_from_slice(sealed.as_bytes());
+}
+
+/// How a [`Tamper`] proxy rewrites a response body.
+pub type Rewrite = Arc<dyn Fn(&[u8]) -> Vec<u8> + Send + Sync>;
+
+/// An attacker between the board and the server: responses to paths under a prefix get their
+/// body rewritten (and Content-Length fixed); everything else passes unchanged.
+pub struct Tamper {
+    pub base: String,
+    rule: Arc<Mutex<Option<(String, Rewrite)>>>,
+}
+
+impl Tamper {
+    pub fn start(upstream: &str) -> Self {
+        let rule: Arc<Mutex<Option<(String, Rewrite)>>> = Arc::new(Mutex::new(None));
+        let shared = rule.clone();
+        let base = listen(upstream, move |mut conn, upstream| {
+            let Some(req) = read_request(&conn)? else {
+                return Ok(());
+            };
+            let response = forward(upstream, &req)?;
+            let rule = shared.lock().unwrap().clone();
+            let response = match rule {
+                Some((prefix, f)) if req.path().trim_start_matches('/').starts_with(&prefix) => {
+                    let split = response
+                        .windows(4)
+                        .position(|w| w == b"\r\n\r\n")
+                        .map_or(response.len(), |p| p + 4);
+                    let (head, body) = response.split_at(split);
+                    let body = f(body);
+                    let head: String = String::from_utf8_lossy(head)
+                        .lines()
+                        .filter(|l| !l.to_ascii_lowercase().starts_with("content-length:"))
+                        .filter(|l| !l.is_empty())
+                        .map(|l| format!("{l}\r\n"))
+                        .collect();
+                    let mut out = format!("{head}Content-Length: {}\r\n\r\n", body.len())
+                        .into_bytes();
+                    out.extend_from_slice(&body);
+                    out
+                }
+                _ => response,
+            };
+            conn.write_all(&response)?;
+            conn.flush()
+        });
+        Self { base, rule }
+    }
+
+    /// From now on, responses to paths starting with `prefix` go through `f`.
+    pub fn set(&self, prefix: &str, f: impl Fn(&[u8]) -> Vec<u8> + Send + Sync + 'static) {
+        *self.rule.lock().unwrap() = Some((prefix.to_owned(), Arc::new(f)));
+    }
+
+    /// Responses pass unchanged again.
+    pub fn clear(&self) {
+        *self.rule.lock().unwrap() = None;
+    }
 }

@@ -26,8 +26,13 @@ impl Reply {
         String::from_utf8_lossy(&self.body).into_owned()
     }
 
+    /// The body as JSON; a sealed manifest's envelope line (`{"hmac":...}`) is skipped.
     pub fn json(&self) -> serde_json::Value {
-        serde_json::from_slice(&self.body)
+        let body = match self.body.strip_prefix(b"{\"hmac\":\"") {
+            Some(rest) => &rest[rest.iter().position(|&b| b == b'\n').map_or(0, |i| i + 1)..],
+            None => &self.body[..],
+        };
+        serde_json::from_slice(body)
             .unwrap_or_else(|e| panic!("body is not JSON ({e}): {}", self.text()))
     }
 }
@@ -39,8 +44,13 @@ impl Server {
 
     /// Starts with extra environment variables (e.g. `MPFLEET_MPY_CROSS=""`).
     pub fn start_env(data: &Path, env: &[(String, String)]) -> Self {
+        Self::start_at(data, "127.0.0.1:0", env)
+    }
+
+    /// Starts listening on `listen` (e.g. the address of a server stopped before).
+    pub fn start_at(data: &Path, listen: &str, env: &[(String, String)]) -> Self {
         let mut child = Command::new(BIN)
-            .args(["serve", "--listen", "127.0.0.1:0"])
+            .args(["serve", "--listen", listen])
             .envs(env.iter().map(|(k, v)| (k, v)))
             .env("MPFLEET_DATA", data)
             .env("RUST_LOG", "info,mpfleet::access=info")
@@ -123,6 +133,17 @@ impl Server {
         )
     }
 
+    /// POSTs `body` as a report of `mac`, signed with `key` as a board signs it.
+    pub fn report(&self, mac: &str, key: &mpfleet::store::DeviceKey, body: &[u8]) -> Reply {
+        Self::reply(
+            Self::agent()
+                .post(&format!("{}v1/{mac}/report", self.base))
+                .set("Content-Type", "application/json")
+                .set(mpfleet::sign::REPORT_HMAC, &mpfleet::sign::hmac_hex(key, body))
+                .send_bytes(body),
+        )
+    }
+
     /// Waits until GET `path` satisfies `ok` (the server picks up CLI changes by polling).
     pub fn wait_get(&self, path: &str, ok: impl Fn(&Reply) -> bool) -> Reply {
         eventually(
@@ -133,6 +154,11 @@ impl Server {
                 ok(&r).then_some(r)
             },
         )
+    }
+
+    /// Everything the server logged so far, one line each.
+    pub fn log_text(&self) -> String {
+        self.log.lock().unwrap().join("\n")
     }
 
     /// The access log lines so far (`GET /path 200 ...`).
