@@ -63,7 +63,7 @@ pub enum Command {
         dir: PathBuf,
     },
     /// Boot simulated boards (the real MicroPython unix port) against a server.
-    Sim(crate::sim::SimArgs),
+    Sim(Box<crate::sim::SimArgs>),
 }
 
 #[derive(Debug, Subcommand)]
@@ -150,7 +150,11 @@ pub enum DeviceCommand {
         mac: String,
         /// The URL boards reach the server at (what `serve` listens on, as the board sees it,
         /// or where an export is served).
-        #[arg(long, env = "MPFLEET_SERVER", default_value = "http://mpfleet.local:8080/")]
+        #[arg(
+            long,
+            env = "MPFLEET_SERVER",
+            default_value = "http://mpfleet.local:8080/"
+        )]
         server: String,
     },
     /// Show a device's key fingerprint, or give it a new key with --rotate.

@@ -118,7 +118,7 @@ fn rolls_back(port: &str, broken: &str, watchdog_expected: bool) {
         "{rolled}"
     );
     // Asked again, it does not reinstall the generation it rolled back from.
-    let mark = s.requests().len();
+    let mark = s.mark();
     let run = b.boot_with(&s.base, 6, true, None);
     assert!(run.settled(), "{}", run.out);
     assert_eq!(run.last_app_line(), format!("APP one alternate {good}"));

@@ -132,7 +132,7 @@ fn new_version_of_one_module_downloads_only_that_file() {
     s.wait_get(&format!("v1/{MAC}.json"), |r| {
         r.json()["modules"]["sensorclass"]["version"] == "2"
     });
-    let mark = s.requests().len();
+    let mark = s.mark();
     b.ask_for_update();
     let run = b.boot(&s.base, 6);
     assert!(run.settled(), "{}", run.out);
@@ -173,7 +173,7 @@ fn pinned_version_stays_while_latest_follows() {
     s.wait_get(&format!("v1/{MAC}.json"), |r| {
         r.json()["modules"]["mqttclass"]["version"] == "2"
     });
-    let mark = s.requests().len();
+    let mark = s.mark();
     b.ask_for_update();
     let run = b.boot(&s.base, 6);
     assert!(run.settled(), "{}", run.out);
@@ -197,7 +197,7 @@ fn updater_updates_itself_and_the_next_boot_runs_it() {
     let marked = format!("{current}\nprint('UPDATER-2 loaded')\n");
     f.publish("updater", &marked, &[]);
     s.wait_get("updater.py", |r| r.text() == marked);
-    let mark = s.requests().len();
+    let mark = s.mark();
     b.ask_for_update();
     let run = b.boot(&s.base, 6);
     assert!(run.settled(), "{}", run.out);
@@ -259,7 +259,7 @@ fn module_raising_on_import_rolls_back_and_is_not_reinstalled() {
         "{rolled}"
     );
     // Asked to update again, it does not reinstall the generation it rolled back from.
-    let mark = s.requests().len();
+    let mark = s.mark();
     b.ask_for_update();
     let run = b.boot(&s.base, 6);
     assert!(run.settled(), "{}", run.out);
@@ -415,7 +415,7 @@ fn update_of_a_100k_module_fits_in_the_update_budget() {
     s.wait_get(&format!("v1/{MAC}.json"), |r| {
         r.json()["modules"]["sensorclass"]["version"] == "2"
     });
-    let mark = s.requests().len();
+    let mark = s.mark();
     b.ask_for_update();
     let run = b.boot(&s.base, 6);
     assert!(run.settled(), "{}", run.out);

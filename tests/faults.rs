@@ -340,7 +340,7 @@ fn update_too_big_for_the_flash_is_refused_before_anything_is_replaced() {
         r.json()["generation"].as_i64() != Some(old.generation)
     });
     let big = target(&s, "big");
-    let mark = s.requests().len();
+    let mark = s.mark();
     let run = b.boot_with(&s.base, 6, true, None);
     check(&b, &run, &[&old], &[&old, &big]).unwrap_or_else(|e| panic!("{e}\n{}", run.out));
     assert!(run.out.contains("no room on flash"), "{}", run.out);

@@ -133,7 +133,7 @@ fn a_fallback_that_crashes_too_asks_the_server_until_a_fix_comes() {
         "sensorclass",
         "import os\ntry:\n    os.remove('/poison')\nexcept OSError:\n    pass\nVALUE = 'three'\n",
     );
-    let mark = s.requests().len();
+    let mark = s.mark();
     let run = b.boot_with(&s.base, 30, false, None);
     assert!(run.settled(), "{}", run.out);
     assert_eq!(
@@ -329,7 +329,6 @@ fn a_manifest_of_64_modules_installs_and_65_is_refused() {
     );
     // The update of one module takes no more heap than with four modules: the budget.
     let next = publish(&f, &s, MAC, "sensorclass", "VALUE = 'two'\n");
-    let mut b = b;
     b.heap = format!("{}k", crate::heap::floor() + crate::heap::UPDATE_MPY_BUDGET);
     let run = b.boot_with(&s.base, 6, true, None);
     assert_eq!(
@@ -388,9 +387,15 @@ fn a_version_reused_with_other_bytes_is_installed_by_its_sha256() {
     g.ok(&["device", "set", MAC, "--app", "app", "sensorclass=1"]);
     let t = g.serve();
     assert_ne!(generation(&t, MAC), generation(&s, MAC));
-    // The board moves to the new server (its settings on flash) and is asked to update.
-    let settings = b.read("ota.json").unwrap().replace(&s.base, &t.base);
-    std::fs::write(b.flash.join("ota.json"), settings).unwrap();
+    // The board moves to the new server and its store, as running that store's bootstrap for
+    // it would (its settings on flash: server, key, store; its trust record starts afresh),
+    // and is asked to update.
+    let mut settings: Value = serde_json::from_str(&b.read("ota.json").unwrap()).unwrap();
+    settings["server"] = t.base.clone().into();
+    settings["key"] = g.key(MAC).to_hex().into();
+    settings["store"] = t.get(&format!("v1/{MAC}.json")).json()["store"].clone();
+    std::fs::write(b.flash.join("ota.json"), settings.to_string()).unwrap();
+    std::fs::write(b.flash.join("ota/trust.json"), "{}").unwrap();
     request_update(&b);
     let run = b.boot(&t.base, 6);
     assert_eq!(

@@ -34,7 +34,11 @@ fn installed() -> (Fleet, Server, Tamper, SimBoard) {
     let b = SimBoard::new(&f, MAC);
     let run = b.boot(&t.base, 6);
     assert!(run.settled(), "{}", run.out);
-    assert!(run.last_app_line().starts_with("APP one primary"), "{}", run.out);
+    assert!(
+        run.last_app_line().starts_with("APP one primary"),
+        "{}",
+        run.out
+    );
     (f, s, t, b)
 }
 
@@ -44,8 +48,16 @@ fn refuses(f: &Fleet, t: &Tamper, b: &SimBoard, reason: &str) {
     b.ask_for_update();
     let run = b.boot(&t.base, 4);
     assert!(run.settled(), "{}", run.out);
-    assert!(run.out.contains(reason), "expected {reason:?}:\n{}", run.out);
-    assert!(run.last_app_line().starts_with("APP one primary"), "{}", run.out);
+    assert!(
+        run.out.contains(reason),
+        "expected {reason:?}:\n{}",
+        run.out
+    );
+    assert!(
+        run.last_app_line().starts_with("APP one primary"),
+        "{}",
+        run.out
+    );
     let report = eventually("the refusal's report", Duration::from_secs(10), || {
         let r = last_report(f);
         (r["error"].as_str().is_some_and(|e| e.contains(reason))).then_some(r)
@@ -98,7 +110,11 @@ fn forged_unsigned_and_misdirected_manifests_are_refused() {
     t.clear();
     b.ask_for_update();
     let run = b.boot(&t.base, 4);
-    assert!(run.last_app_line().starts_with("APP evil primary"), "{}", run.out);
+    assert!(
+        run.last_app_line().starts_with("APP evil primary"),
+        "{}",
+        run.out
+    );
 }
 
 #[test]
@@ -108,17 +124,27 @@ fn a_replayed_older_manifest_cannot_bring_old_code_back() {
     let old = s.get(&path).body;
     let old_generation = s.get(&path).json()["generation"].as_i64().unwrap();
     f.publish("sensorclass", "VALUE = 'two'\n", &[]);
-    s.wait_get(&path, |r| r.json()["generation"].as_i64() > Some(old_generation));
+    s.wait_get(&path, |r| {
+        r.json()["generation"].as_i64() > Some(old_generation)
+    });
     b.ask_for_update();
     let run = b.boot(&t.base, 4);
-    assert!(run.last_app_line().starts_with("APP two primary"), "{}", run.out);
+    assert!(
+        run.last_app_line().starts_with("APP two primary"),
+        "{}",
+        run.out
+    );
     assert!(b.json("ota/trust.json")["gen"].as_i64() > Some(old_generation));
     // The old manifest is validly signed for this board: only its generation gives it away.
     t.set(&path, move |_| old.clone());
     b.ask_for_update();
     let run = b.boot(&t.base, 4);
     assert!(run.out.contains("is older than"), "{}", run.out);
-    assert!(run.last_app_line().starts_with("APP two primary"), "{}", run.out);
+    assert!(
+        run.last_app_line().starts_with("APP two primary"),
+        "{}",
+        run.out
+    );
 }
 
 #[test]
@@ -139,7 +165,11 @@ fn a_tampered_main_py_at_bootstrap_is_not_installed() {
     // The same board, the attacker gone: the bootstrap is safe to run again.
     t.clear();
     let run = b.boot(&t.base, 6);
-    assert!(run.last_app_line().starts_with("APP one primary"), "{}", run.out);
+    assert!(
+        run.last_app_line().starts_with("APP one primary"),
+        "{}",
+        run.out
+    );
 }
 
 #[test]
@@ -160,7 +190,10 @@ fn forged_and_replayed_reports_are_refused_and_counted() {
     let r = ureq::post(&format!("{}v1/{MAC}/report", s.base))
         .set(mpfleet::sign::REPORT_HMAC, &hmac)
         .send_bytes(body(5).as_bytes());
-    assert_eq!(r.map_or_else(|e| e.into_response().unwrap().status(), |r| r.status()), 401);
+    assert_eq!(
+        r.map_or_else(|e| e.into_response().unwrap().status(), |r| r.status()),
+        401
+    );
     assert_eq!(s.report(MAC, &mine, body(2).as_bytes()).status, 200);
     let show = eventually("the refusals counted", Duration::from_secs(10), || {
         let show = f.json(&["device", "show", MAC, "--json"]);
@@ -234,17 +267,32 @@ fn a_rotated_key_locks_the_board_out_until_it_is_provisioned_again() {
 fn refuses_quietly(t: &Tamper, b: &SimBoard, reason: &str) {
     b.ask_for_update();
     let run = b.boot(&t.base, 4);
-    assert!(run.out.contains(reason), "expected {reason:?}:\n{}", run.out);
-    assert!(run.last_app_line().starts_with("APP one primary"), "{}", run.out);
+    assert!(
+        run.out.contains(reason),
+        "expected {reason:?}:\n{}",
+        run.out
+    );
+    assert!(
+        run.last_app_line().starts_with("APP one primary"),
+        "{}",
+        run.out
+    );
 }
 
 #[test]
 fn a_store_restored_from_an_older_backup_does_not_strand_its_boards() {
     let f = fleet_with_board(MAC, &[]);
     let s = f.serve();
-    let listen = s.base.trim_start_matches("http://").trim_end_matches('/').to_owned();
+    let listen = s
+        .base
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .to_owned();
     let b = SimBoard::new(&f, MAC);
-    assert!(b.boot(&s.base, 6).last_app_line().starts_with("APP one primary"));
+    assert!(b
+        .boot(&s.base, 6)
+        .last_app_line()
+        .starts_with("APP one primary"));
     // The backup: the data directory copied while the server is stopped.
     s.terminate();
     let backup = f.dir.path().join("backup");
@@ -259,15 +307,24 @@ fn a_store_restored_from_an_older_backup_does_not_strand_its_boards() {
     });
     b.ask_for_update();
     let run = b.boot(&s.base, 4);
-    assert!(run.last_app_line().starts_with("APP three primary"), "{}", run.out);
+    assert!(
+        run.last_app_line().starts_with("APP three primary"),
+        "{}",
+        run.out
+    );
     let high = b.json("ota/trust.json")["gen"].as_i64().unwrap();
     // Disaster: the store is restored from the backup, on the same address.
     s.terminate();
     std::fs::remove_dir_all(f.data()).unwrap();
     copy_dir(&backup, &f.data());
     let s = Server::start_at(&f.data(), &listen, &[]);
-    let restored = s.get(&format!("v1/{MAC}.json")).json()["generation"].as_i64().unwrap();
-    assert!(restored < high, "the backup's generation {restored} is below {high}");
+    let restored = s.get(&format!("v1/{MAC}.json")).json()["generation"]
+        .as_i64()
+        .unwrap();
+    assert!(
+        restored < high,
+        "the backup's generation {restored} is below {high}"
+    );
     // The board refuses the restored generation and says which one it has; the server moves
     // the device above it, and the next update goes through: back to what the backup says.
     b.ask_for_update();
@@ -279,7 +336,11 @@ fn a_store_restored_from_an_older_backup_does_not_strand_its_boards() {
     assert_eq!(moved.json()["modules"]["sensorclass"]["version"], "1");
     b.ask_for_update();
     let run = b.boot(&s.base, 4);
-    assert!(run.last_app_line().starts_with("APP one primary"), "{}", run.out);
+    assert!(
+        run.last_app_line().starts_with("APP one primary"),
+        "{}",
+        run.out
+    );
 }
 
 fn copy_dir(from: &std::path::Path, to: &std::path::Path) {

@@ -130,7 +130,8 @@ pub fn run(data: &Path, command: DeviceCommand) -> Result<()> {
                 bail!("unknown device {m}: add it with `mpfleet device set {m} --app NAME`");
             };
             let resolved = store.catalog()?.resolve(&d.desired)?;
-            let resolved: Value = serde_json::from_str(&resolved.to_json(&m, &store.store_id()?, d.generation))?;
+            let resolved: Value =
+                serde_json::from_str(&resolved.to_json(&m, &store.store_id()?, d.generation))?;
             let reports = store.reports(&m, 10)?;
             if list.json {
                 let desired: Value = serde_json::from_str(&d.desired.to_seed_json())?;
@@ -205,8 +206,12 @@ pub fn run(data: &Path, command: DeviceCommand) -> Result<()> {
             let Some(d) = store.device(&m)? else {
                 bail!("unknown device {m}: add it first with `mpfleet device set {m} --app NAME`");
             };
-            let text =
-                crate::runtime::bootstrap_for(&server, &d.key, &store.store_id()?, d.report_counter);
+            let text = crate::runtime::bootstrap_for(
+                &server,
+                &d.key,
+                &store.store_id()?,
+                d.report_counter,
+            );
             print!("{text}");
             eprintln!(
                 "mpfleet: this bootstrap holds the secret key of {m}: run it on that board \

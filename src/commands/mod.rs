@@ -23,7 +23,7 @@ pub fn run(cli: Cli) -> Result<()> {
             );
             Ok(())
         }
-        Command::Sim(args) => crate::sim::run(args, &cli.data),
+        Command::Sim(args) => crate::sim::run(*args, &cli.data),
     }
 }
 

@@ -4,9 +4,9 @@
 //! rebooting after a power cut does not serialise on the database.
 
 use super::{bump, Store};
-use rusqlite::Transaction;
 use crate::names::Mac;
 use anyhow::Result;
+use rusqlite::Transaction;
 use serde_json::Value;
 
 /// Reports kept per device; older ones are dropped.

@@ -326,8 +326,8 @@ impl Tamper {
                         .filter(|l| !l.is_empty())
                         .map(|l| format!("{l}\r\n"))
                         .collect();
-                    let mut out = format!("{head}Content-Length: {}\r\n\r\n", body.len())
-                        .into_bytes();
+                    let mut out =
+                        format!("{head}Content-Length: {}\r\n\r\n", body.len()).into_bytes();
                     out.extend_from_slice(&body);
                     out
                 }

@@ -139,7 +139,10 @@ impl Server {
             Self::agent()
                 .post(&format!("{}v1/{mac}/report", self.base))
                 .set("Content-Type", "application/json")
-                .set(mpfleet::sign::REPORT_HMAC, &mpfleet::sign::hmac_hex(key, body))
+                .set(
+                    mpfleet::sign::REPORT_HMAC,
+                    &mpfleet::sign::hmac_hex(key, body),
+                )
                 .send_bytes(body),
         )
     }
@@ -159,6 +162,22 @@ impl Server {
     /// Everything the server logged so far, one line each.
     pub fn log_text(&self) -> String {
         self.log.lock().unwrap().join("\n")
+    }
+
+    /// A point in the access log after every request made so far: the log is read from the
+    /// server's output a little later, so a plain `requests().len()` can miss the test's own
+    /// last requests and count them as made after it. A marker request settles that.
+    pub fn mark(&self) -> usize {
+        let probe = format!("/mark-{}-{}", self.requests().len(), std::process::id());
+        self.get(&probe[1..]);
+        eventually(
+            "the access log to catch up",
+            Duration::from_secs(10),
+            || {
+                let log = self.requests();
+                log.iter().rposition(|l| l.contains(&probe)).map(|i| i + 1)
+            },
+        )
     }
 
     /// The access log lines so far (`GET /path 200 ...`).
