@@ -25,12 +25,9 @@
 # mpfleet serve, nginx and Home Assistant send Content-Length for files).
 import binascii
 import gc
-import hashlib
 import json
 import os
-import socket
 import sys
-import time
 
 import machine
 from micropython import const
@@ -41,7 +38,9 @@ _MARGIN = const(4)  # flash blocks kept free
 _RETRIES = const(2)
 _OTA = "/ota/"
 _TMP = "/ota/tmp/"
-_MANIFEST = "/ota/tmp/manifest.json"
+# hashlib, socket and time are imported where they are used, and the manifest's
+# path is spelled out: every global past 37 would make the module's globals
+# table grow to 47 entries (a 752-byte block) as it loads.
 
 _buf = memoryview(bytearray(512))
 # What runs: (which, head, mpfleet.py's Watch or None), from the first stage;
@@ -68,6 +67,8 @@ def _flags():
 def alive():
     # Work is progressing: feed the watchdog and keep its timer feeding it 30 s
     # more (unless the app already said it is healthy: then it feeds for ever).
+    import time
+
     w = _run and _run[2]
     if w:
         w.wdt.feed()
@@ -82,6 +83,8 @@ def _gen():
 def _request(method, url, body=None, timeout=None):
     # Returns (status, socket at the body, Content-Length or None); the caller
     # closes the socket. The timeout: /ota.json "timeout" seconds, 10 by default.
+    import socket
+
     alive()
     timeout = timeout or _settings().get("timeout", _TIMEOUT)
     _, _, hostport, path = url.split("/", 3)
@@ -117,6 +120,8 @@ def _request(method, url, body=None, timeout=None):
 def _get(url, path, size=_MAX, sha=None):
     # Stream url into path; raise unless it is `size` bytes with SHA-256 `sha`
     # (with sha None: at most `size` bytes).
+    import hashlib
+
     status, sock, length = _request("GET", url)
     h = hashlib.sha256()
     got = 0
@@ -169,13 +174,11 @@ def _lines(path, section="modules"):
                 if not line.startswith("}"):
                     raise ValueError(path + " is cut short")
                 return
-            for item in json.loads("{" + line.strip().rstrip(",") + "}").items():
-                yield item
-
-
-def _head(path):
-    with open(path) as f:
-        return json.loads(f.readline() + "}}")
+            # "name":{...}, or "name":[...], parsed in place (json.loads takes
+            # a memoryview): no copies of the line
+            i = line.find('"', 1)
+            j = max(line.rfind("}"), line.rfind("]")) + 1
+            yield line[1:i], json.loads(memoryview(line)[i + 2 : j])
 
 
 def _ok(s, size, extra):
@@ -235,11 +238,12 @@ def remove(path):
 def manifest(server):
     # Streams the manifest to flash; returns its first line (generation, app...).
     try:
-        _get("%sv1/%s.json" % (server, mac()), _MANIFEST)
+        _get("%sv1/%s.json" % (server, mac()), _TMP + "manifest.json")
     except OSError as e:
         raise ServerFailed("cannot reach %s: %s" % (server, e))
     try:
-        head = _head(_MANIFEST)
+        with open(_TMP + "manifest.json") as f:
+            head = json.loads(f.readline() + "}}")
     except ValueError:
         raise ValueError("manifest is not JSON with one module per line")
     if not (isinstance(head.get("generation"), int) and _ok(head.get("app") or "", 64, "_")):
@@ -263,7 +267,7 @@ def _install(server, g, app):
     st = os.statvfs("/")
     need = _MARGIN
     found = 0
-    for name, m in _lines(_MANIFEST):
+    for name, m in _lines(_TMP + "manifest.json"):
         e = entry(name, m)
         found += name in ("config", "updater") or name == app
         if not _exists("%sm/%s/%s" % (_OTA, name, e[1])):
@@ -274,7 +278,7 @@ def _install(server, g, app):
         raise OSError("no room on flash: %d blocks needed, %d free" % (need, st[4]))
     st = None
     try:
-        for name, m in _lines(_MANIFEST):
+        for name, m in _lines(_TMP + "manifest.json"):
             e = entry(name, m)
             d = "%sm/%s" % (_OTA, name)
             if not _exists(d + "/" + e[1]):
@@ -286,7 +290,7 @@ def _install(server, g, app):
         with open(_TMP + "primary.json", "w") as out:
             out.write('{"generation":%d,"app":"%s","confirmed":false,"modules":{' % (g, app))
             sep = "\n"
-            for name, m in _lines(_MANIFEST):
+            for name, m in _lines(_TMP + "manifest.json"):
                 e = entry(name, m)
                 out.write('%s"%s":["%s","%s","%s"]' % (sep, name, e[0], e[1], e[3]))
                 sep = ",\n"
@@ -368,7 +372,8 @@ def report(event, error=None):
 def running():
     # /ota/primary.json runs now (after an update; at a bootstrap, if any).
     global _run
-    _run = ("primary", _head(_OTA + "primary.json"), _run and _run[2])
+    with open(_OTA + "primary.json") as f:
+        _run = ("primary", json.loads(f.readline() + "}}"), _run and _run[2])
 
 
 def _update(stuck):
