@@ -67,24 +67,36 @@ class Watch:
             self.wdt.feed()
 
 
-try:
+def _boot():
+    # mpfleet_boot only inside a function: a reference left in a stale slot of
+    # this module's frame would keep the whole module (about 3k) on the heap.
     import mpfleet_boot
 
-    app, now, todo = mpfleet_boot.boot(Importer, Watch)
-    del sys.modules["mpfleet_boot"]
-    mpfleet_boot = None
+    try:
+        return mpfleet_boot.boot(Importer, Watch)
+    finally:
+        del sys.modules["mpfleet_boot"]
+
+
+def _update(now, todo):
+    # The updater, likewise only inside a function, and dropped afterwards.
+    try:
+        import updater
+
+        updater.run(now, *todo)  # resets after an update
+    except Exception as e:
+        import mpfleet_boot
+
+        mpfleet_boot.failed(e, now[0])
+    sys.modules.pop("updater", None)
+    sys.modules.pop("mpfleet_boot", None)
+
+
+try:
+    app, now, todo = _boot()
     gc.collect()
     if todo:
-        try:
-            import updater
-
-            updater.run(now, *todo)  # resets after an update
-        except Exception as e:
-            import mpfleet_boot
-
-            mpfleet_boot.failed(e, now[0])
-        sys.modules.pop("updater", None)
-        mpfleet_boot = updater = None
+        _update(now, todo)
         gc.collect()
     if app:
         import config

@@ -35,15 +35,11 @@
 # mpfleet serve, nginx and Home Assistant send Content-Length for files).
 import binascii
 import gc
-import hashlib
 import json
 import os
-import socket
 import sys
-import time
 
 import machine
-from micropython import const
 
 _MAX = const(65536)  # manifest bytes
 _TIMEOUT = const(10)
@@ -51,8 +47,10 @@ _MARGIN = const(4)  # flash blocks kept free
 _RETRIES = const(2)
 _OTA = "/ota/"
 _TMP = "/ota/tmp/"
-_MANIFEST = "/ota/tmp/manifest.json"
-_TRUST = "/ota/trust.json"
+# hashlib, socket and time are imported where they are used, the manifest's
+# path is spelled out, `const` is not imported (the compiler knows it) and
+# _tidy keeps its helper inside: every global past 37 would make the module's
+# globals table grow to 47 entries (a 752-byte block) as it loads.
 
 _buf = memoryview(bytearray(512))
 # What runs: (which, head, mpfleet.py's Watch or None), from the first stage;
@@ -79,6 +77,8 @@ def _flags():
 def alive():
     # Work is progressing: feed the watchdog and keep its timer feeding it 30 s
     # more (unless the app already said it is healthy: then it feeds for ever).
+    import time
+
     w = _run and _run[2]
     if w:
         w.wdt.feed()
@@ -91,7 +91,10 @@ def _gen():
 
 
 def _hmac():
-    # HMAC-SHA256 under this board's key: (inner hash to feed, outer key pad).
+    # HMAC-SHA256 under this board's key: (inner hash to feed, outer key pad);
+    # the HMAC is then sha256(pad + inner.digest()).
+    import hashlib
+
     k = _settings().get("key") or ""
     if len(k) != 64:
         raise ValueError("no key: provision this board with `mpfleet device bootstrap`")
@@ -104,29 +107,26 @@ def _hmac():
     return inner, k
 
 
-def _hmac_hex(inner, k):
-    return binascii.hexlify(hashlib.sha256(k + inner.digest()).digest())
-
-
-def _trust():
-    # {"gen": highest generation accepted, "n": report counters reserved}.
+def _trust(t=None):
+    # /ota/trust.json, {"gen": highest generation accepted, "n": last report
+    # counter}: read it (t None) or write t in its place, atomically.
+    if t is not None:
+        with open(_TMP + "trust.json", "w") as f:
+            json.dump(t, f)
+        return replace(_TMP + "trust.json", _OTA + "trust.json")
     try:
-        with open(_TRUST) as f:
+        with open(_OTA + "trust.json") as f:
             t = json.load(f)
     except (OSError, ValueError):
-        t = None
+        pass
     return t if isinstance(t, dict) else {}
-
-
-def _keep(t):
-    with open(_TMP + "trust.json", "w") as f:
-        json.dump(t, f)
-    replace(_TMP + "trust.json", _TRUST)
 
 
 def _request(method, url, body=None, timeout=None, sign=None):
     # Returns (status, socket at the body, Content-Length or None); the caller
     # closes the socket. The timeout: /ota.json "timeout" seconds, 10 by default.
+    import socket
+
     alive()
     timeout = timeout or _settings().get("timeout", _TIMEOUT)
     _, _, hostport, path = url.split("/", 3)
@@ -164,20 +164,21 @@ def _request(method, url, body=None, timeout=None, sign=None):
 def _get(url, path, size=_MAX, sha=None, sealed=False):
     # Stream url into path; raise unless it is `size` bytes with SHA-256 `sha`
     # (with sha None: at most `size` bytes). sealed: the body is an envelope
-    # line then the bytes it signs, which go to path, checked under the key.
+    # line, then the bytes it signs, which go to path, checked under the key.
+    import hashlib
+
     status, sock, length = _request("GET", url)
-    h = k = claimed = None
+    k = seal = None
     got = 0
     try:
         if status != 200:
             raise (ValueError if status < 500 else OSError)("HTTP %d for %s" % (status, url))
         if sealed:
             h, k = _hmac()
-            claimed = sock.readline(76)
-            got = len(claimed)
-            if not (claimed.startswith(b'{"hmac":"') and claimed.endswith(b'"}\n') and got == 76):
+            seal = sock.readline(76)
+            got = len(seal)
+            if not (got == 76 and seal.startswith(b'{"hmac":"') and seal.endswith(b'"}\n')):
                 raise ValueError("manifest is not signed: refused")
-            claimed = claimed[9:73]
         else:
             h = hashlib.sha256()
         with open(path, "wb") as f:
@@ -199,7 +200,7 @@ def _get(url, path, size=_MAX, sha=None, sealed=False):
         raise ValueError("%s: %d bytes, not %d" % (url, got, size))
     if k:
         d = 0
-        for a, b in zip(_hmac_hex(h, k), claimed):
+        for a, b in zip(binascii.hexlify(hashlib.sha256(k + h.digest()).digest()), seal[9:73]):
             d |= a ^ b
         if d:
             raise ValueError("manifest not signed with this board's key: refused")
@@ -232,13 +233,11 @@ def _lines(path, section="modules"):
                 if not line.startswith("}"):
                     raise ValueError(path + " is cut short")
                 return
-            for item in json.loads("{" + line.strip().rstrip(",") + "}").items():
-                yield item
-
-
-def _head(path):
-    with open(path) as f:
-        return json.loads(f.readline() + "}}")
+            # "name":{...}, or "name":[...], parsed in place (json.loads takes
+            # a memoryview): no copies of the line
+            i = line.find('"', 1)
+            j = max(line.rfind("}"), line.rfind("]")) + 1
+            yield line[1:i], json.loads(memoryview(line)[i + 2 : j])
 
 
 def _ok(s, size, extra):
@@ -296,14 +295,15 @@ def remove(path):
 
 
 def manifest(server):
-    # Streams the manifest to flash, checks its seal; returns its first line
+    # Streams the manifest to flash and checks its seal; returns its first line
     # (generation, app...).
     try:
-        _get("%sv1/%s.json" % (server, mac()), _MANIFEST, sealed=True)
+        _get("%sv1/%s.json" % (server, mac()), _TMP + "manifest.json", sealed=True)
     except OSError as e:
         raise ServerFailed("cannot reach %s: %s" % (server, e))
     try:
-        head = _head(_MANIFEST)
+        with open(_TMP + "manifest.json") as f:
+            head = json.loads(f.readline() + "}}")
     except ValueError:
         raise ValueError("manifest is not JSON with one module per line")
     g = head.get("generation")
@@ -332,7 +332,7 @@ def _install(server, g, app):
     st = os.statvfs("/")
     need = _MARGIN
     found = 0
-    for name, m in _lines(_MANIFEST):
+    for name, m in _lines(_TMP + "manifest.json"):
         e = entry(name, m)
         found += name in ("config", "updater") or name == app
         if not _exists("%sm/%s/%s" % (_OTA, name, e[1])):
@@ -343,7 +343,7 @@ def _install(server, g, app):
         raise OSError("no room on flash: %d blocks needed, %d free" % (need, st[4]))
     st = None
     try:
-        for name, m in _lines(_MANIFEST):
+        for name, m in _lines(_TMP + "manifest.json"):
             e = entry(name, m)
             d = "%sm/%s" % (_OTA, name)
             if not _exists(d + "/" + e[1]):
@@ -355,7 +355,7 @@ def _install(server, g, app):
         with open(_TMP + "primary.json", "w") as out:
             out.write('{"generation":%d,"app":"%s","confirmed":false,"modules":{' % (g, app))
             sep = "\n"
-            for name, m in _lines(_MANIFEST):
+            for name, m in _lines(_TMP + "manifest.json"):
                 e = entry(name, m)
                 out.write('%s"%s":["%s","%s","%s"]' % (sep, name, e[0], e[1], e[3]))
                 sep = ",\n"
@@ -385,17 +385,16 @@ def _install(server, g, app):
         os.sync()
 
 
-def _file_of(configuration, name):
-    try:
-        for n, m in _lines(_OTA + configuration + ".json"):
-            if n == name:
-                return m[1]
-    except OSError:
-        pass
-
-
 def _tidy():
     # Delete installed files that neither configuration names.
+    def _file_of(configuration, name):
+        try:
+            for n, m in _lines(_OTA + configuration + ".json"):
+                if n == name:
+                    return m[1]
+        except OSError:
+            pass
+
     for name in os.listdir(_OTA + "m"):
         d = _OTA + "m/" + name
         keep = (_file_of("primary", name), _file_of("alternate", name))
@@ -407,15 +406,17 @@ def _tidy():
 
 
 def report(event, error=None):
-    # POST what happened to {server}v1/{mac}/report. Never raises.
+    # POST what happened to {server}v1/{mac}/report, signed. Never raises.
+    import hashlib
+
     try:
         modules = {}
         if _run:
             for n, m in _lines(_OTA + _run[0] + ".json"):
                 modules[n] = m[0]
         t = _trust()
-        t["n"] = t.get("n", 0) + 1  # on flash before use: never used twice
-        _keep(t)
+        t["n"] = t.get("n", 0) + 1
+        _trust(t)  # on flash before it is used: never used twice
         body = json.dumps(
             {
                 "n": t["n"],
@@ -431,10 +432,10 @@ def report(event, error=None):
                 "mpy": getattr(sys.implementation, "_mpy", None),
             }
         )
-        modules = None
+        modules = t = None
         h, k = _hmac()
         h.update(body)
-        k = _hmac_hex(h, k)
+        k = binascii.hexlify(hashlib.sha256(k + h.digest()).digest())
         status, sock, _ = _request("POST", "%sv1/%s/report" % (_settings()["server"], mac()), body, 3, k)
         sock.close()
         if status not in (200, 204):
@@ -446,7 +447,8 @@ def report(event, error=None):
 def running():
     # /ota/primary.json runs now (after an update; at a bootstrap, if any).
     global _run
-    _run = ("primary", _head(_OTA + "primary.json"), _run and _run[2])
+    with open(_OTA + "primary.json") as f:
+        _run = ("primary", json.loads(f.readline() + "}}"), _run and _run[2])
 
 
 def _update(stuck):
@@ -467,8 +469,8 @@ def _update(stuck):
             pass
         t = _trust()
         if g > t.get("gen", 0):
-            t["gen"] = g  # accepted: nothing lower will be, from now on
-            _keep(t)
+            t["gen"] = g  # accepted: nothing lower will be from now on
+            _trust(t)
         _install(server, g, app)
     finally:
         for name in ("manifest.json", "dl", "primary.json", "alternate.json"):
