@@ -33,7 +33,7 @@ const BOOT_BUDGET: u32 = 6;
 /// about 11k on this 64-bit host, and what the first stage keeps, about 4k). This pins what
 /// is reached (with 2k for the holes, which move by about 1k between runs), so that it
 /// cannot grow unnoticed.
-pub(crate) const UPDATE_MPY_BUDGET: u32 = 18;
+pub(crate) const UPDATE_MPY_BUDGET: u32 = 20;
 /// What a whole update may need over the floor on a server without mpy-cross.
 const UPDATE_SOURCE_BUDGET: u32 = 24;
 
@@ -290,7 +290,7 @@ fn plain_boot_fits_in_the_floor_plus_6k() {
 }
 
 #[test]
-fn update_with_the_runtime_precompiled_fits_in_the_floor_plus_18k() {
+fn update_with_the_runtime_precompiled_fits_in_the_floor_plus_20k() {
     let i = Installed::new(Fleet::new(), true);
     within_budget(
         "update (runtime .mpy)",
