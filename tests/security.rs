@@ -3,7 +3,7 @@
 //! tampered files at bootstrap, forged and replayed reports, keys that leak, and a server
 //! restored from an old backup (which must not strand its boards).
 
-use crate::harness::{eventually, fleet_with_board, Fleet, Server, SimBoard, Tamper};
+use crate::harness::{eventually, fleet_with_board, Fleet, Server, SimBoard, StaticFiles, Tamper};
 use mpfleet::sign::seal;
 use mpfleet::store::DeviceKey;
 use serde_json::{json, Value};
@@ -354,4 +354,51 @@ fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
             std::fs::copy(e.path(), target).unwrap();
         }
     }
+}
+
+#[test]
+fn a_board_installs_updates_and_refuses_forgeries_from_a_static_export() {
+    let f = fleet_with_board(MAC, &[]);
+    let www = f.dir.path().join("www");
+    let export = |f: &Fleet| f.ok(&["export", www.to_str().unwrap()]);
+    export(&f);
+    let web = StaticFiles::start(www.clone());
+    let b = SimBoard::new(&f, MAC);
+    let run = b.boot(&web.base, 6);
+    assert!(
+        run.last_app_line().starts_with("APP one primary"),
+        "{}",
+        run.out
+    );
+    f.publish("sensorclass", "VALUE = 'two'\n", &[]);
+    export(&f);
+    b.ask_for_update();
+    let run = b.boot(&web.base, 4);
+    assert!(
+        run.last_app_line().starts_with("APP two primary"),
+        "{}",
+        run.out
+    );
+    // Someone with write access to the web server's files, but not the store, edits a manifest.
+    f.publish("sensorclass", "VALUE = 'three'\n", &[]);
+    export(&f);
+    let manifest = www.join(format!("v1/{MAC}.json"));
+    let text = std::fs::read_to_string(&manifest).unwrap();
+    std::fs::write(
+        &manifest,
+        text.replace("m/sensorclass/3", "m/sensorclass/1"),
+    )
+    .unwrap();
+    b.ask_for_update();
+    let run = b.boot(&web.base, 4);
+    assert!(
+        run.out.contains("not signed with this board's key"),
+        "{}",
+        run.out
+    );
+    assert!(
+        run.last_app_line().starts_with("APP two primary"),
+        "{}",
+        run.out
+    );
 }

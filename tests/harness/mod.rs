@@ -7,6 +7,7 @@
 //!   every run under a wall-clock deadline;
 //! - `proxy`: HTTP proxies in front of the server ([`FaultProxy`] injects faults, [`Router`]
 //!   serves a board another device's manifest), one forwarding path for both;
+//! - `static_files`: a static file server over an export ([`StaticFiles`]);
 //! - `heap`: the smallest `--heap` a board needs for a run ([`min_heap`]).
 
 // Each test file uses some of it.
@@ -18,6 +19,7 @@ mod heap;
 mod process;
 mod proxy;
 mod server;
+mod static_files;
 
 #[allow(unused_imports)]
 pub use board::{
@@ -34,6 +36,8 @@ pub use process::output_within;
 pub use proxy::{Fault, FaultProxy, Router, Tamper};
 #[allow(unused_imports)]
 pub use server::{Reply, Server};
+#[allow(unused_imports)]
+pub use static_files::StaticFiles;
 
 use std::time::{Duration, Instant};
 
