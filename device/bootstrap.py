@@ -17,6 +17,7 @@ SERVER = "http://mpfleet.local:8080/"  # your mpfleet server; ends with "/"
 KEY = None  # this board's secret key (64 hex digits), from `mpfleet device bootstrap`
 STORE = None  # the identity of the store the key belongs to
 COUNTER = 0  # report counters up to this one were used already
+SECRETS = None  # JSON text written to /secrets.json (`device bootstrap --secrets`)
 INTERVAL = 3600  # seconds between update checks your application may use
 WATCHDOG = 30  # seconds a boot may take before it says it is healthy (0: no watchdog)
 TIMEOUT = 10  # seconds the updater waits for the server
@@ -135,6 +136,8 @@ def _settings(server):
     settings["store"] = STORE
     _write("/ota/trust.json", trust)
     _write("/ota.json", settings)
+    if SECRETS:  # the board's own: never served, never touched by an update
+        _write("/secrets.json", json.loads(SECRETS))
 
 
 def bootstrap():

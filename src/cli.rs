@@ -156,6 +156,11 @@ pub enum DeviceCommand {
             default_value = "http://mpfleet.local:8080/"
         )]
         server: String,
+        /// A JSON object of this board's own secrets (Wi-Fi password, API tokens...): the
+        /// bootstrap writes it to the board's /secrets.json, which no update touches and no
+        /// server serves. Modules are served to anyone on the LAN: keep secrets out of them.
+        #[arg(long, value_name = "FILE")]
+        secrets: Option<PathBuf>,
     },
     /// Show a device's key fingerprint, or give it a new key with --rotate.
     ///

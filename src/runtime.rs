@@ -49,9 +49,15 @@ pub fn precompiled(name: &str, source: &[u8]) -> Option<crate::mpy::Compiled> {
 /// run: a board gets its own with [`bootstrap_for`] (`mpfleet device bootstrap MAC`).
 pub const BOOTSTRAP: &str = include_str!("../device/bootstrap.py");
 
-/// One board's bootstrap: [`BOOTSTRAP`] with its server, key, the store's identity and the
-/// first report counter it may use (above every one the server has taken) filled in.
-pub fn bootstrap_for(server: &str, key: &DeviceKey, store: &str, counter: i64) -> String {
+/// One board's bootstrap: [`BOOTSTRAP`] with its server, key, the store's identity, the last
+/// report counter the server has taken and the board's own secrets (JSON text) filled in.
+pub fn bootstrap_for(
+    server: &str,
+    key: &DeviceKey,
+    store: &str,
+    counter: i64,
+    secrets: Option<&str>,
+) -> String {
     let mut server = server.to_owned();
     if !server.ends_with('/') {
         server.push('/');
@@ -60,10 +66,11 @@ pub fn bootstrap_for(server: &str, key: &DeviceKey, store: &str, counter: i64) -
     for line in BOOTSTRAP.lines() {
         let (name, _) = line.split_once(" = ").unwrap_or(("", ""));
         let value = match name {
-            "SERVER" => format!("{server:?}"),
-            "KEY" => format!("{:?}", key.to_hex()),
-            "STORE" => format!("{store:?}"),
+            "SERVER" => python_str(&server),
+            "KEY" => python_str(&key.to_hex()),
+            "STORE" => python_str(store),
             "COUNTER" => counter.to_string(),
+            "SECRETS" => secrets.map_or("None".into(), python_str),
             _ => {
                 out.push_str(line);
                 out.push('\n');
@@ -73,6 +80,25 @@ pub fn bootstrap_for(server: &str, key: &DeviceKey, store: &str, counter: i64) -
         let comment = line.find("  #").map(|i| &line[i..]).unwrap_or("");
         out.push_str(&format!("{name} = {value}{comment}\n"));
     }
+    out
+}
+
+/// `s` as a Python string literal: printable ASCII as it is, anything else escaped.
+fn python_str(s: &str) -> String {
+    let mut out = String::from("\"");
+    for c in s.chars() {
+        match c {
+            '"' | '\\' => {
+                out.push('\\');
+                out.push(c);
+            }
+            ' '..='~' => out.push(c),
+            c if (c as u32) < 0x100 => out.push_str(&format!("\\x{:02x}", c as u32)),
+            c if (c as u32) < 0x10000 => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push_str(&format!("\\U{:08x}", c as u32)),
+        }
+    }
+    out.push('"');
     out
 }
 

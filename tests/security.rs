@@ -402,3 +402,58 @@ fn a_board_installs_updates_and_refuses_forgeries_from_a_static_export() {
         run.out
     );
 }
+
+#[test]
+fn secrets_reach_the_board_in_its_bootstrap_only_and_updates_keep_them() {
+    let f = fleet_with_board(MAC, &[]);
+    let s = f.serve();
+    let secrets = f.file("secrets.json", r#"{"wifi": "hunter2 \u00e9\"'\\", "n": 3}"#);
+    let text = f.ok(&[
+        "device",
+        "bootstrap",
+        MAC,
+        "--server",
+        &s.base,
+        "--secrets",
+        secrets.to_str().unwrap(),
+    ]);
+    assert!(text.contains("hunter2"));
+    let mut b = SimBoard::new(&f, MAC);
+    b.bootstrap = Some(f.file("bootstrap.py", &text));
+    let run = b.boot(&s.base, 6);
+    assert!(
+        run.last_app_line().starts_with("APP one primary"),
+        "{}",
+        run.out
+    );
+    let want = json!({"wifi": "hunter2 \u{e9}\"'\\", "n": 3});
+    assert_eq!(b.json("secrets.json"), want);
+    f.publish("sensorclass", "VALUE = 'two'\n", &[]);
+    s.wait_get(&format!("v1/{MAC}.json"), |r| {
+        r.json()["modules"]["sensorclass"]["version"] == "2"
+    });
+    b.ask_for_update();
+    let run = b.boot(&s.base, 4);
+    assert!(
+        run.last_app_line().starts_with("APP two primary"),
+        "{}",
+        run.out
+    );
+    assert_eq!(b.json("secrets.json"), want);
+    let www = f.dir.path().join("www");
+    f.ok(&["export", www.to_str().unwrap()]);
+    for file in walk(&www) {
+        let bytes = std::fs::read(&file).unwrap();
+        assert!(!String::from_utf8_lossy(&bytes).contains("hunter2"));
+    }
+    // Not a JSON object: refused, with the file named.
+    let bad = f.file("bad.json", "[1]");
+    let err = f.fails(&[
+        "device",
+        "bootstrap",
+        MAC,
+        "--secrets",
+        bad.to_str().unwrap(),
+    ]);
+    assert!(err.contains("not a JSON object"), "{err}");
+}

@@ -197,8 +197,24 @@ pub fn run(data: &Path, command: DeviceCommand) -> Result<()> {
             }
             Ok(())
         }
-        DeviceCommand::Bootstrap { mac: m, server } => {
+        DeviceCommand::Bootstrap {
+            mac: m,
+            server,
+            secrets,
+        } => {
             let m = mac(&m)?;
+            let secrets = secrets
+                .map(|path| -> Result<String> {
+                    let text = std::fs::read_to_string(&path)
+                        .with_context(|| format!("reading {}", path.display()))?;
+                    let value: Value = serde_json::from_str(&text)
+                        .with_context(|| format!("{} is not JSON", path.display()))?;
+                    if !value.is_object() {
+                        bail!("{} is not a JSON object", path.display());
+                    }
+                    Ok(value.to_string())
+                })
+                .transpose()?;
             if !server.starts_with("http://") {
                 bail!("--server {server:?}: boards speak plain http://, e.g. http://192.168.1.10:8080/");
             }
@@ -211,6 +227,7 @@ pub fn run(data: &Path, command: DeviceCommand) -> Result<()> {
                 &d.key,
                 &store.store_id()?,
                 d.report_counter,
+                secrets.as_deref(),
             );
             print!("{text}");
             eprintln!(

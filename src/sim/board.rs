@@ -57,6 +57,8 @@ pub struct BoardOptions {
     pub data: PathBuf,
     /// (key, store) to bootstrap with instead of the data directory's (`--key`, `--store`).
     pub key: Option<(String, String)>,
+    /// A bootstrap file to run as it is (`--bootstrap`), with its own key.
+    pub bootstrap: Option<PathBuf>,
     /// Print each line the board says, prefixed with its MAC and boot number.
     pub echo: bool,
 }
@@ -221,6 +223,9 @@ impl Board {
     /// directory, if the board is a device there (read at each boot: it may be added later).
     fn trust(&self) -> Result<Option<(String, String, i64)>> {
         let o = &self.options;
+        if o.bootstrap.is_some() {
+            return Ok(None); // it has its own
+        }
         if let Some((key, store)) = &o.key {
             return Ok(Some((key.clone(), store.clone(), 0)));
         }
@@ -249,7 +254,12 @@ impl Board {
             .env("MPFLEET_RTC", &o.rtc)
             .env("MPFLEET_WDT", &wdt)
             .env("MPFLEET_SERVER", &o.server)
-            .env("MPFLEET_BOOTSTRAP", o.shims.join("bootstrap.py"))
+            .env(
+                "MPFLEET_BOOTSTRAP",
+                o.bootstrap
+                    .clone()
+                    .unwrap_or_else(|| o.shims.join("bootstrap.py")),
+            )
             .env("MPFLEET_COUNT_WRITES", "1")
             .env("MPFLEET_FLASH_BLOCKS", o.flash_blocks.to_string())
             .env("MPFLEET_PORT", o.port.as_str())

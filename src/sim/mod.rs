@@ -138,6 +138,10 @@ pub struct SimArgs {
     /// `/ota.json` when the board bootstraps (replaces bootstrap.py's `TIMEOUT`, 10).
     #[arg(long)]
     pub timeout: Option<f64>,
+    /// Run this bootstrap (the output of `mpfleet device bootstrap`) on a blank board instead
+    /// of filling one in from the data directory; its SERVER still becomes --server.
+    #[arg(long, value_name = "FILE", conflicts_with = "key")]
+    pub bootstrap: Option<PathBuf>,
     /// The key the board bootstraps with (64 hex digits) instead of its device's in the data
     /// directory: for a board provisioned from another store, or a test of a wrong key.
     #[arg(long, requires = "store")]
@@ -263,6 +267,12 @@ pub fn run(args: SimArgs, data: &std::path::Path) -> Result<()> {
         args.port_version,
         heap / 1024
     );
+    let bootstrap = match &args.bootstrap {
+        Some(p) => {
+            Some(std::fs::canonicalize(p).with_context(|| format!("--bootstrap {}", p.display()))?)
+        }
+        None => None,
+    };
     let boards: Vec<Board> = macs
         .iter()
         .map(|mac| {
@@ -289,6 +299,7 @@ pub fn run(args: SimArgs, data: &std::path::Path) -> Result<()> {
                 timeout: args.timeout,
                 data: data.to_owned(),
                 key: args.key.clone().zip(args.store.clone()),
+                bootstrap: bootstrap.clone(),
                 echo: true,
             })
         })

@@ -219,6 +219,8 @@ pub struct SimBoard {
     pub deadline: Duration,
     /// The fleet's data directory: the board bootstraps with its device's key from there.
     pub data: PathBuf,
+    /// A bootstrap to run as it is (`--bootstrap`: a `device bootstrap` output).
+    pub bootstrap: Option<PathBuf>,
 }
 
 impl SimBoard {
@@ -233,6 +235,7 @@ impl SimBoard {
             port_version: None,
             deadline: DEFAULT_DEADLINE,
             data: fleet.data(),
+            bootstrap: None,
         }
     }
 
@@ -240,6 +243,9 @@ impl SimBoard {
     pub fn boot(&self, server: &str, boots: u32) -> SimRun {
         let mut extra: Vec<OsString> = vec!["--flash-dir".into(), self.flash.clone().into()];
         extra.extend(["--state".into(), self.state.clone().into()]);
+        if let Some(b) = &self.bootstrap {
+            extra.extend(["--bootstrap".into(), b.clone().into()]);
+        }
         let run = SimCommand {
             mac: &self.mac,
             server,
