@@ -126,19 +126,13 @@ pub fn setup() -> Setup {
             &[],
         );
     }
-    // Each device's history is longer than the one before, so that generations differ
-    // whether the store numbers them per device or globally.
+    // Each device's history is longer than the one before, so that generations grow in this
+    // order whether the store numbers them per device or globally: a board refuses a
+    // generation below one it accepted, and a board that rolled back from `bad` then takes
+    // `later`.
     let steps: [(&str, Vec<Vec<String>>); 4] = [
         (D_OLD, vec![pins("1", "1", "1")]),
         (D_NEW, vec![pins("1", "1", "1"), pins("2", "2", "2")]),
-        (
-            D_LATER,
-            vec![
-                pins("1", "1", "1"),
-                pins("2", "2", "2"),
-                pins("3", "3", "3"),
-            ],
-        ),
         (
             D_BAD,
             vec![
@@ -146,6 +140,16 @@ pub fn setup() -> Setup {
                 pins("2", "2", "2"),
                 pins("3", "3", "3"),
                 pins("2", "4", "2"),
+            ],
+        ),
+        (
+            D_LATER,
+            vec![
+                pins("1", "1", "1"),
+                pins("2", "2", "2"),
+                pins("3", "3", "3"),
+                pins("2", "4", "2"),
+                pins("3", "3", "3"),
             ],
         ),
     ];

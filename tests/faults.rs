@@ -352,7 +352,15 @@ fn update_too_big_for_the_flash_is_refused_before_anything_is_replaced() {
         .cloned()
         .collect();
     assert!(fetched.is_empty(), "{fetched:?}");
-    let after = b.inspect();
+    // Only the trust record moved: the generation was authentic (accepted, so nothing older
+    // will be) and the report took the next counter.
+    let (mut after, mut before) = (b.inspect(), before);
+    let trust = after["files"]["/ota/trust.json"]["text"].clone();
+    let trust: serde_json::Value = serde_json::from_str(trust.as_str().unwrap()).unwrap();
+    assert_eq!(trust["gen"].as_i64(), Some(big.generation), "{trust}");
+    for files in [&mut after["files"], &mut before["files"]] {
+        files.as_object_mut().unwrap().remove("/ota/trust.json");
+    }
     assert_eq!(after["files"], before["files"]);
     assert!(after["free"].as_u64() >= before["free"].as_u64());
     let report = crate::harness::eventually(
