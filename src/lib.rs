@@ -14,6 +14,7 @@ pub mod names;
 pub mod runtime;
 pub mod sim;
 pub mod snapshot;
+mod stale;
 pub mod store;
 
 use clap::Parser;
