@@ -135,6 +135,11 @@ impl Server {
         )
     }
 
+    /// Everything serve logged to stderr so far, a line each.
+    pub fn log(&self) -> Vec<String> {
+        self.log.lock().unwrap().clone()
+    }
+
     /// The access log lines so far (`GET /path 200 ...`).
     pub fn requests(&self) -> Vec<String> {
         self.log
