@@ -9,6 +9,11 @@ use std::path::PathBuf;
 /// Publish versions of your .py modules, say which device (by MAC) runs which, and serve
 /// them to your boards over HTTP: they install only what changed, verify it, roll back by
 /// themselves when new code crashes, and report what they run.
+///
+/// Commands that only read (`module list|show`, `device list|show`, `export`) write nothing
+/// in the data directory. `serve` and the commands that change the store publish the device
+/// runtime this binary carries when it is a newer release than the store runs (never an
+/// older one).
 #[derive(Debug, Parser)]
 #[command(name = "mpfleet", version, after_help = EXAMPLES)]
 pub struct Cli {
@@ -55,7 +60,7 @@ pub enum Command {
     ///
     /// For nginx, Home Assistant's `www/` folder or any web server: boards read the same
     /// bytes as from `serve` (reports need `serve`). The tree is built beside DIR and swapped
-    /// in at once; DIR must be new, empty, or an earlier export.
+    /// in at once; DIR must be new, empty, or an earlier export. Export only reads the store.
     ///
     /// Example: mpfleet export /config/www/ota   (boards then use http://ha.local:8123/local/ota/)
     Export {
@@ -73,7 +78,8 @@ pub enum ModuleCommand {
     /// The module name is the file's stem unless --name is given; the version is one more
     /// than the highest numeric version of that module unless --version is given. Versions
     /// are immutable: the same version with other bytes is refused; the same bytes again is
-    /// a no-op. `latest` moves to the new version unless --no-latest.
+    /// a no-op. `latest` moves to the new version unless --no-latest. Several files are
+    /// published together: if one is refused, none is.
     ///
     /// Example: mpfleet module publish sensorclass.py mqttclass.py
     Publish {

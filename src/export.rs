@@ -3,7 +3,9 @@
 //! The tree is the same snapshot `serve` answers from, written beside DIR and swapped in with
 //! one atomic rename (`renameat2(RENAME_EXCHANGE)` where the kernel has it), so a web server
 //! reading DIR never sees a half-written tree. Writing is deterministic: the same store
-//! state gives the same bytes.
+//! state gives the same bytes. The staging directory is named after this process
+//! (`.{name}.new-{pid}`), so the next export removes one a killed export left behind (and
+//! never one an export still running is writing).
 
 use crate::snapshot::Snapshot;
 use crate::store::Store;
@@ -40,14 +42,20 @@ pub fn export(store: &mut Store, dir: &Path) -> Result<Exported> {
     }
     let parent = dir.parent().context("export directory has no parent")?;
     fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
-    let name = dir.file_name().context("export directory has no name")?;
-    let staging = parent.join(format!(
-        ".{}.new-{}",
-        name.to_string_lossy(),
-        std::process::id()
-    ));
+    let name = dir
+        .file_name()
+        .context("export directory has no name")?
+        .to_string_lossy()
+        .into_owned();
+    let (new, old) = (format!(".{name}.new-"), format!(".{name}.old-"));
+    crate::stale::remove_dead(parent, |entry| {
+        crate::stale::pid_after(entry, &new, '/')
+            .or_else(|| crate::stale::pid_after(entry, &old, '/'))
+    });
+    let pid = std::process::id();
+    let staging = parent.join(format!("{new}{pid}"));
     let result = write_tree(&snapshot, &staging).and_then(|stats| {
-        swap_in(&staging, &dir)?;
+        swap_in(&staging, &dir, &parent.join(format!("{old}{pid}")))?;
         Ok(stats)
     });
     if staging.exists() {
@@ -97,8 +105,9 @@ fn write_tree(snapshot: &Snapshot, root: &Path) -> Result<Exported> {
     Ok(stats)
 }
 
-/// Puts `staging` at `dir` atomically, then removes the old tree.
-fn swap_in(staging: &Path, dir: &Path) -> Result<()> {
+/// Puts `staging` at `dir` atomically, then removes the old tree (moved to `old` first where
+/// the filesystem cannot exchange two directories).
+fn swap_in(staging: &Path, dir: &Path, old: &Path) -> Result<()> {
     if !dir.exists() {
         fs::rename(staging, dir).with_context(|| format!("renaming into {}", dir.display()))?;
         return Ok(());
@@ -109,10 +118,9 @@ fn swap_in(staging: &Path, dir: &Path) -> Result<()> {
         return Ok(());
     }
     // No atomic exchange on this filesystem: two renames, a moment without DIR.
-    let old = staging.with_extension("old");
-    fs::rename(dir, &old)?;
+    fs::rename(dir, old)?;
     fs::rename(staging, dir)?;
-    fs::remove_dir_all(&old)?;
+    fs::remove_dir_all(old)?;
     Ok(())
 }
 

@@ -15,6 +15,7 @@ pub mod runtime;
 pub mod sign;
 pub mod sim;
 pub mod snapshot;
+mod stale;
 pub mod store;
 
 use clap::Parser;

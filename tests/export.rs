@@ -117,3 +117,36 @@ fn export_refuses_to_replace_a_foreign_directory() {
         "mine"
     );
 }
+
+#[test]
+fn staging_left_by_a_killed_export_is_removed_by_the_next() {
+    let f = fleet();
+    let www = f.dir.path().join("www");
+    let dead = crate::harness::dead_pid();
+    let leftovers = [
+        www.join(format!(".ota.new-{dead}")),
+        www.join(format!(".ota.old-{dead}")),
+    ];
+    // Still being written by a live process (this test's own), or not an export of `ota`.
+    let kept = [
+        www.join(format!(".ota.new-{}", std::process::id())),
+        www.join(format!(".other.new-{dead}")),
+        www.join(format!(".ota.new-{dead}-mine")),
+    ];
+    for d in leftovers.iter().chain(&kept) {
+        std::fs::create_dir_all(d.join("v1")).unwrap();
+        std::fs::write(d.join("v1/half.json"), "{").unwrap();
+    }
+    f.ok(&["export", www.join("ota").to_str().unwrap()]);
+    for d in &leftovers {
+        assert!(!d.exists(), "{} is still there", d.display());
+    }
+    for d in &kept {
+        assert!(
+            d.join("v1/half.json").exists(),
+            "{} was removed",
+            d.display()
+        );
+    }
+    assert!(www.join("ota/v1/deadbeef1234.json").exists());
+}

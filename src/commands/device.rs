@@ -1,4 +1,5 @@
-//! `mpfleet device ...`: set, list, show, rm.
+//! `mpfleet device ...`: set, list, show, rm. `list` and `show` only read the store; `set`
+//! and `rm` change it.
 
 use super::{ago, print_json, table};
 use crate::cli::DeviceCommand;
@@ -51,7 +52,7 @@ pub fn run(data: &Path, command: DeviceCommand) -> Result<()> {
             unknown: true,
             list,
         } => {
-            let store = Store::open(data)?;
+            let store = Store::open_read_only(data)?;
             let unknown = store.unknown_devices()?;
             if list.json {
                 let v: Vec<_> = unknown
@@ -82,7 +83,7 @@ pub fn run(data: &Path, command: DeviceCommand) -> Result<()> {
             unknown: false,
             list,
         } => {
-            let store = Store::open(data)?;
+            let store = Store::open_read_only(data)?;
             let devices = store.devices()?;
             if list.json {
                 let v: Vec<_> = devices
@@ -125,7 +126,7 @@ pub fn run(data: &Path, command: DeviceCommand) -> Result<()> {
         }
         DeviceCommand::Show { mac: m, list } => {
             let m = mac(&m)?;
-            let store = Store::open(data)?;
+            let store = Store::open_read_only(data)?;
             let Some(d) = store.device(&m)? else {
                 bail!("unknown device {m}: add it with `mpfleet device set {m} --app NAME`");
             };
@@ -218,7 +219,7 @@ pub fn run(data: &Path, command: DeviceCommand) -> Result<()> {
             if !server.starts_with("http://") {
                 bail!("--server {server:?}: boards speak plain http://, e.g. http://192.168.1.10:8080/");
             }
-            let store = Store::open_plain(data)?;
+            let store = Store::open_read_only(data)?;
             let Some(d) = store.device(&m)? else {
                 bail!("unknown device {m}: add it first with `mpfleet device set {m} --app NAME`");
             };
@@ -238,7 +239,11 @@ pub fn run(data: &Path, command: DeviceCommand) -> Result<()> {
         }
         DeviceCommand::Key { mac: m, rotate } => {
             let m = mac(&m)?;
-            let mut store = Store::open_plain(data)?;
+            let mut store = if rotate {
+                Store::open(data)?
+            } else {
+                Store::open_read_only(data)?
+            };
             if rotate && !store.rotate_key(&m)? {
                 bail!("unknown device {m}");
             }

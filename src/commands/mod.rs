@@ -1,5 +1,10 @@
 //! What each subcommand does: parse the user's words into checked types, call the store,
 //! print a table (or JSON with `--json`).
+//!
+//! A command that only reads (`module list|show`, `device list|show`, `export`) opens the
+//! store with `Store::open_read_only` and writes nothing in the data directory; the others
+//! (and `serve`) open it with `Store::open`, which may publish the runtime this binary
+//! carries (see `crate::runtime`).
 
 mod device;
 mod module;
@@ -13,7 +18,16 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Module(c) => module::run(&cli.data, c),
         Command::Device(c) => device::run(&cli.data, c),
         Command::Export { dir } => {
-            let mut store = crate::store::Store::open(&cli.data)?;
+            let mut store = crate::store::Store::open_read_only(&cli.data)?;
+            let release = store.runtime_release()?;
+            if release < crate::runtime::RUNTIME_RELEASE {
+                eprintln!(
+                    "note: the store runs device runtime release {release}, this mpfleet \
+                     carries release {}: the next command that changes the store (or \
+                     `mpfleet serve`) publishes it, then export again",
+                    crate::runtime::RUNTIME_RELEASE
+                );
+            }
             let done = crate::export::export(&mut store, &dir)?;
             println!(
                 "exported {} files ({} bytes) to {}",

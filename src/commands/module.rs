@@ -1,9 +1,10 @@
-//! `mpfleet module ...`: publish, list, show, latest.
+//! `mpfleet module ...`: publish, list, show, latest. `list` and `show` only read the store;
+//! `publish` and `latest` change it.
 
 use super::{print_json, table};
 use crate::cli::ModuleCommand;
 use crate::names::{ModuleName, Version};
-use crate::store::{Published, Store};
+use crate::store::{NewVersion, Published, Store};
 use anyhow::{bail, Context, Result};
 use serde_json::json;
 use std::path::Path;
@@ -14,6 +15,15 @@ fn module_name(s: &str) -> Result<ModuleName> {
 
 fn version(s: &str) -> Result<Version> {
     Version::parse(s).map_err(anyhow::Error::msg)
+}
+
+/// Leads the error of a refused publish of several files: none of them was published.
+fn nothing_published(files: usize) -> String {
+    if files > 1 {
+        format!("nothing published (of {files} files)")
+    } else {
+        "nothing published".into()
+    }
 }
 
 pub fn run(data: &Path, command: ModuleCommand) -> Result<()> {
@@ -28,7 +38,8 @@ pub fn run(data: &Path, command: ModuleCommand) -> Result<()> {
                 bail!("--name applies to one file; publish the files one at a time");
             }
             let v = v.as_deref().map(version).transpose()?;
-            // Check every file before publishing any, so a bad one changes nothing.
+            // Check every file before opening the store, then publish them in one transaction:
+            // all of them or, when one is refused, none.
             let mut work = Vec::new();
             for file in &files {
                 let n = match &name {
@@ -48,11 +59,23 @@ pub fn run(data: &Path, command: ModuleCommand) -> Result<()> {
                 };
                 let bytes =
                     std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
-                work.push((n, bytes));
+                crate::store::check_module(&n, &bytes)
+                    .with_context(|| file.display().to_string())
+                    .with_context(|| nothing_published(files.len()))?;
+                work.push(NewVersion {
+                    origin: file.display().to_string(),
+                    name: n,
+                    version: v.clone(),
+                    bytes,
+                });
             }
             let mut store = Store::open(data)?;
-            for (n, bytes) in work {
-                match store.publish(&n, v.as_ref(), &bytes, !no_latest)? {
+            let done = store
+                .publish_all(&work, !no_latest)
+                .with_context(|| nothing_published(files.len()))?;
+            for (item, published) in work.iter().zip(done) {
+                let n = &item.name;
+                match published {
                     Published::New {
                         version,
                         latest,
@@ -60,7 +83,7 @@ pub fn run(data: &Path, command: ModuleCommand) -> Result<()> {
                     } => {
                         println!(
                             "published {n} {version} ({} bytes{}){}",
-                            bytes.len(),
+                            item.bytes.len(),
                             match &mpy {
                                 Some(Ok(size)) => format!(", {size} bytes precompiled"),
                                 _ => String::new(),
@@ -82,7 +105,7 @@ pub fn run(data: &Path, command: ModuleCommand) -> Result<()> {
             Ok(())
         }
         ModuleCommand::List(args) => {
-            let store = Store::open(data)?;
+            let store = Store::open_read_only(data)?;
             let catalog = store.catalog()?;
             if args.json {
                 let list: Vec<_> = catalog
@@ -114,7 +137,7 @@ pub fn run(data: &Path, command: ModuleCommand) -> Result<()> {
         }
         ModuleCommand::Show { name, list } => {
             let name = module_name(&name)?;
-            let store = Store::open(data)?;
+            let store = Store::open_read_only(data)?;
             let Some((latest, versions)) = store.versions(&name)? else {
                 bail!("module {name} is not published");
             };

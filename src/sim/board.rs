@@ -232,7 +232,7 @@ impl Board {
         if !o.data.join("mpfleet.db").exists() {
             return Ok(None);
         }
-        let store = crate::store::Store::open_plain(&o.data)?;
+        let store = crate::store::Store::open_read_only(&o.data)?;
         let Some(d) = store.device(&o.mac)? else {
             return Ok(None);
         };

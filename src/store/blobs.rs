@@ -2,13 +2,18 @@
 //!
 //! A blob is written to a temporary file, synced, renamed into place and its directory synced
 //! before any database row names it, so a crash at any moment leaves no row without its bytes
-//! (at worst an orphan blob, which is harmless).
+//! (at worst an orphan blob, which is harmless). The temporary file is named after the writing
+//! process (`.tmp-{pid}-…`), so one left by a killed process is removed by the next write
+//! command ([`Blobs::remove_stale`]).
 
 use anyhow::{Context, Result};
 use sha2::{Digest, Sha256};
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+
+/// How a blob's temporary file starts; then the writer's pid, `-` and 16 hex digits.
+const TMP_PREFIX: &str = ".tmp-";
 
 pub(crate) struct Blobs {
     dir: PathBuf,
@@ -24,6 +29,18 @@ impl Blobs {
         Ok(Self { dir })
     }
 
+    /// The blob store of a store opened read-only: nothing is created.
+    pub(crate) fn existing(dir: PathBuf) -> Self {
+        Self { dir }
+    }
+
+    /// Removes temporary files left by publishes whose process no longer runs.
+    pub(crate) fn remove_stale(&self) -> usize {
+        crate::stale::remove_dead(&self.dir, |name| {
+            crate::stale::pid_after(name, TMP_PREFIX, '-')
+        })
+    }
+
     fn path(&self, sha256: &str) -> PathBuf {
         self.dir.join(sha256)
     }
@@ -37,7 +54,7 @@ impl Blobs {
         }
         let tmp = self
             .dir
-            .join(format!(".tmp-{}-{}", std::process::id(), &sha[..16]));
+            .join(format!("{TMP_PREFIX}{}-{}", std::process::id(), &sha[..16]));
         let result = (|| -> Result<()> {
             let mut f = fs::File::create(&tmp)?;
             f.write_all(bytes)?;

@@ -3,25 +3,31 @@
 //! Every mutation runs in one `BEGIN IMMEDIATE` transaction that also refreshes the
 //! generations of the devices it affects and bumps the `revision` counter, so two CLI commands
 //! at once serialise cleanly and a running `serve` sees a consistent new state.
+//!
+//! Two ways in: [`Store::open`] for commands that change the store (it creates, migrates,
+//! cleans up after killed publishes and publishes the runtime this binary carries when it is
+//! a newer release), and [`Store::open_read_only`] for commands that only read: they write
+//! nothing in the data directory, and refuse with a clear message when there is no store.
 
 mod blobs;
 mod devices;
 mod keys;
 mod modules;
+mod release;
 mod reports;
 mod schema;
 
 pub use blobs::sha256_hex;
 pub use devices::DeviceRow;
 pub use keys::DeviceKey;
-pub use modules::{Published, VersionRow};
+pub use modules::{check_module, NewVersion, Published, VersionRow};
 pub use reports::{Report, Sighting, UnknownDevice, REPORT_HISTORY};
 
 use crate::manifest::{Catalog, ModuleInfo, MpyInfo, VersionInfo};
 use crate::names::{ModuleName, Version};
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use blobs::Blobs;
-use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior};
+use rusqlite::{Connection, OpenFlags, OptionalExtension, Transaction, TransactionBehavior};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -41,21 +47,36 @@ pub(crate) fn now() -> i64 {
         .unwrap_or(0)
 }
 
+/// The database file in a data directory.
+const DB: &str = "mpfleet.db";
+
+/// What a read-only command says when there is nothing to read.
+pub(crate) fn no_store(dir: &Path) -> String {
+    format!(
+        "no store at {}: publish a module or run `mpfleet serve` first (or point --data / \
+         MPFLEET_DATA at your store)",
+        dir.display()
+    )
+}
+
 impl Store {
-    /// Opens (creating if needed) the store in `dir`, migrates its schema and publishes the
-    /// runtime this binary carries if the store lacks those exact bytes.
+    /// Opens the store in `dir` to change it: for `serve` and every command that writes.
+    /// Creates and migrates the store if needed, removes temporary files left by killed
+    /// publishes, and publishes the device runtime this binary carries if it is a newer
+    /// release than the store's (an older binary publishes nothing: see [`crate::runtime`]).
     pub fn open(dir: &Path) -> Result<Self> {
         let mut store = Self::open_plain(dir)?;
+        store.blobs.remove_stale();
         crate::runtime::ensure_published(&mut store)?;
         Ok(store)
     }
 
-    /// Opens without publishing the runtime: for a second connection in a process that has
-    /// already opened the store with [`Store::open`].
+    /// Opens to change, without the cleanup and the runtime: for a second connection in a
+    /// process that has already opened the store with [`Store::open`].
     pub fn open_plain(dir: &Path) -> Result<Self> {
         std::fs::create_dir_all(dir)
             .with_context(|| format!("creating data directory {}", dir.display()))?;
-        let db = dir.join("mpfleet.db");
+        let db = dir.join(DB);
         let mut conn =
             Connection::open(&db).with_context(|| format!("opening database {}", db.display()))?;
         conn.busy_timeout(Duration::from_secs(30))?;
@@ -63,13 +84,47 @@ impl Store {
             .with_context(|| format!("setting WAL mode on {}", db.display()))?;
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
-        schema::migrate(&mut conn).with_context(|| format!("migrating {}", db.display()))?;
+        schema::migrate(&mut conn, dir).with_context(|| format!("migrating {}", db.display()))?;
         let blobs = Blobs::open(dir.join("blobs"))?;
         Ok(Self {
             conn,
             blobs,
             dir: dir.to_owned(),
         })
+    }
+
+    /// Opens the store in `dir` only to read it, for commands that show or export: nothing
+    /// in `dir` is created, migrated or published, and no file there changes. Fails with a
+    /// clear message when there is no store, or when its schema is older than this binary
+    /// reads (a command that changes the store upgrades it).
+    pub fn open_read_only(dir: &Path) -> Result<Self> {
+        let db = dir.join(DB);
+        if !db.is_file() {
+            bail!("{}", no_store(dir));
+        }
+        // A WAL database needs its `-wal` and `-shm` files even to be read. When another
+        // connection has them open, share them (read-only). When none has, a read-only
+        // connection would create them and leave them behind; a read-write one that runs no
+        // write (`query_only`) creates them and, as the last connection, removes them again
+        // on close, with nothing to checkpoint: the directory is left as it was.
+        let in_use = dir.join(format!("{DB}-wal")).exists();
+        let mode = if in_use {
+            OpenFlags::SQLITE_OPEN_READ_ONLY
+        } else {
+            OpenFlags::SQLITE_OPEN_READ_WRITE
+        };
+        let conn = Connection::open_with_flags(&db, mode | OpenFlags::SQLITE_OPEN_NO_MUTEX)
+            .with_context(|| format!("opening database {}", db.display()))?;
+        conn.pragma_update(None, "query_only", true)?;
+        conn.busy_timeout(Duration::from_secs(30))?;
+        schema::check_readable(&conn, dir).with_context(|| format!("reading {}", db.display()))?;
+        let store = Self {
+            conn,
+            blobs: Blobs::existing(dir.join("blobs")),
+            dir: dir.to_owned(),
+        };
+        crate::runtime::warn_if_older(store.runtime_release()?);
+        Ok(store)
     }
 
     pub fn dir(&self) -> &Path {

@@ -1,9 +1,12 @@
 //! Publishing module versions and moving `latest`.
+//!
+//! Publishing several files is one transaction: all of them or none.
 
 use super::{catalog, commit_change, now, optional, Store, MAX_MODULE_SIZE};
 use crate::mpy::Compiled;
 use crate::names::{ModuleName, Version};
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
+use rusqlite::Transaction;
 
 /// What `publish` did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -28,6 +31,49 @@ pub struct VersionRow {
     pub published_at: i64,
 }
 
+/// One file to publish with [`Store::publish_all`].
+#[derive(Debug, Clone)]
+pub struct NewVersion {
+    /// Where the bytes came from, as the user knows it (a file's path): errors name it
+    /// (empty: errors name only the module).
+    pub origin: String,
+    pub name: ModuleName,
+    /// The version to publish as, or `None` for one more than the highest numeric version.
+    pub version: Option<Version>,
+    pub bytes: Vec<u8>,
+}
+
+/// Refuses what a store never accepts as a module: too large, or not UTF-8 text.
+pub fn check_module(name: &ModuleName, bytes: &[u8]) -> Result<()> {
+    if bytes.len() > MAX_MODULE_SIZE {
+        bail!(
+            "{name} is {} bytes, over the limit of {MAX_MODULE_SIZE} bytes",
+            bytes.len()
+        );
+    }
+    if std::str::from_utf8(bytes).is_err() {
+        bail!("{name} is not UTF-8 text: a module is a .py source file");
+    }
+    Ok(())
+}
+
+/// Names `origin` in an error, when there is one.
+fn in_origin<T>(r: Result<T>, origin: &str) -> Result<T> {
+    if origin.is_empty() {
+        r
+    } else {
+        r.with_context(|| origin.to_owned())
+    }
+}
+
+/// A version ready to be inserted: its bytes and their compiled variant are in the blobs.
+struct Prepared<'a> {
+    item: &'a NewVersion,
+    sha: String,
+    compiled: Result<Option<Compiled>, String>,
+    mpy: (Option<String>, Option<i64>, Option<i64>),
+}
+
 impl Store {
     /// Publishes `bytes` as `name`, at `version` or the next numeric version.
     ///
@@ -40,92 +86,81 @@ impl Store {
         bytes: &[u8],
         move_latest: bool,
     ) -> Result<Published> {
-        if bytes.len() > MAX_MODULE_SIZE {
-            bail!(
-                "{name} is {} bytes, over the limit of {MAX_MODULE_SIZE} bytes",
-                bytes.len()
-            );
-        }
-        if std::str::from_utf8(bytes).is_err() {
-            bail!("{name} is not UTF-8 text: a module is a .py source file");
+        let item = NewVersion {
+            origin: String::new(),
+            name: name.clone(),
+            version: version.cloned(),
+            bytes: bytes.to_vec(),
+        };
+        let mut done = self.publish_tx(std::slice::from_ref(&item), move_latest, None)?;
+        Ok(done.remove(0))
+    }
+
+    /// Publishes every item, as [`Store::publish`] does each, in one transaction: either all
+    /// of them are published or, when one is refused, none is (the error names its origin).
+    /// Their blobs are written before the transaction; a refused publish leaves at most
+    /// unreferenced blobs.
+    pub fn publish_all(
+        &mut self,
+        items: &[NewVersion],
+        move_latest: bool,
+    ) -> Result<Vec<Published>> {
+        self.publish_tx(items, move_latest, None)
+    }
+
+    /// Publishes the device runtime as release `release`, recorded in the same transaction;
+    /// publishes nothing (and returns nothing) if the store already runs that release or a
+    /// newer one by the time the transaction starts.
+    pub(crate) fn publish_runtime(
+        &mut self,
+        items: &[NewVersion],
+        release: u32,
+    ) -> Result<Vec<Published>> {
+        self.publish_tx(items, true, Some(release))
+    }
+
+    fn publish_tx(
+        &mut self,
+        items: &[NewVersion],
+        move_latest: bool,
+        release: Option<u32>,
+    ) -> Result<Vec<Published>> {
+        for item in items {
+            in_origin(check_module(&item.name, &item.bytes), &item.origin)?;
         }
         // The blobs are durable before the transaction can name them.
-        let sha = self.blobs.put(bytes)?;
-        let compiled = crate::mpy::compile(name.as_str(), bytes);
-        let mpy = self.put_compiled(&compiled)?;
-        let tx = self.write()?;
-        let existing: Vec<(String, String)> = {
-            let mut stmt = tx.prepare("SELECT version, sha256 FROM versions WHERE module = ?1")?;
-            let rows = stmt.query_map([name.as_str()], |r| Ok((r.get(0)?, r.get(1)?)))?;
-            rows.collect::<rusqlite::Result<_>>()?
-        };
-        let version = match version {
-            Some(v) => {
-                if let Some((_, old)) = existing.iter().find(|(ev, _)| ev == v.as_str()) {
-                    if *old == sha {
-                        return Ok(Published::Unchanged { version: v.clone() });
-                    }
-                    bail!(
-                        "{name} version {v} is already published with other bytes \
-                         (sha256 {}): versions are immutable, publish a new version",
-                        &old[..12]
-                    );
-                }
-                v.clone()
-            }
-            None => {
-                if let Some((ev, _)) = existing.iter().find(|(_, es)| *es == sha) {
-                    return Ok(Published::Unchanged {
-                        version: Version::parse(ev).map_err(anyhow::Error::msg)?,
-                    });
-                }
-                let next = existing
-                    .iter()
-                    .filter_map(|(v, _)| Version::parse(v).ok()?.numeric())
-                    .max()
-                    .map_or(1, |n| n + 1);
-                Version::parse(&next.to_string()).map_err(anyhow::Error::msg)?
-            }
-        };
-        let first = existing.is_empty();
-        if first {
-            tx.execute(
-                "INSERT INTO modules (name, latest) VALUES (?1, ?2)",
-                [name.as_str(), version.as_str()],
-            )?;
-        }
-        tx.execute(
-            "INSERT INTO versions (module, version, sha256, size, published_at,
-                                   mpy_sha256, mpy_size, mpy_version)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-            rusqlite::params![
-                name.as_str(),
-                version.as_str(),
+        let mut prepared = Vec::with_capacity(items.len());
+        for item in items {
+            let sha = self.blobs.put(&item.bytes)?;
+            let compiled = crate::mpy::compile(item.name.as_str(), &item.bytes);
+            let mpy = self.put_compiled(&compiled)?;
+            prepared.push(Prepared {
+                item,
                 sha,
-                bytes.len() as i64,
-                now(),
-                mpy.0,
-                mpy.1,
-                mpy.2
-            ],
-        )?;
-        let latest = first || move_latest;
-        if latest {
-            tx.execute(
-                "UPDATE modules SET latest = ?2 WHERE name = ?1",
-                [name.as_str(), version.as_str()],
-            )?;
+                compiled,
+                mpy,
+            });
         }
-        commit_change(tx)?;
-        Ok(Published::New {
-            version,
-            latest,
-            mpy: match compiled {
-                Ok(None) => None,
-                Ok(Some(c)) => Some(Ok(c.bytes.len() as u64)),
-                Err(e) => Some(Err(e)),
-            },
-        })
+        let tx = self.write()?;
+        if let Some(release) = release {
+            if super::release::get(&tx)? >= release {
+                return Ok(Vec::new());
+            }
+        }
+        let mut out = Vec::with_capacity(prepared.len());
+        for p in prepared {
+            let origin = p.item.origin.clone();
+            out.push(in_origin(insert_version(&tx, p, move_latest), &origin)?);
+        }
+        if let Some(release) = release {
+            super::release::set(&tx, release)?;
+        }
+        if out.iter().any(|p| matches!(p, Published::New { .. })) {
+            commit_change(tx)?;
+        } else {
+            tx.commit()?;
+        }
+        Ok(out)
     }
 
     /// Stores a compiled variant's bytes; returns the columns (sha256, size, version) to
@@ -243,4 +278,80 @@ impl Store {
             out,
         )))
     }
+}
+
+/// Inserts one prepared version inside the publishing transaction.
+fn insert_version(tx: &Transaction<'_>, p: Prepared<'_>, move_latest: bool) -> Result<Published> {
+    let (name, bytes, sha, mpy) = (&p.item.name, &p.item.bytes, &p.sha, &p.mpy);
+    let existing: Vec<(String, String)> = {
+        let mut stmt = tx.prepare("SELECT version, sha256 FROM versions WHERE module = ?1")?;
+        let rows = stmt.query_map([name.as_str()], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        rows.collect::<rusqlite::Result<_>>()?
+    };
+    let version = match &p.item.version {
+        Some(v) => {
+            if let Some((_, old)) = existing.iter().find(|(ev, _)| ev == v.as_str()) {
+                if old == sha {
+                    return Ok(Published::Unchanged { version: v.clone() });
+                }
+                bail!(
+                    "{name} version {v} is already published with other bytes \
+                     (sha256 {}): versions are immutable, publish a new version",
+                    &old[..12]
+                );
+            }
+            v.clone()
+        }
+        None => {
+            if let Some((ev, _)) = existing.iter().find(|(_, es)| es == sha) {
+                return Ok(Published::Unchanged {
+                    version: Version::parse(ev).map_err(anyhow::Error::msg)?,
+                });
+            }
+            let next = existing
+                .iter()
+                .filter_map(|(v, _)| Version::parse(v).ok()?.numeric())
+                .max()
+                .map_or(1, |n| n + 1);
+            Version::parse(&next.to_string()).map_err(anyhow::Error::msg)?
+        }
+    };
+    let first = existing.is_empty();
+    if first {
+        tx.execute(
+            "INSERT INTO modules (name, latest) VALUES (?1, ?2)",
+            [name.as_str(), version.as_str()],
+        )?;
+    }
+    tx.execute(
+        "INSERT INTO versions (module, version, sha256, size, published_at,
+                               mpy_sha256, mpy_size, mpy_version)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        rusqlite::params![
+            name.as_str(),
+            version.as_str(),
+            sha,
+            bytes.len() as i64,
+            now(),
+            mpy.0,
+            mpy.1,
+            mpy.2
+        ],
+    )?;
+    let latest = first || move_latest;
+    if latest {
+        tx.execute(
+            "UPDATE modules SET latest = ?2 WHERE name = ?1",
+            [name.as_str(), version.as_str()],
+        )?;
+    }
+    Ok(Published::New {
+        version,
+        latest,
+        mpy: match p.compiled {
+            Ok(None) => None,
+            Ok(Some(c)) => Some(Ok(c.bytes.len() as u64)),
+            Err(e) => Some(Err(e)),
+        },
+    })
 }

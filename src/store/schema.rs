@@ -2,8 +2,13 @@
 //!
 //! `PRAGMA user_version` holds how many migrations have run; opening a store runs the rest in
 //! one transaction, so an old data directory is brought up to date and a new one is created.
+//! Only opening a store to change it migrates; a read-only open checks the version instead
+//! ([`check_readable`]). A store made by a newer mpfleet (more migrations than this binary
+//! knows) is never written by this one.
 
+use anyhow::{bail, Result};
 use rusqlite::Connection;
+use std::path::Path;
 
 /// Each entry is one migration; never edit one that has shipped, append a new one.
 const MIGRATIONS: &[&str] = &[
@@ -72,12 +77,41 @@ const MIGRATIONS: &[&str] = &[
      ALTER TABLE devices ADD COLUMN replayed_reports INTEGER NOT NULL DEFAULT 0;",
 ];
 
-pub(crate) fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
+/// The schema version this binary writes: how many migrations it knows.
+const LATEST: usize = MIGRATIONS.len();
+
+pub(crate) fn migrate(conn: &mut Connection, dir: &Path) -> Result<()> {
     let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
     let done: usize = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    if done > LATEST {
+        bail!(
+            "the store in {} was written by a newer mpfleet (schema version {done}; this one \
+             knows {LATEST}): use that mpfleet, this one changes nothing in it",
+            dir.display()
+        );
+    }
     for (i, sql) in MIGRATIONS.iter().enumerate().skip(done) {
         tx.execute_batch(sql)?;
         tx.pragma_update(None, "user_version", i + 1)?;
     }
-    tx.commit()
+    tx.commit()?;
+    Ok(())
+}
+
+/// Checks that a store opened read-only can be read by this binary, without changing it.
+pub(crate) fn check_readable(conn: &Connection, dir: &Path) -> Result<()> {
+    let version: usize = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    if version == 0 {
+        bail!("{}", super::no_store(dir));
+    }
+    if version < LATEST {
+        bail!(
+            "the store in {} has schema version {version} and this mpfleet reads version \
+             {LATEST}: run `mpfleet serve`, or any command that changes the store (such as \
+             `mpfleet module publish`), once to upgrade it",
+            dir.display()
+        );
+    }
+    // A newer schema only adds to what this binary reads: reading it is safe.
+    Ok(())
 }

@@ -31,7 +31,7 @@ pub use fleet::{Fleet, Run};
 #[allow(unused_imports)]
 pub use heap::{image_board_at, littlefs_image, min_heap};
 #[allow(unused_imports)]
-pub use process::output_within;
+pub use process::{dead_pid, output_within};
 #[allow(unused_imports)]
 pub use proxy::{Fault, FaultProxy, Router, Tamper};
 #[allow(unused_imports)]

@@ -1,6 +1,7 @@
 //! A child process with a wall-clock deadline, for the short helper runs (`mpfleet sim
 //! --inspect`, writing an image with MicroPython): killed with everything it started when the
 //! deadline passes, and the test fails naming it. Boots have their own loop (`board.rs`).
+//! And [`dead_pid`], for files named after a process that no longer runs.
 
 use std::io::Read;
 use std::os::unix::process::CommandExt;
@@ -51,4 +52,13 @@ pub fn output_within(cmd: &mut Command, what: &str, deadline: Duration) -> Outpu
         stdout: stdout.join().unwrap_or_default(),
         stderr: stderr.join().unwrap_or_default(),
     }
+}
+
+/// The id of a process that has ended (and was reaped): what a killed mpfleet leaves in the
+/// name of its temporary files.
+pub fn dead_pid() -> u32 {
+    let mut child = Command::new("true").spawn().expect("running `true`");
+    let pid = child.id();
+    child.wait().expect("waiting for `true`");
+    pid
 }

@@ -159,11 +159,6 @@ impl Server {
         )
     }
 
-    /// Everything the server logged so far, one line each.
-    pub fn log_text(&self) -> String {
-        self.log.lock().unwrap().join("\n")
-    }
-
     /// A point in the access log after every request made so far: the log is read from the
     /// server's output a little later, so a plain `requests().len()` can miss the test's own
     /// last requests and count them as made after it. A marker request settles that.
@@ -178,6 +173,11 @@ impl Server {
                 log.iter().rposition(|l| l.contains(&probe)).map(|i| i + 1)
             },
         )
+    }
+
+    /// Everything serve logged to stderr so far, a line each.
+    pub fn log(&self) -> Vec<String> {
+        self.log.lock().unwrap().clone()
     }
 
     /// The access log lines so far (`GET /path 200 ...`).
