@@ -21,7 +21,7 @@ use anyhow::Result;
 /// The release of the runtime below. Any change to the sources in [`RUNTIME`] is a new
 /// release: bump this and append the new sources' hash to `RELEASES` in this file's tests
 /// (the test `runtime_release_is_pinned` fails until you do, and prints the hash).
-pub const RUNTIME_RELEASE: u32 = 1;
+pub const RUNTIME_RELEASE: u32 = 2;
 
 /// The runtime modules, as (module name, source). `main` is what a board's `/main.py` holds
 /// (a stub), `mpfleet` and `mpfleet_boot` its first stage: they are installed by the
@@ -164,10 +164,17 @@ mod tests {
 
     /// Every runtime release and the SHA-256 of its sources (as [`sources_sha256`] hashes
     /// them), oldest first. Append one with each new release; never edit an entry.
-    const RELEASES: &[(u32, &str)] = &[(
-        1,
-        "88cc47f6b49d391cd3c85d698257f82d514d710035ea29f366a781caf6da711a",
-    )];
+    const RELEASES: &[(u32, &str)] = &[
+        (
+            1,
+            "88cc47f6b49d391cd3c85d698257f82d514d710035ea29f366a781caf6da711a",
+        ),
+        // 2: signed manifests and reports (docs/security.md).
+        (
+            2,
+            "d590f6d8c420a62de397d610e99a779e813d4de68197c80c3c82c6159433f0ec",
+        ),
+    ];
 
     /// One hash over the runtime's module names and sources, in [`RUNTIME`] order.
     fn sources_sha256() -> String {
