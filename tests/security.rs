@@ -457,3 +457,11 @@ fn secrets_reach_the_board_in_its_bootstrap_only_and_updates_keep_them() {
     ]);
     assert!(err.contains("not a JSON object"), "{err}");
 }
+
+#[test]
+fn a_new_data_directory_is_readable_by_its_owner_only() {
+    use std::os::unix::fs::PermissionsExt;
+    let f = fleet_with_board(MAC, &[]);
+    let mode = std::fs::metadata(f.data()).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o700, "{mode:o}");
+}

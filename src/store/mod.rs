@@ -59,6 +59,18 @@ pub(crate) fn no_store(dir: &Path) -> String {
     )
 }
 
+/// Creates the data directory readable by its owner only: the database holds every device's
+/// secret key (`docs/security.md`).
+fn create_private_dir(dir: &Path) -> Result<()> {
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    builder
+        .create(dir)
+        .with_context(|| format!("creating data directory {}", dir.display()))
+}
+
 impl Store {
     /// Opens the store in `dir` to change it: for `serve` and every command that writes.
     /// Creates and migrates the store if needed, removes temporary files left by killed
@@ -74,8 +86,9 @@ impl Store {
     /// Opens to change, without the cleanup and the runtime: for a second connection in a
     /// process that has already opened the store with [`Store::open`].
     pub fn open_plain(dir: &Path) -> Result<Self> {
-        std::fs::create_dir_all(dir)
-            .with_context(|| format!("creating data directory {}", dir.display()))?;
+        if !dir.exists() {
+            create_private_dir(dir)?;
+        }
         let db = dir.join(DB);
         let mut conn =
             Connection::open(&db).with_context(|| format!("opening database {}", db.display()))?;
