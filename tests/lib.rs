@@ -10,6 +10,7 @@ mod cli_module;
 mod crash;
 mod export;
 mod faults;
+mod hardening;
 mod heap;
 mod never_stuck;
 mod ports;
