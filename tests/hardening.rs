@@ -216,6 +216,40 @@ fn sigterm_stops_within_the_grace_and_keeps_accepted_reports() {
     assert_eq!(show["reports"][1]["report"]["generation"], 1, "{show}");
 }
 
+/// A client that keeps one connection busy with request after request (so neither the header
+/// nor the body timeout ever fires) is still cut off at the connection's deadline.
+#[test]
+fn a_busy_connection_ends_at_its_deadline() {
+    let deadline = Duration::from_millis(2000);
+    let f = fleet(&[
+        ("MPFLEET_CONNECTION_DEADLINE_MS", "2000"),
+        ("MPFLEET_HEADER_TIMEOUT_MS", "60000"),
+    ]);
+    let s = f.serve();
+    let mut c = connect(&s);
+    let start = Instant::now();
+    let mut answered = 0;
+    let closed_after = loop {
+        let sent = c.write_all(b"GET /latestversions HTTP/1.1\r\nHost: x\r\n\r\n");
+        match sent
+            .ok()
+            .and_then(|_| response_by(&mut c, Instant::now() + deadline))
+        {
+            Some((200, _)) => answered += 1,
+            Some((status, body)) => panic!("{status} {body}"),
+            None => break start.elapsed(),
+        }
+        assert!(
+            start.elapsed() < deadline + Duration::from_secs(5),
+            "still served after {answered} requests in {:?}",
+            start.elapsed()
+        );
+    };
+    assert!(answered > 1, "only {answered} requests answered");
+    assert!(closed_after >= deadline, "closed after {closed_after:?}");
+    assert_eq!(s.get("latestversions").status, 200);
+}
+
 /// Sockets the process `pid` holds open (the listener, its connections, and a few of the
 /// runtime's own).
 fn open_sockets(pid: u32) -> usize {
