@@ -226,8 +226,9 @@ fn a_busy_connection_ends_at_its_deadline() {
         ("MPFLEET_HEADER_TIMEOUT_MS", "60000"),
     ]);
     let s = f.serve();
-    let mut c = connect(&s);
+    // Before connecting: the server's clock for this connection starts at its accept.
     let start = Instant::now();
+    let mut c = connect(&s);
     let mut answered = 0;
     let closed_after = loop {
         let sent = c.write_all(b"GET /latestversions HTTP/1.1\r\nHost: x\r\n\r\n");

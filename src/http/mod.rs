@@ -12,9 +12,6 @@ mod limits;
 mod recorder;
 
 pub use device::{EVENTS, MAX_REPORT};
-pub use limits::{
-    Limits, BODY_TIMEOUT, CONNECTION_DEADLINE, HEADER_TIMEOUT, MAX_CONNECTIONS, SHUTDOWN_GRACE,
-};
 
 use crate::snapshot::Snapshot;
 use crate::store::Store;
@@ -25,6 +22,7 @@ use axum::middleware::{self, Next};
 use axum::response::Response;
 use axum::routing::post;
 use axum::Router;
+use limits::Limits;
 use recorder::Recorder;
 use std::io::Write;
 use std::net::SocketAddr;
