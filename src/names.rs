@@ -159,3 +159,108 @@ mod tests {
         }
     }
 }
+
+/// Properties over arbitrary input: the parsers never panic, what they accept is safe in a
+/// path, and valid names come back unchanged.
+#[cfg(test)]
+mod props {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Characters that matter to a path, a URL or a terminal, mixed with ordinary ones.
+    fn tricky() -> impl Strategy<Value = String> {
+        prop::collection::vec(
+            prop_oneof![
+                Just('/'),
+                Just('\\'),
+                Just('.'),
+                Just(':'),
+                Just('-'),
+                Just(' '),
+                Just('\0'),
+                Just('%'),
+                any::<char>(),
+                prop::char::range('0', 'f'),
+            ],
+            0..40,
+        )
+        .prop_map(|v| v.into_iter().collect())
+    }
+
+    fn safe_in_a_path(s: &str) {
+        assert!(!s.is_empty());
+        assert!(
+            !s.contains('/') && !s.contains('\\') && !s.contains('\0'),
+            "{s:?}"
+        );
+        assert!(s != "." && s != "..", "{s:?}");
+        assert!(
+            s.is_ascii() && !s.chars().any(|c| c.is_ascii_control()),
+            "{s:?}"
+        );
+    }
+
+    proptest! {
+        #[test]
+        fn mac_parse_never_panics_and_accepts_only_12_hex_digits(s in tricky()) {
+            if let Ok(m) = Mac::parse(&s) {
+                prop_assert_eq!(m.as_str().len(), 12);
+                prop_assert!(m.as_str().bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')));
+                // The same address, whatever the spelling.
+                let digits: String = s.chars().filter(char::is_ascii_hexdigit).collect();
+                prop_assert_eq!(m.as_str(), digits.to_ascii_lowercase());
+            }
+        }
+
+        #[test]
+        fn mac_round_trips_in_every_spelling(bytes in any::<[u8; 6]>(), upper in any::<bool>(), style in 0..5usize) {
+            let hex = hex::encode(bytes);
+            let hex = if upper { hex.to_ascii_uppercase() } else { hex };
+            let pairs: Vec<&str> = (0..6).map(|i| &hex[2 * i..2 * i + 2]).collect();
+            let spelled = match style {
+                0 => hex.clone(),
+                1 => pairs.join(":"),
+                2 => pairs.join("-"),
+                3 => pairs.join(" "),
+                _ => format!("{}.{}.{}", &hex[0..4], &hex[4..8], &hex[8..12]),
+            };
+            let m = Mac::parse(&spelled).unwrap();
+            prop_assert_eq!(m.as_str(), hex::encode(bytes));
+            // Its own output parses back to itself.
+            prop_assert_eq!(Mac::parse(m.as_str()).unwrap(), m.clone());
+            prop_assert_eq!(Mac::parse(&m.to_string()).unwrap(), m);
+        }
+
+        #[test]
+        fn module_name_accepts_only_identifiers(s in tricky()) {
+            if let Ok(n) = ModuleName::parse(&s) {
+                safe_in_a_path(n.as_str());
+                prop_assert!(!n.as_str().contains('.') && n.as_str().len() <= 64);
+                prop_assert_eq!(n.as_str(), s.as_str());
+            }
+        }
+
+        #[test]
+        fn valid_module_names_round_trip(s in "[A-Za-z_][A-Za-z0-9_]{0,63}") {
+            let n = ModuleName::parse(&s).unwrap();
+            prop_assert_eq!(ModuleName::parse(n.as_str()).unwrap(), n.clone());
+            prop_assert_eq!(n.to_string(), s);
+        }
+
+        #[test]
+        fn version_accepts_nothing_unsafe_in_a_path(s in tricky()) {
+            if let Ok(v) = Version::parse(&s) {
+                safe_in_a_path(v.as_str());
+                prop_assert!(v.as_str() != "latest" && v.as_str().len() <= 32);
+                prop_assert_eq!(v.as_str(), s.as_str());
+            }
+        }
+
+        #[test]
+        fn valid_versions_round_trip(s in "[A-Za-z0-9._-]{1,32}") {
+            prop_assume!(s != "." && s != ".." && s != "latest");
+            let v = Version::parse(&s).unwrap();
+            prop_assert_eq!(Version::parse(&v.to_string()).unwrap(), v);
+        }
+    }
+}

@@ -11,6 +11,7 @@ mod cli_store;
 mod crash;
 mod export;
 mod faults;
+mod hardening;
 mod heap;
 mod never_stuck;
 mod ports;

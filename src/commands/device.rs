@@ -1,7 +1,7 @@
 //! `mpfleet device ...`: set, list, show, rm. `list` and `show` only read the store; `set`
 //! and `rm` change it.
 
-use super::{ago, print_json, table};
+use super::{ago, print_json, table, terminal::for_terminal};
 use crate::cli::DeviceCommand;
 use crate::manifest::{Desired, Want};
 use crate::names::{Mac, ModuleName};
@@ -193,7 +193,9 @@ pub fn run(data: &Path, command: DeviceCommand) -> Result<()> {
             } else {
                 println!("recent reports (newest first):");
                 for r in &reports {
-                    println!("  {:>8}  {}", ago(Some(r.at)), r.body);
+                    // A report is what a board (or whoever posts as one) sent.
+                    let body = r.body.to_string();
+                    println!("  {:>8}  {}", ago(Some(r.at)), for_terminal(&body));
                 }
             }
             Ok(())

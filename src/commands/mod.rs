@@ -8,6 +8,7 @@
 
 mod device;
 mod module;
+mod terminal;
 
 use crate::cli::{Cli, Command};
 use anyhow::Result;
@@ -41,10 +42,19 @@ pub fn run(cli: Cli) -> Result<()> {
     }
 }
 
-/// Prints rows as left-aligned columns under a header.
+/// Prints rows as left-aligned columns under a header. Every cell is made safe for the
+/// terminal first (cells may hold what a board reported).
 pub(crate) fn table(header: &[&str], rows: &[Vec<String>]) {
+    let rows: Vec<Vec<String>> = rows
+        .iter()
+        .map(|row| {
+            row.iter()
+                .map(|cell| terminal::for_terminal(cell).into_owned())
+                .collect()
+        })
+        .collect();
     let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
-    for row in rows {
+    for row in &rows {
         for (w, cell) in widths.iter_mut().zip(row) {
             *w = (*w).max(cell.chars().count());
         }
@@ -61,7 +71,7 @@ pub(crate) fn table(header: &[&str], rows: &[Vec<String>]) {
         println!("{}", s.trim_end());
     };
     line(header.to_vec());
-    for row in rows {
+    for row in &rows {
         line(row.iter().map(String::as_str).collect());
     }
 }

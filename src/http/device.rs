@@ -208,4 +208,26 @@ mod tests {
         assert!(device_of("v1/deadbeef1234").is_none());
         assert!(device_of("m/x/1.py").is_none());
     }
+
+    proptest::proptest! {
+        /// Any path a client sends: no panic, and a MAC only for `{mac}` or `v1/{mac}.json`.
+        #[test]
+        fn device_of_takes_only_device_paths(path in "(v1/)?[0-9a-fA-F:./-]{0,16}(\\.json)?|\\PC{0,40}") {
+            if let Some(mac) = device_of(&path) {
+                let m = mac.as_str();
+                proptest::prop_assert!(m.len() == 12 && m.bytes().all(|b| b.is_ascii_hexdigit()));
+                proptest::prop_assert!(!m.bytes().any(|b| b.is_ascii_uppercase()));
+                let lower = path.to_ascii_lowercase();
+                proptest::prop_assert!(lower == m || lower == format!("v1/{m}.json"), "{path:?}");
+            }
+        }
+
+        #[test]
+        fn device_of_finds_every_mac(bytes in proptest::prelude::any::<[u8; 6]>()) {
+            let mac = hex::encode(bytes);
+            proptest::prop_assert_eq!(device_of(&mac).unwrap().to_string(), mac.clone());
+            let json = format!("v1/{mac}.json");
+            proptest::prop_assert_eq!(device_of(&json).unwrap().to_string(), mac);
+        }
+    }
 }

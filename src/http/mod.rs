@@ -2,10 +2,13 @@
 //!
 //! One shared state: the current snapshot (swapped whole when the store changes, polled from
 //! its `revision` counter so CLI commands run beside a live server take effect) and the
-//! recorder that writes what boards report.
+//! recorder that writes what boards report. Every connection is bounded in time and number
+//! (`limits`), so hostile clients cannot wear the server down.
 
+mod body_deadline;
 mod device;
 mod error;
+mod limits;
 mod recorder;
 
 pub use device::{EVENTS, MAX_REPORT};
@@ -19,6 +22,7 @@ use axum::middleware::{self, Next};
 use axum::response::Response;
 use axum::routing::post;
 use axum::Router;
+use limits::Limits;
 use recorder::Recorder;
 use std::io::Write;
 use std::net::SocketAddr;
@@ -28,6 +32,9 @@ use std::time::{Duration, Instant};
 
 /// How often `serve` checks the store for changes made by other processes.
 const POLL: Duration = Duration::from_millis(200);
+
+/// While connections stay at the cap, it is logged at most this often.
+const CAP_LOG_EVERY: Duration = Duration::from_secs(60);
 
 #[derive(Clone)]
 pub struct App {
@@ -42,10 +49,14 @@ impl App {
     }
 }
 
-pub fn router(app: App) -> Router {
+pub fn router(app: App, body_timeout: Duration) -> Router {
     let router = Router::new()
         .route("/v1/{mac}/report", post(device::report))
-        .fallback(device::read);
+        .fallback(device::read)
+        .layer(middleware::from_fn_with_state(
+            body_timeout,
+            body_deadline::layer,
+        ));
     // The access log costs a little per request even when filtered out: add it only when on.
     let router = if tracing::enabled!(target: "mpfleet::access", tracing::Level::INFO) {
         router.layer(middleware::from_fn(access_log))
@@ -73,6 +84,7 @@ async fn access_log(req: Request, next: Next) -> Response {
 
 /// Serves the store in `data` on `listen` until interrupted.
 pub fn serve(data: PathBuf, listen: String) -> Result<()> {
+    let limits = Limits::from_env()?;
     let mut store = Store::open(&data)?;
     if crate::mpy::mpy_cross().is_none() {
         tracing::warn!(
@@ -98,10 +110,12 @@ pub fn serve(data: PathBuf, listen: String) -> Result<()> {
         // The first line of output: tests and scripts read the bound address from it.
         println!("mpfleet listening on http://{addr}/");
         std::io::stdout().flush()?;
-        serve_http1(listener, router(app)).await;
+        serve_http1(listener, router(app, limits.body_timeout), limits).await;
         Ok::<(), anyhow::Error>(())
     })?;
-    // Every request is done and the recorder dropped: wait for its last write.
+    // Every request is done or dropped (the runtime's end drops the connections still open
+    // after the shutdown grace), so every clone of the recorder is gone: wait for its last
+    // write. A report already queued is written even if its client was dropped.
     drop(runtime);
     if writer.join().is_err() {
         anyhow::bail!("the recorder thread panicked");
@@ -112,17 +126,42 @@ pub fn serve(data: PathBuf, listen: String) -> Result<()> {
 
 /// Accepts connections and serves each with hyper's HTTP/1 connection (boards speak only
 /// HTTP/1, most with a new connection per request, so the per-connection path is the hot
-/// one), until a shutdown signal; then lets open connections finish.
-async fn serve_http1(listener: tokio::net::TcpListener, router: Router) {
-    use hyper_util::rt::TokioIo;
+/// one), at most `limits.max_connections` at once, each within the limits' timeouts, until a
+/// shutdown signal; then lets requests in progress finish for at most the shutdown grace.
+async fn serve_http1(listener: tokio::net::TcpListener, router: Router, limits: Limits) {
+    use hyper_util::rt::{TokioIo, TokioTimer};
     use hyper_util::server::graceful::GracefulShutdown;
     use hyper_util::service::TowerToHyperService;
 
     let graceful = GracefulShutdown::new();
-    let http = hyper::server::conn::http1::Builder::new();
+    let mut http = hyper::server::conn::http1::Builder::new();
+    // The timer is what makes hyper's header timeout work at all.
+    http.timer(TokioTimer::new())
+        .header_read_timeout(limits.header_timeout);
+    let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
+    let mut cap_logged: Option<Instant> = None;
     let stop = shutdown();
     tokio::pin!(stop);
     loop {
+        // A free slot before accepting: at the cap, new connections wait in the kernel's
+        // backlog until a connection ends, and the ones being served go on undisturbed.
+        let slot = match slots.clone().try_acquire_owned() {
+            Ok(slot) => slot,
+            Err(_) => {
+                if cap_logged.is_none_or(|at| at.elapsed() >= CAP_LOG_EVERY) {
+                    tracing::warn!(
+                        "{} connections open, the most served at once: new ones wait until \
+                         one ends",
+                        limits.max_connections
+                    );
+                    cap_logged = Some(Instant::now());
+                }
+                tokio::select! {
+                    slot = slots.clone().acquire_owned() => slot.expect("the semaphore is never closed"),
+                    _ = &mut stop => break,
+                }
+            }
+        };
         let stream = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => stream,
@@ -139,12 +178,25 @@ async fn serve_http1(listener: tokio::net::TcpListener, router: Router) {
         let service = TowerToHyperService::new(router.clone());
         let conn = http.serve_connection(TokioIo::new(stream), service);
         let conn = graceful.watch(conn);
+        let deadline = limits.connection_deadline;
         tokio::spawn(async move {
-            let _ = conn.await;
+            // Past its deadline the connection is dropped, whatever it is doing.
+            let _ = tokio::time::timeout(deadline, conn).await;
+            drop(slot);
         });
     }
     drop(listener);
-    graceful.shutdown().await;
+    let grace = limits.shutdown_grace;
+    tracing::info!(
+        "stopping: no new connections; requests in progress get {}s to finish",
+        grace.as_secs_f32()
+    );
+    if tokio::time::timeout(grace, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("connections still open after the shutdown grace are dropped");
+    }
 }
 
 async fn shutdown() {

@@ -26,6 +26,12 @@ const QUEUE: usize = 8 * BATCH;
 /// How often coalesced sightings are flushed when no report comes.
 const FLUSH: Duration = Duration::from_secs(1);
 
+/// Distinct unknown MACs held in memory between two flushes. Anyone on the LAN can ask for
+/// random MACs; past this many in one flush interval, new ones are not noted (the ones already
+/// noted still count their requests). A real board asks again at its next boot. The table has
+/// its own cap (`store::MAX_UNKNOWN_DEVICES`).
+pub const MAX_PENDING_UNKNOWN: usize = 1024;
+
 struct Job {
     sighting: Sighting,
     /// Whether the report was taken (false: a replayed counter), or why writing failed.
@@ -43,6 +49,16 @@ struct Pending {
 }
 
 impl Pending {
+    fn unknown(&mut self, mac: Mac, at: i64) {
+        let full = self.unknown.len() >= MAX_PENDING_UNKNOWN;
+        if full && !self.unknown.contains_key(&mac) {
+            return;
+        }
+        let e = self.unknown.entry(mac).or_insert((at, 0));
+        e.0 = e.0.max(at);
+        e.1 += 1;
+    }
+
     fn drain(&mut self) -> Vec<Sighting> {
         let mut out: Vec<Sighting> = self
             .seen
@@ -122,12 +138,10 @@ impl Recorder {
         *t = (*t).max(at);
     }
 
-    /// Notes that a MAC that is not a device asked for its manifest.
+    /// Notes that a MAC that is not a device asked for its manifest (unless
+    /// [`MAX_PENDING_UNKNOWN`] others already did since the last flush).
     pub fn unknown(&self, mac: Mac, at: i64) {
-        let mut p = self.pending.lock().expect("pending lock");
-        let e = p.unknown.entry(mac).or_insert((at, 0));
-        e.0 = e.0.max(at);
-        e.1 += 1;
+        self.pending.lock().expect("pending lock").unknown(mac, at);
     }
 
     /// Notes a report for a known device whose HMAC is wrong or missing.
@@ -167,5 +181,30 @@ impl Recorder {
         wait.await
             .map_err(|_| stopped())?
             .map_err(|e| ApiError::Internal(anyhow::anyhow!(e)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mac(i: usize) -> Mac {
+        Mac::parse(&format!("{i:012x}")).unwrap()
+    }
+
+    #[test]
+    fn unknown_macs_in_memory_are_capped() {
+        let mut p = Pending::default();
+        for i in 0..3 * MAX_PENDING_UNKNOWN {
+            p.unknown(mac(i), 100);
+        }
+        assert_eq!(p.unknown.len(), MAX_PENDING_UNKNOWN);
+        // One already noted still counts its requests when the map is full.
+        p.unknown(mac(0), 200);
+        assert_eq!(p.unknown[&mac(0)], (200, 2));
+        // A flush empties the map: new MACs are noted again.
+        assert_eq!(p.drain().len(), MAX_PENDING_UNKNOWN);
+        p.unknown(mac(5 * MAX_PENDING_UNKNOWN), 300);
+        assert_eq!(p.unknown.len(), 1);
     }
 }

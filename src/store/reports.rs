@@ -12,6 +12,15 @@ use serde_json::Value;
 /// Reports kept per device; older ones are dropped.
 pub const REPORT_HISTORY: i64 = 50;
 
+/// Rows kept in `unknown_devices`: anyone on the LAN can ask for random MACs, so past this
+/// many the ones that asked longest ago are dropped (a real board asks again at its next
+/// boot and is listed again).
+pub const MAX_UNKNOWN_DEVICES: i64 = 1000;
+
+/// An unknown MAC that has not asked for this long is forgotten (not listed, and deleted at
+/// the next write of unknown MACs).
+pub const UNKNOWN_EXPIRY_SECS: i64 = 7 * 24 * 3600;
+
 /// One thing a board did that the server records.
 #[derive(Debug, Clone)]
 pub enum Sighting {
@@ -50,13 +59,16 @@ pub struct UnknownDevice {
 impl Store {
     /// Records a batch of sightings in one transaction. Returns, per sighting, whether it was
     /// taken: false only for a report whose counter is not above the last one stored (a
-    /// replay, counted in `replayed_reports`).
+    /// replay, counted in `replayed_reports`). A batch with unknown MACs also prunes
+    /// `unknown_devices` to [`MAX_UNKNOWN_DEVICES`] rows, none older than
+    /// [`UNKNOWN_EXPIRY_SECS`].
     ///
     /// A report naming a generation higher than the device's (`high`: the board accepted it
     /// from this server before it was restored from a backup) moves the device to a new
     /// generation above it, so the board, which refuses anything lower, takes the next
     /// manifest.
     pub fn record(&mut self, batch: &[Sighting]) -> Result<Vec<bool>> {
+        let prune = batch.iter().any(|s| matches!(s, Sighting::Unknown { .. }));
         let tx = self.write()?;
         let mut taken = Vec::with_capacity(batch.len());
         let mut moved = false;
@@ -131,6 +143,17 @@ impl Store {
                 }
             }
         }
+        if prune {
+            tx.execute(
+                "DELETE FROM unknown_devices WHERE last_seen < ?1",
+                [super::now() - UNKNOWN_EXPIRY_SECS],
+            )?;
+            tx.execute(
+                "DELETE FROM unknown_devices WHERE mac NOT IN
+                   (SELECT mac FROM unknown_devices ORDER BY last_seen DESC, mac LIMIT ?1)",
+                [MAX_UNKNOWN_DEVICES],
+            )?;
+        }
         if moved {
             bump(&tx, "revision")?;
         }
@@ -158,14 +181,14 @@ impl Store {
     }
 
     /// MACs that asked for a manifest and are not devices (a row written before its MAC was
-    /// assigned is not listed).
+    /// assigned is not listed, nor one expired and not deleted yet).
     pub fn unknown_devices(&self) -> Result<Vec<UnknownDevice>> {
         let mut stmt = self.conn.prepare(
             "SELECT mac, first_seen, last_seen, requests FROM unknown_devices
-             WHERE mac NOT IN (SELECT mac FROM devices)
+             WHERE mac NOT IN (SELECT mac FROM devices) AND last_seen >= ?1
              ORDER BY last_seen DESC, mac",
         )?;
-        let rows = stmt.query_map([], |r| {
+        let rows = stmt.query_map([super::now() - UNKNOWN_EXPIRY_SECS], |r| {
             Ok((
                 r.get::<_, String>(0)?,
                 r.get::<_, i64>(1)?,
@@ -213,4 +236,69 @@ fn restored_past(tx: &Transaction<'_>, mac: &Mac, high: i64) -> Result<bool> {
          (was the store restored from a backup?)"
     );
     Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn unknown(i: i64, at: i64) -> Sighting {
+        Sighting::Unknown {
+            mac: Mac::parse(&format!("{i:012x}")).unwrap(),
+            at,
+            requests: 1,
+        }
+    }
+
+    fn rows(store: &Store) -> i64 {
+        store
+            .conn
+            .query_row("SELECT count(*) FROM unknown_devices", [], |r| r.get(0))
+            .unwrap()
+    }
+
+    #[test]
+    fn unknown_devices_are_capped_keeping_the_latest() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open_plain(dir.path()).unwrap();
+        let now = crate::store::now();
+        let n = MAX_UNKNOWN_DEVICES + 300;
+        let batch: Vec<_> = (0..n).map(|i| unknown(i, now - n + i)).collect();
+        for chunk in batch.chunks(250) {
+            store.record(chunk).unwrap();
+        }
+        assert_eq!(rows(&store), MAX_UNKNOWN_DEVICES);
+        let listed = store.unknown_devices().unwrap();
+        assert_eq!(listed.len() as i64, MAX_UNKNOWN_DEVICES);
+        // The oldest were evicted: the newest is first, the last kept is number 300.
+        assert_eq!(listed[0].mac.as_str(), format!("{:012x}", n - 1));
+        assert_eq!(listed.last().unwrap().mac.as_str(), format!("{:012x}", 300));
+    }
+
+    #[test]
+    fn unknown_devices_expire() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open_plain(dir.path()).unwrap();
+        let now = crate::store::now();
+        store
+            .record(&[unknown(1, now - UNKNOWN_EXPIRY_SECS - 10), unknown(2, now)])
+            .unwrap();
+        // The expired one is written by that batch, then deleted by the same batch's prune.
+        assert_eq!(rows(&store), 1);
+        store
+            .conn
+            .execute(
+                "UPDATE unknown_devices SET last_seen = ?1",
+                [now - UNKNOWN_EXPIRY_SECS - 10],
+            )
+            .unwrap();
+        // Not listed even before a write deletes it.
+        assert!(store.unknown_devices().unwrap().is_empty());
+        store.record(&[unknown(3, now)]).unwrap();
+        assert_eq!(rows(&store), 1);
+        assert_eq!(
+            store.unknown_devices().unwrap()[0].mac.as_str(),
+            "000000000003"
+        );
+    }
 }

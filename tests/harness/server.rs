@@ -197,17 +197,53 @@ impl Server {
 
     /// Stops the server as a service manager does (SIGTERM) and waits for it to exit.
     pub fn terminate(mut self) -> i32 {
+        self.sigterm();
+        self.exit_within(Duration::from_secs(20))
+            .expect("serve did not stop on SIGTERM")
+    }
+
+    /// Sends SIGTERM, without waiting.
+    pub fn sigterm(&self) {
         let pid = self.child.id().to_string();
         let sent = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
         assert!(sent.success());
-        let deadline = Instant::now() + Duration::from_secs(20);
+    }
+
+    /// The exit code once the server has exited, or `None` if it still runs after `within`.
+    pub fn exit_within(&mut self, within: Duration) -> Option<i32> {
+        let deadline = Instant::now() + within;
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
-                return status.code().unwrap_or(-1);
+                return Some(status.code().unwrap_or(-1));
             }
-            assert!(Instant::now() < deadline, "serve did not stop on SIGTERM");
+            if Instant::now() >= deadline {
+                return None;
+            }
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// The server's process id (to read `/proc/PID/...`).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// `host:port` the server listens on, for raw TCP clients.
+    pub fn addr(&self) -> String {
+        self.base
+            .trim_start_matches("http://")
+            .trim_end_matches('/')
+            .to_owned()
+    }
+
+    /// How many lines of the server's log (stderr) so far contain `needle`.
+    pub fn log_count(&self, needle: &str) -> usize {
+        self.log
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| l.contains(needle))
+            .count()
     }
 }
 
