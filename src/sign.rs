@@ -29,9 +29,15 @@ pub fn hmac_hex(key: &DeviceKey, bytes: &[u8]) -> String {
     hex::encode(m.finalize().into_bytes())
 }
 
-/// Checks `claimed` (hex) against the HMAC of `bytes`, in constant time.
+/// Checks `claimed` (64 lowercase hex digits, exactly as a board writes and compares them)
+/// against the HMAC of `bytes`, in constant time. Uppercase is refused: one HMAC has one
+/// spelling, so what the server accepts is what a board accepts.
 pub fn verify(key: &DeviceKey, bytes: &[u8], claimed: &str) -> bool {
-    let Ok(claimed) = hex::decode(claimed.trim()) else {
+    let lower_hex = |b: &u8| b.is_ascii_digit() || (b'a'..=b'f').contains(b);
+    if claimed.len() != 64 || !claimed.bytes().all(|b| lower_hex(&b)) {
+        return false;
+    }
+    let Ok(claimed) = hex::decode(claimed) else {
         return false;
     };
     let mut m = mac(key);
@@ -104,5 +110,39 @@ mod tests {
         assert!(open(&key(1), &tampered).is_err());
         assert!(open(&key(1), body.as_bytes()).is_err());
         assert!(open(&key(1), b"").is_err());
+    }
+
+    mod fuzz {
+        use super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            /// Arbitrary bytes never open (and never panic): only a seal made with the key does.
+            #[test]
+            fn arbitrary_envelopes_are_refused(bytes in proptest::collection::vec(any::<u8>(), 0..400)) {
+                prop_assert!(open(&key(7), &bytes).is_err());
+            }
+
+            /// Any manifest sealed under a key opens under it to the same bytes, and under no
+            /// other key; any single changed byte is refused.
+            #[test]
+            fn seals_open_only_unchanged(
+                manifest in "[ -~\n]{0,300}",
+                k in any::<u8>(),
+                other in any::<u8>(),
+                flip in any::<prop::sample::Index>(),
+                bit in 0u8..8,
+            ) {
+                let sealed = seal(&key(k), &manifest);
+                prop_assert_eq!(open(&key(k), sealed.as_bytes()).unwrap(), manifest.as_bytes());
+                if other != k {
+                    prop_assert!(open(&key(other), sealed.as_bytes()).is_err());
+                }
+                let mut bytes = sealed.into_bytes();
+                let i = flip.index(bytes.len());
+                bytes[i] ^= 1 << bit;
+                prop_assert!(open(&key(k), &bytes).is_err());
+            }
+        }
     }
 }

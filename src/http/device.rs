@@ -194,6 +194,37 @@ pub fn parse_report(bytes: &[u8]) -> Result<ParsedReport, String> {
 }
 
 #[cfg(test)]
+mod report_fuzz {
+    use super::parse_report;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Whatever a client posts, parsing a report never panics, and what it accepts has
+        /// a known event and a positive counter.
+        #[test]
+        fn arbitrary_report_bodies(bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
+            if let Ok(r) = parse_report(&bytes) {
+                prop_assert!(r.counter > 0);
+            }
+        }
+
+        /// JSON-shaped bodies: accepted exactly when event, n and high are valid.
+        #[test]
+        fn json_report_bodies(
+            event in prop_oneof![Just("boot"), Just("updated"), Just("exploded"), Just("")],
+            n in prop_oneof![any::<i64>().prop_map(|n| n.to_string()), Just("\"1\"".to_owned()), Just("null".to_owned())],
+            high in prop_oneof![Just("null".to_owned()), any::<i64>().prop_map(|n| n.to_string()), Just("[]".to_owned())],
+        ) {
+            let body = format!("{{\"event\":\"{event}\",\"n\":{n},\"high\":{high}}}");
+            let ok_event = event == "boot" || event == "updated";
+            let ok_n = n.parse::<i64>().is_ok_and(|n| n > 0);
+            let ok_high = high == "null" || high.parse::<i64>().is_ok_and(|h| h >= 0);
+            prop_assert_eq!(parse_report(body.as_bytes()).is_ok(), ok_event && ok_n && ok_high, "{}", body);
+        }
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::device_of;
 
