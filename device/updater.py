@@ -90,21 +90,25 @@ def _gen():
     return _run[1]["generation"] if _run else None
 
 
-def _hmac():
-    # HMAC-SHA256 under this board's key: (inner hash to feed, outer key pad);
-    # the HMAC is then sha256(pad + inner.digest()).
+def _hmac(h=None, k=None):
+    # HMAC-SHA256 under this board's key. Without h: (inner hash to feed, outer
+    # key pad); with them: the HMAC of what h was fed, in hex.
     import hashlib
 
+    if h:
+        k = hashlib.sha256(k)
+        k.update(h.digest())
+        return binascii.hexlify(k.digest())
     k = _settings().get("key") or ""
     if len(k) != 64:
-        raise ValueError("no key: provision this board with `mpfleet device bootstrap`")
+        raise ValueError("no key: run `mpfleet device bootstrap`")
     k = bytearray(binascii.unhexlify(k) + bytes(32))
     for i in range(64):
         k[i] ^= 0x36
-    inner = hashlib.sha256(k)
+    h = hashlib.sha256(k)
     for i in range(64):
         k[i] ^= 0x6A  # 0x36 ^ 0x5C: the outer pad
-    return inner, k
+    return h, k
 
 
 def _trust(t=None):
@@ -199,10 +203,7 @@ def _get(url, path, size=_MAX, sha=None, sealed=False):
     if got > size or sha and got != size:
         raise ValueError("%s: %d bytes, not %d" % (url, got, size))
     if k:
-        d = 0
-        for a, b in zip(binascii.hexlify(hashlib.sha256(k + h.digest()).digest()), seal[9:73]):
-            d |= a ^ b
-        if d:
+        if _hmac(h, k) != seal[9:73]:
             raise ValueError("manifest not signed with this board's key: refused")
     elif sha and binascii.hexlify(h.digest()).decode() != sha:
         raise ValueError(url + ": sha256 mismatch")
@@ -297,8 +298,9 @@ def remove(path):
 def manifest(server):
     # Streams the manifest to flash and checks its seal; returns its first line
     # (generation, app...).
+    me = mac()
     try:
-        _get("%sv1/%s.json" % (server, mac()), _TMP + "manifest.json", sealed=True)
+        _get("%sv1/%s.json" % (server, me), _TMP + "manifest.json", sealed=True)
     except OSError as e:
         raise ServerFailed("cannot reach %s: %s" % (server, e))
     try:
@@ -309,12 +311,13 @@ def manifest(server):
     g = head.get("generation")
     if not (isinstance(g, int) and _ok(head.get("app") or "", 64, "_")):
         raise ValueError("bad generation or app")
-    if head.get("device") != mac():
+    if head.get("device") != me:
         raise ValueError("manifest of device %s" % head.get("device"))
     if head.get("store") != _settings().get("store"):
         raise ValueError("manifest of another store")
-    if g < _trust().get("gen", 0):
-        raise ValueError("generation %d is older than %d, accepted before: refused" % (g, _trust()["gen"]))
+    t = _trust().get("gen", 0)
+    if g < t:
+        raise ValueError("generation %d is older than %d, accepted before: refused" % (g, t))
     return head
 
 
@@ -334,7 +337,7 @@ def _install(server, g, app):
     found = 0
     for name, m in _lines(_TMP + "manifest.json"):
         e = entry(name, m)
-        found += name in ("config", "updater") or name == app
+        found += name == "config" or name == "updater" or name == app
         if not _exists("%sm/%s/%s" % (_OTA, name, e[1])):
             need += e[2] // st[0] + 2
     if found != 3:
@@ -407,8 +410,6 @@ def _tidy():
 
 def report(event, error=None):
     # POST what happened to {server}v1/{mac}/report, signed. Never raises.
-    import hashlib
-
     try:
         modules = {}
         if _run:
@@ -435,7 +436,7 @@ def report(event, error=None):
         modules = t = None
         h, k = _hmac()
         h.update(body)
-        k = binascii.hexlify(hashlib.sha256(k + h.digest()).digest())
+        k = _hmac(h, k)
         status, sock, _ = _request("POST", "%sv1/%s/report" % (_settings()["server"], mac()), body, 3, k)
         sock.close()
         if status not in (200, 204):
@@ -471,10 +472,14 @@ def _update(stuck):
         if g > t.get("gen", 0):
             t["gen"] = g  # accepted: nothing lower will be from now on
             _trust(t)
+        head = t = None  # not kept on the heap during the downloads
         _install(server, g, app)
     finally:
-        for name in ("manifest.json", "dl", "primary.json", "alternate.json"):
-            remove(_TMP + name)
+        # one by one: a tuple of names would be a second copy of each string
+        remove(_TMP + "manifest.json")
+        remove(_TMP + "dl")
+        remove(_TMP + "primary.json")
+        remove(_TMP + "alternate.json")
     running()
     return "updated"
 
@@ -489,8 +494,9 @@ def run(now, update=True, stuck=False, rolled_back=None, done=None):
     if not update:
         return
     flags = _flags()
-    for flag in ("update", "update_failed", "server_failed"):
-        flags.pop(flag, None)
+    flags.pop("update", None)
+    flags.pop("update_failed", None)
+    flags.pop("server_failed", None)
     machine.RTC().memory(json.dumps(flags))
     error = None
     try:
