@@ -74,10 +74,18 @@ fn response_by(c: &mut TcpStream, deadline: Instant) -> Option<(u16, String)> {
 
 const HALF_HEADER: &[u8] = b"GET /v1/deadbeef1234.json HTTP/1.1\r\nHost: x\r\nX-Slow: ";
 
-fn report_head(length: usize) -> String {
+/// The head of a report's POST, signed with `key` when the body is known.
+fn report_head(length: usize, signed: Option<(&mpfleet::store::DeviceKey, &str)>) -> String {
+    let hmac = signed.map_or(String::new(), |(key, body)| {
+        format!(
+            "{}: {}\r\n",
+            mpfleet::sign::REPORT_HMAC,
+            mpfleet::sign::hmac_hex(key, body.as_bytes())
+        )
+    });
     format!(
         "POST /v1/deadbeef1234/report HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
-         Content-Length: {length}\r\n\r\n"
+         {hmac}Content-Length: {length}\r\n\r\n"
     )
 }
 
@@ -103,7 +111,9 @@ fn slow_loris_is_cut_off_while_others_are_served() {
         })
         .collect();
     let mut trickle = connect(&s);
-    trickle.write_all(report_head(100).as_bytes()).unwrap();
+    trickle
+        .write_all(report_head(100, None).as_bytes())
+        .unwrap();
     trickle.write_all(b"{\"event\":").unwrap();
     let mut idle = connect(&s);
     idle.write_all(b"GET /latestversions HTTP/1.1\r\nHost: x\r\n\r\n")
@@ -173,17 +183,18 @@ fn sigterm_stops_within_the_grace_and_keeps_accepted_reports() {
     ]);
     let mut s = f.serve();
     let idle = open_sockets(s.pid());
-    let before = r#"{"event":"boot","generation":1}"#;
+    let key = f.key("deadbeef1234");
+    let before = r#"{"n":1,"event":"boot","generation":1}"#;
     assert_eq!(
-        s.post("v1/deadbeef1234/report", before.as_bytes()).status,
+        s.report("deadbeef1234", &key, before.as_bytes()).status,
         200
     );
     let mut half = connect(&s);
     half.write_all(HALF_HEADER).unwrap();
-    let in_flight = r#"{"event":"updated","generation":2}"#;
+    let in_flight = r#"{"n":2,"event":"updated","generation":2}"#;
     let mut report = connect(&s);
     report
-        .write_all(report_head(in_flight.len()).as_bytes())
+        .write_all(report_head(in_flight.len(), Some((&key, in_flight))).as_bytes())
         .unwrap();
     report.write_all(&in_flight.as_bytes()[..5]).unwrap();
     // Both connections accepted (and the one of the POST above gone) before the signal.
@@ -396,16 +407,17 @@ fn connection_cap_holds_and_serving_resumes() {
     assert_eq!(s.log_count("the most served at once"), 1, "logged once");
 }
 
-/// A report full of terminal escapes (posted by anyone who knows the MAC): the tables of
+/// A report full of terminal escapes (a compromised board's): the tables of
 /// `device list` and `device show` show them as text, `--json` keeps them as they were.
 #[test]
 fn report_strings_cannot_steer_the_terminal() {
     let f = fleet(&[]);
     let s = f.serve();
     let config = "\u{1b}[2J\u{1b}]0;owned\u{7}primary\r\u{8}\u{202e}yrammirp";
-    let report = serde_json::json!({"event": "boot", "generation": 1, "config": config,
+    let report = serde_json::json!({"n": 1, "event": "boot", "generation": 1, "config": config,
         "modules": {"smartcharger": "1\u{1b}[31m\u{9b}"}});
-    let r = s.post("v1/deadbeef1234/report", report.to_string().as_bytes());
+    let key = f.key("deadbeef1234");
+    let r = s.report("deadbeef1234", &key, report.to_string().as_bytes());
     assert_eq!(r.status, 200, "{}", r.text());
     for args in [&["device", "list"][..], &["device", "show", "deadbeef1234"]] {
         let out = f.ok(args);
