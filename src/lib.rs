@@ -4,6 +4,9 @@
 //! boards read from it; `http` serves that snapshot and records what boards report; `export`
 //! writes it as static files; `sim` boots simulated boards on the real MicroPython.
 
+// Stdout goes through `out::outln!`, which ends quietly on a closed pipe (see `out`).
+#![deny(clippy::print_stdout)]
+
 pub mod cli;
 mod commands;
 pub mod export;
@@ -11,6 +14,7 @@ pub mod http;
 pub mod manifest;
 pub mod mpy;
 pub mod names;
+pub mod out;
 pub mod runtime;
 pub mod sign;
 pub mod sim;
@@ -24,8 +28,10 @@ use clap::Parser;
 pub fn run() -> i32 {
     let cli = cli::Cli::parse();
     init_logging();
-    match commands::run(cli) {
+    match commands::run(cli).and_then(|()| out::flush()) {
         Ok(()) => 0,
+        // `mpfleet device list | head -1`: the reader has what it wanted.
+        Err(e) if out::is_closed(&e) => 0,
         Err(e) => {
             eprintln!("error: {e:#}");
             1

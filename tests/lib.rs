@@ -7,6 +7,7 @@ mod bad_code;
 mod board;
 mod cli_device;
 mod cli_module;
+mod cli_pipe;
 mod cli_store;
 mod crash;
 mod export;

@@ -10,6 +10,7 @@ mod device;
 mod module;
 
 use crate::cli::{Cli, Command};
+use crate::out::outln;
 use anyhow::Result;
 
 pub fn run(cli: Cli) -> Result<()> {
@@ -29,12 +30,12 @@ pub fn run(cli: Cli) -> Result<()> {
                 );
             }
             let done = crate::export::export(&mut store, &dir)?;
-            println!(
+            outln!(
                 "exported {} files ({} bytes) to {}",
                 done.files,
                 done.bytes,
                 dir.display()
-            );
+            )?;
             Ok(())
         }
         Command::Sim(args) => crate::sim::run(*args, &cli.data),
@@ -42,7 +43,7 @@ pub fn run(cli: Cli) -> Result<()> {
 }
 
 /// Prints rows as left-aligned columns under a header.
-pub(crate) fn table(header: &[&str], rows: &[Vec<String>]) {
+pub(crate) fn table(header: &[&str], rows: &[Vec<String>]) -> Result<()> {
     let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
     for row in rows {
         for (w, cell) in widths.iter_mut().zip(row) {
@@ -58,12 +59,13 @@ pub(crate) fn table(header: &[&str], rows: &[Vec<String>]) {
                 s.push_str(&format!("{cell:<w$}  "));
             }
         }
-        println!("{}", s.trim_end());
+        outln!("{}", s.trim_end())
     };
-    line(header.to_vec());
+    line(header.to_vec())?;
     for row in rows {
-        line(row.iter().map(String::as_str).collect());
+        line(row.iter().map(String::as_str).collect())?;
     }
+    Ok(())
 }
 
 /// "12s ago", "3m ago", "2h ago", "5d ago", or "never".
@@ -80,9 +82,9 @@ pub(crate) fn ago(at: Option<i64>) -> String {
     }
 }
 
-pub(crate) fn print_json(value: &serde_json::Value) {
-    println!(
+pub(crate) fn print_json(value: &serde_json::Value) -> Result<()> {
+    outln!(
         "{}",
         serde_json::to_string_pretty(value).expect("JSON serialises")
-    );
+    )
 }
