@@ -74,6 +74,8 @@ fn every_printing_command_exits_quietly_when_its_reader_is_gone() {
         vec!["device", "set", "deadbeef1234", "--app", "smartcharger"],
         vec!["export", export.to_str().unwrap()],
         vec!["device", "rm", "deadbeef5678"],
+        vec!["completions", "bash"],
+        vec!["man"],
     ];
     for args in &commands {
         let r = run_into_closed_pipe(&f, args);

@@ -6,6 +6,7 @@ mod harness;
 mod bad_code;
 mod board;
 mod cli_device;
+mod cli_install;
 mod cli_module;
 mod cli_pipe;
 mod cli_store;

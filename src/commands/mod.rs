@@ -7,6 +7,7 @@
 //! carries (see `crate::runtime`).
 
 mod device;
+mod install;
 mod module;
 
 use crate::cli::{Cli, Command};
@@ -39,6 +40,8 @@ pub fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Sim(args) => crate::sim::run(*args, &cli.data),
+        Command::Completions { shell } => install::completions(shell),
+        Command::Man { dir } => install::man(dir.as_deref()),
     }
 }
 
