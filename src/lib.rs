@@ -11,6 +11,7 @@ pub mod cli;
 mod commands;
 pub mod export;
 pub mod http;
+mod logging;
 pub mod manifest;
 pub mod mpy;
 pub mod names;
@@ -27,7 +28,7 @@ use clap::Parser;
 /// Runs the command line; returns the process exit code.
 pub fn run() -> i32 {
     let cli = cli::Cli::parse();
-    init_logging();
+    logging::init();
     match commands::run(cli).and_then(|()| out::flush()) {
         Ok(()) => 0,
         // `mpfleet device list | head -1`: the reader has what it wanted.
@@ -37,16 +38,4 @@ pub fn run() -> i32 {
             1
         }
     }
-}
-
-fn init_logging() {
-    use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new("info,mpfleet::access=warn"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_target(false)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .try_init();
 }

@@ -18,6 +18,7 @@ mod never_stuck;
 mod ports;
 mod security;
 mod serve;
+mod service;
 
 /// The harness used to be split between `harness.rs` and `sim.rs`; code still written against
 /// `crate::sim::...` keeps compiling. New code: `crate::harness::...`.
