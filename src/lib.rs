@@ -16,6 +16,7 @@ pub mod manifest;
 pub mod mpy;
 pub mod names;
 pub mod out;
+pub mod repl;
 pub mod runtime;
 pub mod sign;
 pub mod sim;

@@ -16,6 +16,7 @@ mod faults;
 mod heap;
 mod never_stuck;
 mod ports;
+mod repl;
 mod security;
 mod serve;
 mod service;
