@@ -69,6 +69,21 @@ pub enum Command {
     },
     /// Boot simulated boards (the real MicroPython unix port) against a server.
     Sim(Box<crate::sim::SimArgs>),
+    /// Print the shell completion script for SHELL (bash, zsh, fish, elvish, powershell).
+    ///
+    /// Example: mpfleet completions bash > ~/.local/share/bash-completion/completions/mpfleet
+    Completions {
+        /// The shell to complete for.
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page mpfleet(1) as roff, or write one page per command to --dir.
+    ///
+    /// Example: mpfleet man --dir ~/.local/share/man/man1   (then `man mpfleet-device-set`)
+    Man {
+        /// Write mpfleet.1 and a page per subcommand (mpfleet-device-set.1, ...) here instead.
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, Subcommand)]

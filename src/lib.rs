@@ -4,13 +4,19 @@
 //! boards read from it; `http` serves that snapshot and records what boards report; `export`
 //! writes it as static files; `sim` boots simulated boards on the real MicroPython.
 
+// Stdout goes through `out::outln!`, which ends quietly on a closed pipe (see `out`).
+#![deny(clippy::print_stdout)]
+
 pub mod cli;
 mod commands;
 pub mod export;
 pub mod http;
+mod logging;
 pub mod manifest;
 pub mod mpy;
 pub mod names;
+pub mod out;
+pub mod repl;
 pub mod runtime;
 pub mod sign;
 pub mod sim;
@@ -23,24 +29,14 @@ use clap::Parser;
 /// Runs the command line; returns the process exit code.
 pub fn run() -> i32 {
     let cli = cli::Cli::parse();
-    init_logging();
-    match commands::run(cli) {
+    logging::init();
+    match commands::run(cli).and_then(|()| out::flush()) {
         Ok(()) => 0,
+        // `mpfleet device list | head -1`: the reader has what it wanted.
+        Err(e) if out::is_closed(&e) => 0,
         Err(e) => {
             eprintln!("error: {e:#}");
             1
         }
     }
-}
-
-fn init_logging() {
-    use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new("info,mpfleet::access=warn"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_target(false)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .try_init();
 }

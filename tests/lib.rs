@@ -6,7 +6,9 @@ mod harness;
 mod bad_code;
 mod board;
 mod cli_device;
+mod cli_install;
 mod cli_module;
+mod cli_pipe;
 mod cli_store;
 mod crash;
 mod export;
@@ -15,8 +17,10 @@ mod hardening;
 mod heap;
 mod never_stuck;
 mod ports;
+mod repl;
 mod security;
 mod serve;
+mod service;
 
 /// The harness used to be split between `harness.rs` and `sim.rs`; code still written against
 /// `crate::sim::...` keeps compiling. New code: `crate::harness::...`.

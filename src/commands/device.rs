@@ -5,6 +5,7 @@ use super::{ago, print_json, table, terminal::for_terminal};
 use crate::cli::DeviceCommand;
 use crate::manifest::{Desired, Want};
 use crate::names::{Mac, ModuleName};
+use crate::out::{out, outln};
 use crate::store::Store;
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
@@ -42,10 +43,10 @@ pub fn run(data: &Path, command: DeviceCommand) -> Result<()> {
             let generation = store
                 .set_device(&m, &desired)
                 .with_context(|| format!("cannot set device {m}"))?;
-            println!(
+            outln!(
                 "device {m}: {} (generation {generation})",
                 desired.to_seed_json()
-            );
+            )?;
             Ok(())
         }
         DeviceCommand::List {
@@ -62,7 +63,7 @@ pub fn run(data: &Path, command: DeviceCommand) -> Result<()> {
                                "last_seen": u.last_seen, "requests": u.requests})
                     })
                     .collect();
-                print_json(&json!(v));
+                print_json(&json!(v))?;
                 return Ok(());
             }
             let rows: Vec<Vec<String>> = unknown
@@ -76,7 +77,7 @@ pub fn run(data: &Path, command: DeviceCommand) -> Result<()> {
                     ]
                 })
                 .collect();
-            table(&["MAC", "LAST ASKED", "FIRST ASKED", "REQUESTS"], &rows);
+            table(&["MAC", "LAST ASKED", "FIRST ASKED", "REQUESTS"], &rows)?;
             Ok(())
         }
         DeviceCommand::List {
@@ -94,7 +95,7 @@ pub fn run(data: &Path, command: DeviceCommand) -> Result<()> {
                                "last_report": d.last_report})
                     })
                     .collect();
-                print_json(&json!(v));
+                print_json(&json!(v))?;
                 return Ok(());
             }
             let rows: Vec<Vec<String>> = devices
@@ -121,7 +122,7 @@ pub fn run(data: &Path, command: DeviceCommand) -> Result<()> {
                     "LAST SEEN",
                 ],
                 &rows,
-            );
+            )?;
             Ok(())
         }
         DeviceCommand::Show { mac: m, list } => {
@@ -148,20 +149,22 @@ pub fn run(data: &Path, command: DeviceCommand) -> Result<()> {
                     "forged_reports": d.forged_reports,
                     "replayed_reports": d.replayed_reports,
                     "reports": rs,
-                }));
+                }))?;
                 return Ok(());
             }
-            println!("device     {m}");
-            println!("app        {}", d.desired.app);
-            println!("generation {}", d.generation);
-            println!("last seen  {}", ago(d.last_seen));
-            println!("key        {} (fingerprint)", d.key.fingerprint());
-            println!(
+            outln!("device     {m}")?;
+            outln!("app        {}", d.desired.app)?;
+            outln!("generation {}", d.generation)?;
+            outln!("last seen  {}", ago(d.last_seen))?;
+            outln!("key        {} (fingerprint)", d.key.fingerprint())?;
+            outln!(
                 "reports    counter {}; refused {} forged, {} replayed",
-                d.report_counter, d.forged_reports, d.replayed_reports
-            );
-            println!("desired    {}", d.desired.to_seed_json());
-            println!();
+                d.report_counter,
+                d.forged_reports,
+                d.replayed_reports
+            )?;
+            outln!("desired    {}", d.desired.to_seed_json())?;
+            outln!()?;
             let rows: Vec<Vec<String>> = resolved["modules"]
                 .as_object()
                 .into_iter()
@@ -186,16 +189,16 @@ pub fn run(data: &Path, command: DeviceCommand) -> Result<()> {
                     ]
                 })
                 .collect();
-            table(&["MODULE", "RESOLVED", "REPORTED", "SIZE", "SHA256"], &rows);
-            println!();
+            table(&["MODULE", "RESOLVED", "REPORTED", "SIZE", "SHA256"], &rows)?;
+            outln!()?;
             if reports.is_empty() {
-                println!("no reports yet");
+                outln!("no reports yet")?;
             } else {
-                println!("recent reports (newest first):");
+                outln!("recent reports (newest first):")?;
                 for r in &reports {
                     // A report is what a board (or whoever posts as one) sent.
                     let body = r.body.to_string();
-                    println!("  {:>8}  {}", ago(Some(r.at)), for_terminal(&body));
+                    outln!("  {:>8}  {}", ago(Some(r.at)), for_terminal(&body))?;
                 }
             }
             Ok(())
@@ -232,7 +235,7 @@ pub fn run(data: &Path, command: DeviceCommand) -> Result<()> {
                 d.report_counter,
                 secrets.as_deref(),
             );
-            print!("{text}");
+            out!("{text}")?;
             eprintln!(
                 "mpfleet: this bootstrap holds the secret key of {m}: run it on that board \
                  (mpremote run bootstrap.py) and do not keep it"
@@ -252,12 +255,12 @@ pub fn run(data: &Path, command: DeviceCommand) -> Result<()> {
             let Some(d) = store.device(&m)? else {
                 bail!("unknown device {m}");
             };
-            println!("device {m}: key {}", d.key.fingerprint());
+            outln!("device {m}: key {}", d.key.fingerprint())?;
             if rotate {
-                println!(
+                outln!(
                     "new key: the board refuses updates until it runs its new bootstrap: \
                      mpfleet device bootstrap {m} > bootstrap.py"
-                );
+                )?;
             }
             Ok(())
         }
@@ -267,7 +270,7 @@ pub fn run(data: &Path, command: DeviceCommand) -> Result<()> {
             if !store.remove_device(&m)? {
                 bail!("unknown device {m}: nothing removed");
             }
-            println!("removed device {m}");
+            outln!("removed device {m}")?;
             Ok(())
         }
     }

@@ -7,10 +7,12 @@
 //! carries (see `crate::runtime`).
 
 mod device;
+mod install;
 mod module;
 mod terminal;
 
 use crate::cli::{Cli, Command};
+use crate::out::outln;
 use anyhow::Result;
 
 pub fn run(cli: Cli) -> Result<()> {
@@ -30,21 +32,23 @@ pub fn run(cli: Cli) -> Result<()> {
                 );
             }
             let done = crate::export::export(&mut store, &dir)?;
-            println!(
+            outln!(
                 "exported {} files ({} bytes) to {}",
                 done.files,
                 done.bytes,
                 dir.display()
-            );
+            )?;
             Ok(())
         }
         Command::Sim(args) => crate::sim::run(*args, &cli.data),
+        Command::Completions { shell } => install::completions(shell),
+        Command::Man { dir } => install::man(dir.as_deref()),
     }
 }
 
 /// Prints rows as left-aligned columns under a header. Every cell is made safe for the
 /// terminal first (cells may hold what a board reported).
-pub(crate) fn table(header: &[&str], rows: &[Vec<String>]) {
+pub(crate) fn table(header: &[&str], rows: &[Vec<String>]) -> Result<()> {
     let rows: Vec<Vec<String>> = rows
         .iter()
         .map(|row| {
@@ -68,12 +72,13 @@ pub(crate) fn table(header: &[&str], rows: &[Vec<String>]) {
                 s.push_str(&format!("{cell:<w$}  "));
             }
         }
-        println!("{}", s.trim_end());
+        outln!("{}", s.trim_end())
     };
-    line(header.to_vec());
+    line(header.to_vec())?;
     for row in &rows {
-        line(row.iter().map(String::as_str).collect());
+        line(row.iter().map(String::as_str).collect())?;
     }
+    Ok(())
 }
 
 /// "12s ago", "3m ago", "2h ago", "5d ago", or "never".
@@ -90,9 +95,9 @@ pub(crate) fn ago(at: Option<i64>) -> String {
     }
 }
 
-pub(crate) fn print_json(value: &serde_json::Value) {
-    println!(
+pub(crate) fn print_json(value: &serde_json::Value) -> Result<()> {
+    outln!(
         "{}",
         serde_json::to_string_pretty(value).expect("JSON serialises")
-    );
+    )
 }

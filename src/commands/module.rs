@@ -4,6 +4,7 @@
 use super::{print_json, table};
 use crate::cli::ModuleCommand;
 use crate::names::{ModuleName, Version};
+use crate::out::outln;
 use crate::store::{NewVersion, Published, Store};
 use anyhow::{bail, Context, Result};
 use serde_json::json;
@@ -81,7 +82,7 @@ pub fn run(data: &Path, command: ModuleCommand) -> Result<()> {
                         latest,
                         mpy,
                     } => {
-                        println!(
+                        outln!(
                             "published {n} {version} ({} bytes{}){}",
                             item.bytes.len(),
                             match &mpy {
@@ -89,7 +90,7 @@ pub fn run(data: &Path, command: ModuleCommand) -> Result<()> {
                                 _ => String::new(),
                             },
                             if latest { ", now latest" } else { "" }
-                        );
+                        )?;
                         if let Some(Err(e)) = mpy {
                             eprintln!(
                                 "warning: {n} {version} does not compile ({e}); boards that \
@@ -98,7 +99,7 @@ pub fn run(data: &Path, command: ModuleCommand) -> Result<()> {
                         }
                     }
                     Published::Unchanged { version } => {
-                        println!("{n} {version} already has these bytes; nothing changed")
+                        outln!("{n} {version} already has these bytes; nothing changed")?
                     }
                 }
             }
@@ -116,7 +117,7 @@ pub fn run(data: &Path, command: ModuleCommand) -> Result<()> {
                                "versions": m.versions.len()})
                     })
                     .collect();
-                print_json(&json!(list));
+                print_json(&json!(list))?;
                 return Ok(());
             }
             let rows: Vec<Vec<String>> = catalog
@@ -132,7 +133,7 @@ pub fn run(data: &Path, command: ModuleCommand) -> Result<()> {
                     ]
                 })
                 .collect();
-            table(&["MODULE", "LATEST", "VERSIONS", "SIZE"], &rows);
+            table(&["MODULE", "LATEST", "VERSIONS", "SIZE"], &rows)?;
             Ok(())
         }
         ModuleCommand::Show { name, list } => {
@@ -172,10 +173,10 @@ pub fn run(data: &Path, command: ModuleCommand) -> Result<()> {
                     .collect();
                 print_json(
                     &json!({"name": name.as_str(), "latest": latest.as_str(), "versions": vs}),
-                );
+                )?;
                 return Ok(());
             }
-            println!("module {name}, latest {latest}");
+            outln!("module {name}, latest {latest}")?;
             let rows: Vec<Vec<String>> = versions
                 .iter()
                 .map(|r| {
@@ -196,16 +197,16 @@ pub fn run(data: &Path, command: ModuleCommand) -> Result<()> {
             table(
                 &["VERSION", "LATEST", "SIZE", "MPY", "SHA256", "DEVICES"],
                 &rows,
-            );
+            )?;
             Ok(())
         }
         ModuleCommand::Latest { name, version: v } => {
             let (name, v) = (module_name(&name)?, version(&v)?);
             let mut store = Store::open(data)?;
             if store.set_latest(&name, &v)? {
-                println!("{name} latest is now {v}");
+                outln!("{name} latest is now {v}")?;
             } else {
-                println!("{name} latest was already {v}; nothing changed");
+                outln!("{name} latest was already {v}; nothing changed")?;
             }
             Ok(())
         }

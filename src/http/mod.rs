@@ -13,6 +13,7 @@ mod recorder;
 
 pub use device::{EVENTS, MAX_REPORT};
 
+use crate::out::outln;
 use crate::snapshot::Snapshot;
 use crate::store::Store;
 use anyhow::{Context, Result};
@@ -24,7 +25,6 @@ use axum::routing::post;
 use axum::Router;
 use limits::Limits;
 use recorder::Recorder;
-use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -108,8 +108,8 @@ pub fn serve(data: PathBuf, listen: String) -> Result<()> {
             .with_context(|| format!("cannot listen on {listen}"))?;
         let addr: SocketAddr = listener.local_addr()?;
         // The first line of output: tests and scripts read the bound address from it.
-        println!("mpfleet listening on http://{addr}/");
-        std::io::stdout().flush()?;
+        outln!("mpfleet listening on http://{addr}/")?;
+        crate::out::flush()?;
         serve_http1(listener, router(app, limits.body_timeout), limits).await;
         Ok::<(), anyhow::Error>(())
     })?;

@@ -7,6 +7,7 @@
 //! or keeps running quietly, has settled. Each boot is told why it started
 //! (`MPFLEET_RESET_CAUSE`), which `machine.reset_cause()` answers in the port's terms.
 
+use crate::out::outln;
 use anyhow::{Context, Result};
 use std::fmt;
 use std::io::{BufRead, BufReader};
@@ -193,7 +194,7 @@ impl Board {
         for n in 1..=max_boots {
             let (boot, writes) = self.boot(n, pending, cause)?;
             total += writes;
-            self.say(n, &format!("--- boot {n} ended: {boot:?}"));
+            self.say(n, &format!("--- boot {n} ended: {boot:?}"))?;
             pending = match (pending, &boot) {
                 (_, Boot::PowerCut { .. }) | (None, _) => None,
                 (Some(k), _) => Some(k.saturating_sub(writes).max(1)),
@@ -213,10 +214,12 @@ impl Board {
         Ok((Ending::OutOfBoots { boots: max_boots }, total))
     }
 
-    fn say(&self, boot: u32, line: &str) {
+    /// Echoes a board's line; fails only when stdout does (see `crate::out`).
+    fn say(&self, boot: u32, line: &str) -> Result<()> {
         if self.options.echo {
-            println!("[{} #{boot}] {line}", self.options.mac);
+            outln!("[{} #{boot}] {line}", self.options.mac)?;
         }
+        Ok(())
     }
 
     /// The board's key, the store's identity and its last report counter, from the data
@@ -326,7 +329,11 @@ impl Board {
                         app_started = Some(Instant::now());
                         wdt_at_app = read_deadline(&wdt);
                     }
-                    self.say(n, &line);
+                    if let Err(e) = self.say(n, &line) {
+                        let _ = child.kill();
+                        let _ = child.wait();
+                        return Err(e);
+                    }
                     continue;
                 }
                 Err(mpsc::RecvTimeoutError::Disconnected) => streams_open = false,
@@ -339,7 +346,7 @@ impl Board {
                         if let Some(w) = line.strip_prefix("writes=") {
                             writes = w.trim().parse().unwrap_or(0);
                         }
-                        self.say(n, &line);
+                        self.say(n, &line)?;
                     }
                 }
                 #[cfg(unix)]

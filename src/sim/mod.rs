@@ -11,6 +11,7 @@ mod port;
 pub use board::{Board, BoardOptions, Boot, Cause, Ending};
 pub use port::{Port, PortVersion};
 
+use crate::out::outln;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use std::path::{Path, PathBuf};
@@ -261,12 +262,12 @@ pub fn run(args: SimArgs, data: &std::path::Path) -> Result<()> {
     std::fs::create_dir_all(&args.state)
         .with_context(|| format!("creating {}", args.state.display()))?;
     let many = macs.len() > 1;
-    println!(
+    outln!(
         "mpfleet sim: {} {} profile, heap {}k, {flash_blocks} flash blocks of 4 KiB",
         args.port,
         args.port_version,
         heap / 1024
-    );
+    )?;
     let bootstrap = match &args.bootstrap {
         Some(p) => {
             Some(std::fs::canonicalize(p).with_context(|| format!("--bootstrap {}", p.display()))?)
@@ -329,7 +330,7 @@ pub fn run(args: SimArgs, data: &std::path::Path) -> Result<()> {
     for (board, result) in boards.iter().zip(results) {
         let (ending, writes) = result?;
         all_settled &= matches!(ending, Ending::Settled { .. });
-        println!("[{}] {}; {writes} flash writes", board.options.mac, ending);
+        outln!("[{}] {}; {writes} flash writes", board.options.mac, ending)?;
     }
     if !all_settled {
         bail!("not every board settled");
