@@ -34,30 +34,14 @@ fn installed() -> (Fleet, Server, Tamper, SimBoard) {
     let b = SimBoard::new(&f, MAC);
     let run = b.boot(&t.base, 6);
     assert!(run.settled(), "{}", run.out);
-    assert!(
-        run.last_app_line().starts_with("APP one primary"),
-        "{}",
-        run.out
-    );
+    runs(&run, "APP one primary");
     (f, s, t, b)
 }
 
 /// The board asks for an update through the tampering proxy: it must refuse with `reason`,
 /// keep running what it ran, and report `update_failed` with that reason.
 fn refuses(f: &Fleet, t: &Tamper, b: &SimBoard, reason: &str) {
-    b.ask_for_update();
-    let run = b.boot(&t.base, 4);
-    assert!(run.settled(), "{}", run.out);
-    assert!(
-        run.out.contains(reason),
-        "expected {reason:?}:\n{}",
-        run.out
-    );
-    assert!(
-        run.last_app_line().starts_with("APP one primary"),
-        "{}",
-        run.out
-    );
+    refuses_quietly(t, b, reason);
     let report = eventually("the refusal's report", Duration::from_secs(10), || {
         let r = last_report(f);
         (r["error"].as_str().is_some_and(|e| e.contains(reason))).then_some(r)
@@ -108,13 +92,8 @@ fn forged_unsigned_and_misdirected_manifests_are_refused() {
 
     // With the attacker gone the board takes the real update.
     t.clear();
-    b.ask_for_update();
-    let run = b.boot(&t.base, 4);
-    assert!(
-        run.last_app_line().starts_with("APP evil primary"),
-        "{}",
-        run.out
-    );
+    let run = update(&b, &t.base);
+    runs(&run, "APP evil primary");
 }
 
 #[test]
@@ -127,24 +106,14 @@ fn a_replayed_older_manifest_cannot_bring_old_code_back() {
     s.wait_get(&path, |r| {
         r.json()["generation"].as_i64() > Some(old_generation)
     });
-    b.ask_for_update();
-    let run = b.boot(&t.base, 4);
-    assert!(
-        run.last_app_line().starts_with("APP two primary"),
-        "{}",
-        run.out
-    );
+    let run = update(&b, &t.base);
+    runs(&run, "APP two primary");
     assert!(b.json("ota/trust.json")["gen"].as_i64() > Some(old_generation));
     // The old manifest is validly signed for this board: only its generation gives it away.
     t.set(&path, move |_| old.clone());
-    b.ask_for_update();
-    let run = b.boot(&t.base, 4);
+    let run = update(&b, &t.base);
     assert!(run.out.contains("is older than"), "{}", run.out);
-    assert!(
-        run.last_app_line().starts_with("APP two primary"),
-        "{}",
-        run.out
-    );
+    runs(&run, "APP two primary");
 }
 
 #[test]
@@ -165,11 +134,7 @@ fn a_tampered_main_py_at_bootstrap_is_not_installed() {
     // The same board, the attacker gone: the bootstrap is safe to run again.
     t.clear();
     let run = b.boot(&t.base, 6);
-    assert!(
-        run.last_app_line().starts_with("APP one primary"),
-        "{}",
-        run.out
-    );
+    runs(&run, "APP one primary");
 }
 
 #[test]
@@ -263,20 +228,16 @@ fn a_rotated_key_locks_the_board_out_until_it_is_provisioned_again() {
     assert_eq!(show["replayed_reports"], 0, "{show}");
 }
 
-/// As [`refuses`], for a board whose reports cannot reach the server.
+/// The board asks for an update through `t` and refuses it with `reason`, still running
+/// what it ran.
 fn refuses_quietly(t: &Tamper, b: &SimBoard, reason: &str) {
-    b.ask_for_update();
-    let run = b.boot(&t.base, 4);
+    let run = update(b, &t.base);
     assert!(
         run.out.contains(reason),
         "expected {reason:?}:\n{}",
         run.out
     );
-    assert!(
-        run.last_app_line().starts_with("APP one primary"),
-        "{}",
-        run.out
-    );
+    runs(&run, "APP one primary");
 }
 
 #[test]
@@ -305,13 +266,8 @@ fn a_store_restored_from_an_older_backup_does_not_strand_its_boards() {
     s.wait_get(&format!("v1/{MAC}.json"), |r| {
         r.json()["modules"]["sensorclass"]["version"] == "3"
     });
-    b.ask_for_update();
-    let run = b.boot(&s.base, 4);
-    assert!(
-        run.last_app_line().starts_with("APP three primary"),
-        "{}",
-        run.out
-    );
+    let run = update(&b, &s.base);
+    runs(&run, "APP three primary");
     let high = b.json("ota/trust.json")["gen"].as_i64().unwrap();
     // Disaster: the store is restored from the backup, on the same address.
     s.terminate();
@@ -327,20 +283,14 @@ fn a_store_restored_from_an_older_backup_does_not_strand_its_boards() {
     );
     // The board refuses the restored generation and says which one it has; the server moves
     // the device above it, and the next update goes through: back to what the backup says.
-    b.ask_for_update();
-    let run = b.boot(&s.base, 4);
+    let run = update(&b, &s.base);
     assert!(run.out.contains("is older than"), "{}", run.out);
     let moved = s.wait_get(&format!("v1/{MAC}.json"), |r| {
         r.json()["generation"].as_i64() > Some(high)
     });
     assert_eq!(moved.json()["modules"]["sensorclass"]["version"], "1");
-    b.ask_for_update();
-    let run = b.boot(&s.base, 4);
-    assert!(
-        run.last_app_line().starts_with("APP one primary"),
-        "{}",
-        run.out
-    );
+    let run = update(&b, &s.base);
+    runs(&run, "APP one primary");
 }
 
 fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
@@ -365,20 +315,11 @@ fn a_board_installs_updates_and_refuses_forgeries_from_a_static_export() {
     let web = StaticFiles::start(www.clone());
     let b = SimBoard::new(&f, MAC);
     let run = b.boot(&web.base, 6);
-    assert!(
-        run.last_app_line().starts_with("APP one primary"),
-        "{}",
-        run.out
-    );
+    runs(&run, "APP one primary");
     f.publish("sensorclass", "VALUE = 'two'\n", &[]);
     export(&f);
-    b.ask_for_update();
-    let run = b.boot(&web.base, 4);
-    assert!(
-        run.last_app_line().starts_with("APP two primary"),
-        "{}",
-        run.out
-    );
+    let run = update(&b, &web.base);
+    runs(&run, "APP two primary");
     // Someone with write access to the web server's files, but not the store, edits a manifest.
     f.publish("sensorclass", "VALUE = 'three'\n", &[]);
     export(&f);
@@ -389,18 +330,13 @@ fn a_board_installs_updates_and_refuses_forgeries_from_a_static_export() {
         text.replace("m/sensorclass/3", "m/sensorclass/1"),
     )
     .unwrap();
-    b.ask_for_update();
-    let run = b.boot(&web.base, 4);
+    let run = update(&b, &web.base);
     assert!(
         run.out.contains("not signed with this board's key"),
         "{}",
         run.out
     );
-    assert!(
-        run.last_app_line().starts_with("APP two primary"),
-        "{}",
-        run.out
-    );
+    runs(&run, "APP two primary");
 }
 
 #[test]
@@ -421,24 +357,15 @@ fn secrets_reach_the_board_in_its_bootstrap_only_and_updates_keep_them() {
     let mut b = SimBoard::new(&f, MAC);
     b.bootstrap = Some(f.file("bootstrap.py", &text));
     let run = b.boot(&s.base, 6);
-    assert!(
-        run.last_app_line().starts_with("APP one primary"),
-        "{}",
-        run.out
-    );
+    runs(&run, "APP one primary");
     let want = json!({"wifi": "hunter2 \u{e9}\"'\\", "n": 3});
     assert_eq!(b.json("secrets.json"), want);
     f.publish("sensorclass", "VALUE = 'two'\n", &[]);
     s.wait_get(&format!("v1/{MAC}.json"), |r| {
         r.json()["modules"]["sensorclass"]["version"] == "2"
     });
-    b.ask_for_update();
-    let run = b.boot(&s.base, 4);
-    assert!(
-        run.last_app_line().starts_with("APP two primary"),
-        "{}",
-        run.out
-    );
+    let run = update(&b, &s.base);
+    runs(&run, "APP two primary");
     assert_eq!(b.json("secrets.json"), want);
     let www = f.dir.path().join("www");
     f.ok(&["export", www.to_str().unwrap()]);
@@ -464,4 +391,15 @@ fn a_new_data_directory_is_readable_by_its_owner_only() {
     let f = fleet_with_board(MAC, &[]);
     let mode = std::fs::metadata(f.data()).unwrap().permissions().mode();
     assert_eq!(mode & 0o777, 0o700, "{mode:o}");
+}
+
+/// The board asks for an update, then boots (at most 4 boots) from `base`.
+fn update(b: &SimBoard, base: &str) -> crate::harness::SimRun {
+    b.ask_for_update();
+    b.boot(base, 4)
+}
+
+/// The run ended in the app, saying `prefix` first.
+fn runs(run: &crate::harness::SimRun, prefix: &str) {
+    assert!(run.last_app_line().starts_with(prefix), "{}", run.out);
 }
