@@ -223,22 +223,29 @@ def mac():
 def _lines(path, section="modules"):
     # Yields (name, entry) for every line of a section ("modules" or "boot")
     # of a manifest or a configuration on flash; raises if it is cut short.
-    with open(path) as f:
-        line = f.readline()
-        if section != "modules":
-            while line and not line.startswith('},"%s"' % section):
+    # The file is open only while a line is read: a download the caller runs
+    # meanwhile has the heap to itself.
+    pos = None
+    while True:
+        with open(path) as f:
+            if pos is None:
                 line = f.readline()
-        while True:
+                if section != "modules":
+                    while line and not line.startswith('},"%s"' % section):
+                        line = f.readline()
+            else:
+                f.seek(pos)
             line = f.readline()
-            if not line.startswith('"'):
-                if not line.startswith("}"):
-                    raise ValueError(path + " is cut short")
-                return
-            # "name":{...}, or "name":[...], parsed in place (json.loads takes
-            # a memoryview): no copies of the line
-            i = line.find('"', 1)
-            j = max(line.rfind("}"), line.rfind("]")) + 1
-            yield line[1:i], json.loads(memoryview(line)[i + 2 : j])
+            pos = f.tell()
+        if not line.startswith('"'):
+            if not line.startswith("}"):
+                raise ValueError(path + " is cut short")
+            return
+        # "name":{...}, or "name":[...], parsed in place (json.loads takes a
+        # memoryview): no copies of the line
+        i = line.find('"', 1)
+        j = max(line.rfind("}"), line.rfind("]")) + 1
+        yield line[1:i], json.loads(memoryview(line)[i + 2 : j])
 
 
 def _ok(s, size, extra):

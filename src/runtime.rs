@@ -21,7 +21,7 @@ use anyhow::Result;
 /// The release of the runtime below. Any change to the sources in [`RUNTIME`] is a new
 /// release: bump this and append the new sources' hash to `RELEASES` in this file's tests
 /// (the test `runtime_release_is_pinned` fails until you do, and prints the hash).
-pub const RUNTIME_RELEASE: u32 = 3;
+pub const RUNTIME_RELEASE: u32 = 4;
 
 /// The runtime modules, as (module name, source). `main` is what a board's `/main.py` holds
 /// (a stub), `mpfleet` and `mpfleet_boot` its first stage: they are installed by the
@@ -178,6 +178,11 @@ mod tests {
         (
             3,
             "3ee6e4d40e3e91d1195758661d754deb08bb5a8488ca38586537a9ad8d78a7cb",
+        ),
+        // 4: no manifest or configuration file stays open while the caller of `_lines` works.
+        (
+            4,
+            "574bcc027602c587350203232939eb1e3e4f409c42653bb86fa40dd679c65153",
         ),
     ];
 
