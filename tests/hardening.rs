@@ -438,3 +438,19 @@ fn report_strings_cannot_steer_the_terminal() {
     let show = f.json(&["device", "show", "deadbeef1234", "--json"]);
     assert_eq!(show["last_report"]["config"], config);
 }
+
+/// SIGHUP (a closed terminal, `systemctl reload`) neither stops `serve` nor drops anything:
+/// it says so and goes on serving.
+#[test]
+fn sighup_reloads_nothing_and_stops_nothing() {
+    let f = fleet(&[]);
+    let mut s = f.serve();
+    s.signal("HUP");
+    eventually("the SIGHUP to be logged", Duration::from_secs(10), || {
+        (s.log_count("SIGHUP: nothing to reload") == 1).then_some(())
+    });
+    assert_eq!(s.get("v1/deadbeef1234.json").status, 200);
+    assert!(s.exit_within(Duration::from_millis(300)).is_none());
+    s.sigterm();
+    assert_eq!(s.exit_within(Duration::from_secs(10)), Some(0));
+}

@@ -199,13 +199,26 @@ async fn serve_http1(listener: tokio::net::TcpListener, router: Router, limits: 
     }
 }
 
+/// Resolves at SIGTERM or Ctrl-C. SIGHUP (what `systemctl reload` and a closed terminal
+/// send) stops nothing and reloads nothing: changes to the store are served within a second
+/// anyway; it is logged.
 async fn shutdown() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("SIGTERM handler");
-        tokio::select! { _ = ctrl_c => {}, _ = term.recv() => {} }
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+        let mut hup = signal(SignalKind::hangup()).expect("SIGHUP handler");
+        tokio::pin!(ctrl_c);
+        loop {
+            tokio::select! {
+                _ = &mut ctrl_c => break,
+                _ = term.recv() => break,
+                _ = hup.recv() => tracing::info!(
+                    "SIGHUP: nothing to reload (changes to the store are served within a second)"
+                ),
+            }
+        }
     }
     #[cfg(not(unix))]
     let _ = ctrl_c.await;
