@@ -144,6 +144,26 @@ pub enum DeviceCommand {
         /// MODULE=VERSION pairs (VERSION may be `latest`).
         modules: Vec<String>,
     },
+    /// Set many devices at once from FILE (`-` for stdin): all of them, or none.
+    ///
+    /// The format is told by content: if the first non-blank line starts with `{`, each line
+    /// is JSON, `{"mac": "deadbeef1234", "app": "smartcharger", "modules": {"sensorclass":
+    /// "2"}}` ("modules" may be left out), as `device export` prints; otherwise the first line
+    /// is the CSV header `mac,app,modules` and each line after it `MAC,APP,PAIRS`, where PAIRS
+    /// is space-separated MODULE=VERSION (may be empty). Every line is checked (MAC, names,
+    /// versions published, no MAC twice, at most 64 modules) before anything is written; an
+    /// error names its line and nothing is imported. Devices already in the store are updated
+    /// and keep their keys; new ones get a key each. One transaction, however many lines.
+    ///
+    /// Example: mpfleet device import devices.csv   (devices.csv: `mac,app,modules` then `DE:AD:BE:EF:12:34,smartcharger,sensorclass=2`)
+    Import {
+        /// The file to read, or `-` for standard input.
+        file: PathBuf,
+    },
+    /// Print every device as a JSON line, the format `device import` reads (keys excluded).
+    ///
+    /// Example: mpfleet device export > devices.jsonl   (and back: mpfleet device import devices.jsonl)
+    Export,
     /// List devices (or, with --unknown, MACs that asked but are not devices yet).
     List {
         /// List MACs that asked for a manifest but have none.

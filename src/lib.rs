@@ -7,6 +7,7 @@
 // Stdout goes through `out::outln!`, which ends quietly on a closed pipe (see `out`).
 #![deny(clippy::print_stdout)]
 
+pub mod bulk;
 pub mod cli;
 mod commands;
 pub mod export;

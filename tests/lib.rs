@@ -5,6 +5,7 @@ mod harness;
 
 mod bad_code;
 mod board;
+mod cli_bulk;
 mod cli_device;
 mod cli_install;
 mod cli_module;

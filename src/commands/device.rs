@@ -1,5 +1,5 @@
-//! `mpfleet device ...`: set, list, show, rm. `list` and `show` only read the store; `set`
-//! and `rm` change it.
+//! `mpfleet device ...`: set, import, export, list, show, rm. `export`, `list` and `show`
+//! only read the store; `set`, `import` and `rm` change it.
 
 use super::{ago, print_json, table, terminal::for_terminal};
 use crate::cli::DeviceCommand;
@@ -9,6 +9,7 @@ use crate::out::{out, outln};
 use crate::store::Store;
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
+use std::io::{Read, Write};
 use std::path::Path;
 
 fn mac(s: &str) -> Result<Mac> {
@@ -47,6 +48,50 @@ pub fn run(data: &Path, command: DeviceCommand) -> Result<()> {
                 "device {m}: {} (generation {generation})",
                 desired.to_seed_json()
             )?;
+            Ok(())
+        }
+        DeviceCommand::Import { file } => {
+            let (name, text) = if file.as_os_str() == "-" {
+                let mut text = String::new();
+                std::io::stdin()
+                    .read_to_string(&mut text)
+                    .context("reading standard input")?;
+                ("standard input".to_owned(), text)
+            } else {
+                let text = std::fs::read_to_string(&file)
+                    .with_context(|| format!("reading {}", file.display()))?;
+                (file.display().to_string(), text)
+            };
+            let nothing = || format!("{name}: nothing imported");
+            let entries = crate::bulk::parse(&text).with_context(nothing)?;
+            let mut store = Store::open(data)?;
+            // Name the line of a module or version that does not exist; `set_devices` checks
+            // again inside its transaction (versions are never deleted, so this one decides).
+            let cat = store.catalog()?;
+            for e in &entries {
+                cat.resolve(&e.desired)
+                    .with_context(|| format!("line {}: device {}", e.line, e.mac))
+                    .with_context(nothing)?;
+            }
+            let devices: Vec<_> = entries.into_iter().map(|e| (e.mac, e.desired)).collect();
+            let counts = store.set_devices(&devices).with_context(nothing)?;
+            outln!(
+                "imported {} devices from {name}: {} created, {} updated, {} unchanged",
+                devices.len(),
+                counts.created,
+                counts.updated,
+                counts.unchanged
+            )?;
+            Ok(())
+        }
+        DeviceCommand::Export => {
+            let store = Store::open_read_only(data)?;
+            let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+            for d in store.devices()? {
+                writeln!(out, "{}", crate::bulk::export_line(&d.mac, &d.desired))
+                    .map_err(crate::out::failed)?;
+            }
+            out.flush().map_err(crate::out::failed)?;
             Ok(())
         }
         DeviceCommand::List {

@@ -6,6 +6,15 @@ use crate::names::Mac;
 use anyhow::{Context, Result};
 use rusqlite::Transaction;
 use serde_json::Value;
+use std::collections::HashMap;
+
+/// What [`Store::set_devices`] did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BulkCounts {
+    pub created: usize,
+    pub updated: usize,
+    pub unchanged: usize,
+}
 
 #[derive(Debug, Clone)]
 pub struct DeviceRow {
@@ -133,6 +142,59 @@ impl Store {
             [mac.as_str()],
             |r| r.get(0),
         )?)
+    }
+
+    /// Stores the desired manifests of many devices in one transaction (`device import`):
+    /// new devices get random keys, existing ones keep theirs; generations are refreshed and
+    /// the revision bumped once. Every manifest is resolved first: if one names a module or
+    /// version that does not exist, nothing is written. MACs must be distinct.
+    pub fn set_devices(&mut self, devices: &[(Mac, Desired)]) -> Result<BulkCounts> {
+        let tx = self.write()?;
+        let cat: Catalog = catalog(&tx)?;
+        for (mac, desired) in devices {
+            cat.resolve(desired)
+                .with_context(|| format!("device {mac}"))?;
+        }
+        let old: HashMap<String, String> = {
+            let mut stmt = tx.prepare("SELECT mac, desired FROM devices")?;
+            let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            rows.collect::<rusqlite::Result<_>>()?
+        };
+        let mut counts = BulkCounts::default();
+        {
+            let mut insert = tx.prepare(
+                "INSERT INTO devices (mac, desired, generation, resolved_hash, created_at, key)
+                 VALUES (?1, ?2, 0, '', ?3, ?4)",
+            )?;
+            let mut update = tx.prepare("UPDATE devices SET desired = ?2 WHERE mac = ?1")?;
+            let mut forget = tx.prepare("DELETE FROM unknown_devices WHERE mac = ?1")?;
+            let at = now();
+            for (mac, desired) in devices {
+                let text = desired.to_seed_json();
+                match old.get(mac.as_str()) {
+                    Some(o) if *o == text => {
+                        counts.unchanged += 1;
+                        continue;
+                    }
+                    Some(_) => {
+                        update.execute([mac.as_str(), text.as_str()])?;
+                        counts.updated += 1;
+                    }
+                    None => {
+                        let key = DeviceKey::random()?;
+                        insert.execute(rusqlite::params![mac.as_str(), text, at, key.to_hex()])?;
+                        counts.created += 1;
+                    }
+                }
+                forget.execute([mac.as_str()])?;
+            }
+        }
+        if counts.created + counts.updated > 0 {
+            commit_change(tx)?;
+        } else {
+            tx.commit()?;
+        }
+        Ok(counts)
     }
 
     /// Forgets a device and its reports. Returns false if it was not known.

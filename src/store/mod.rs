@@ -18,7 +18,7 @@ mod reports;
 mod schema;
 
 pub use blobs::sha256_hex;
-pub use devices::DeviceRow;
+pub use devices::{BulkCounts, DeviceRow};
 pub use keys::DeviceKey;
 pub use modules::{check_module, NewVersion, Published, VersionRow};
 pub use reports::{Report, Sighting, UnknownDevice, REPORT_HISTORY};
