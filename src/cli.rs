@@ -10,8 +10,8 @@ use std::path::PathBuf;
 /// them to your boards over HTTP: they install only what changed, verify it, roll back by
 /// themselves when new code crashes, and report what they run.
 ///
-/// Commands that only read (`module list|show`, `device list|show`, `export`) write nothing
-/// in the data directory. `serve` and the commands that change the store publish the device
+/// Commands that only read (`module list|show`, `device list|show|export`, `export`) write
+/// nothing in the data directory. `serve` and the commands that change the store publish the device
 /// runtime this binary carries when it is a newer release than the store runs (never an
 /// older one).
 #[derive(Debug, Parser)]
@@ -34,6 +34,7 @@ const EXAMPLES: &str = "Examples:
   mpfleet serve                                   serve boards on 0.0.0.0:8080
   mpfleet module publish sensorclass.py           publish the next version of sensorclass
   mpfleet device set DE:AD:BE:EF:12:34 --app smartcharger sensorclass=2
+  mpfleet device import devices.csv               many devices at once (CSV or JSON lines)
   mpfleet export /srv/www/ota                     the same tree as static files";
 
 #[derive(Debug, Subcommand)]

@@ -1,7 +1,7 @@
 //! What each subcommand does: parse the user's words into checked types, call the store,
 //! print a table (or JSON with `--json`).
 //!
-//! A command that only reads (`module list|show`, `device list|show`, `export`) opens the
+//! A command that only reads (`module list|show`, `device list|show|export`, `export`) opens the
 //! store with `Store::open_read_only` and writes nothing in the data directory; the others
 //! (and `serve`) open it with `Store::open`, which may publish the runtime this binary
 //! carries (see `crate::runtime`).

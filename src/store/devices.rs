@@ -145,44 +145,82 @@ impl Store {
     }
 
     /// Stores the desired manifests of many devices in one transaction (`device import`):
-    /// new devices get random keys, existing ones keep theirs; generations are refreshed and
-    /// the revision bumped once. Every manifest is resolved first: if one names a module or
-    /// version that does not exist, nothing is written. MACs must be distinct.
+    /// new devices get random keys, existing ones keep theirs; the revision is bumped once.
+    /// Every manifest is resolved first: if one names a module or version that does not
+    /// exist, nothing is written. MACs must be distinct.
+    ///
+    /// Generations are given here, not by [`refresh_generations`]: the catalog does not
+    /// change in this transaction, so only the devices written here can resolve to new
+    /// content, and resolving the other devices of a large fleet again would be most of the
+    /// time of an import.
     pub fn set_devices(&mut self, devices: &[(Mac, Desired)]) -> Result<BulkCounts> {
         let tx = self.write()?;
         let cat: Catalog = catalog(&tx)?;
-        for (mac, desired) in devices {
-            cat.resolve(desired)
-                .with_context(|| format!("device {mac}"))?;
-        }
-        let old: HashMap<String, String> = {
-            let mut stmt = tx.prepare("SELECT mac, desired FROM devices")?;
-            let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        let hashes = devices
+            .iter()
+            .map(|(mac, desired)| {
+                let resolved = cat
+                    .resolve(desired)
+                    .with_context(|| format!("device {mac}"))?;
+                Ok(resolved.content_hash())
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let old: HashMap<String, (String, String)> = {
+            let mut stmt = tx.prepare("SELECT mac, desired, resolved_hash FROM devices")?;
+            let rows = stmt.query_map([], |r| Ok((r.get(0)?, (r.get(1)?, r.get(2)?))))?;
             rows.collect::<rusqlite::Result<_>>()?
         };
+        let last: i64 = tx.query_row(
+            "SELECT value FROM counters WHERE name = 'generation'",
+            [],
+            |r| r.get(0),
+        )?;
+        let mut generation = last;
         let mut counts = BulkCounts::default();
         {
             let mut insert = tx.prepare(
                 "INSERT INTO devices (mac, desired, generation, resolved_hash, created_at, key)
-                 VALUES (?1, ?2, 0, '', ?3, ?4)",
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
             )?;
             let mut update = tx.prepare("UPDATE devices SET desired = ?2 WHERE mac = ?1")?;
+            let mut regenerate = tx.prepare(
+                "UPDATE devices SET desired = ?2, generation = ?3, resolved_hash = ?4
+                 WHERE mac = ?1",
+            )?;
             let mut forget = tx.prepare("DELETE FROM unknown_devices WHERE mac = ?1")?;
             let at = now();
-            for (mac, desired) in devices {
+            for ((mac, desired), hash) in devices.iter().zip(&hashes) {
                 let text = desired.to_seed_json();
                 match old.get(mac.as_str()) {
-                    Some(o) if *o == text => {
+                    Some((o, _)) if *o == text => {
                         counts.unchanged += 1;
                         continue;
                     }
-                    Some(_) => {
+                    Some((_, old_hash)) if old_hash == hash => {
                         update.execute([mac.as_str(), text.as_str()])?;
                         counts.updated += 1;
                     }
+                    Some(_) => {
+                        generation += 1;
+                        regenerate.execute(rusqlite::params![
+                            mac.as_str(),
+                            text,
+                            generation,
+                            hash
+                        ])?;
+                        counts.updated += 1;
+                    }
                     None => {
+                        generation += 1;
                         let key = DeviceKey::random()?;
-                        insert.execute(rusqlite::params![mac.as_str(), text, at, key.to_hex()])?;
+                        insert.execute(rusqlite::params![
+                            mac.as_str(),
+                            text,
+                            generation,
+                            hash,
+                            at,
+                            key.to_hex()
+                        ])?;
                         counts.created += 1;
                     }
                 }
@@ -190,10 +228,13 @@ impl Store {
             }
         }
         if counts.created + counts.updated > 0 {
-            commit_change(tx)?;
-        } else {
-            tx.commit()?;
+            tx.execute(
+                "UPDATE counters SET value = ?1 WHERE name = 'generation'",
+                [generation],
+            )?;
+            bump(&tx, "revision")?;
         }
+        tx.commit()?;
         Ok(counts)
     }
 
