@@ -82,7 +82,9 @@ def _save(url, path, size, sha256):
 
 
 def _hmac():
-    # HMAC-SHA256 under KEY: (inner hash to feed, outer key pad).
+    # HMAC-SHA256 under KEY: (inner hash to feed, outer key pad). The updater
+    # has its own, but the bootstrap checks the manifest that names the
+    # updater before it may trust any updater.
     k = bytearray(binascii.unhexlify(KEY) + bytes(32))
     for i in range(64):
         k[i] ^= 0x36

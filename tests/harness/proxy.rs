@@ -101,6 +101,34 @@ fn forward(upstream: &str, req: &Request) -> std::io::Result<Vec<u8>> {
 }
 
 /// A proxy in front of the real server that applies a fault to matching paths.
+/// Where a raw HTTP response's body starts (its length if it has no complete head).
+fn body_start(response: &[u8]) -> usize {
+    response
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map_or(response.len(), |p| p + 4)
+}
+
+/// A response `head` for a body of `len` bytes: its own lines but Content-Length and
+/// Connection, then those two (the proxies answer one request per connection).
+fn head_for(head: &[u8], len: usize) -> String {
+    let mut out = String::new();
+    for line in String::from_utf8_lossy(head)
+        .split("\r\n")
+        .filter(|l| !l.is_empty())
+    {
+        let lower = line.to_ascii_lowercase();
+        if !lower.starts_with("content-length:") && !lower.starts_with("connection:") {
+            out.push_str(line);
+            out.push_str("\r\n");
+        }
+    }
+    out.push_str(&format!(
+        "Content-Length: {len}\r\nConnection: close\r\n\r\n"
+    ));
+    out
+}
+
 pub struct FaultProxy {
     pub base: String,
     state: Arc<Mutex<(Fault, String)>>,
@@ -155,11 +183,7 @@ fn proxy_one(
         _ => {}
     }
     let response = forward(upstream, &req)?;
-    let split = response
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .map_or(response.len(), |p| p + 4);
-    let (rhead, rbody) = response.split_at(split);
+    let (rhead, rbody) = response.split_at(body_start(&response));
     let mut rbody = rbody.to_vec();
     match fault {
         Fault::FlipByte if !rbody.is_empty() => {
@@ -169,22 +193,7 @@ fn proxy_one(
         Fault::ExtraByte => rbody.push(b'\n'),
         _ => {}
     }
-    let mut out_head = String::new();
-    for line in String::from_utf8_lossy(rhead)
-        .split("\r\n")
-        .filter(|l| !l.is_empty())
-    {
-        let lower = line.to_ascii_lowercase();
-        if !lower.starts_with("content-length:") && !lower.starts_with("connection:") {
-            out_head.push_str(line);
-            out_head.push_str("\r\n");
-        }
-    }
-    write!(
-        conn,
-        "{out_head}Content-Length: {}\r\nConnection: close\r\n\r\n",
-        rbody.len()
-    )?;
+    conn.write_all(head_for(rhead, rbody.len()).as_bytes())?;
     if fault == Fault::Truncate {
         conn.write_all(&rbody[..rbody.len() / 2])?;
     } else {
@@ -276,10 +285,8 @@ fn route_one(
 /// Seals the manifest in `response` (if it is one) again under [`Router::KEY`]: same length,
 /// so Content-Length still holds.
 fn reseal(response: &mut [u8]) {
-    let Some(head_end) = response.windows(4).position(|w| w == b"\r\n\r\n") else {
-        return;
-    };
-    let body = &mut response[head_end + 4..];
+    let start = body_start(response);
+    let body = &mut response[start..];
     if !body.starts_with(b"{\"hmac\":\"") {
         return;
     }
@@ -314,20 +321,9 @@ impl Tamper {
             let rule = shared.lock().unwrap().clone();
             let response = match rule {
                 Some((prefix, f)) if req.path().trim_start_matches('/').starts_with(&prefix) => {
-                    let split = response
-                        .windows(4)
-                        .position(|w| w == b"\r\n\r\n")
-                        .map_or(response.len(), |p| p + 4);
-                    let (head, body) = response.split_at(split);
+                    let (head, body) = response.split_at(body_start(&response));
                     let body = f(body);
-                    let head: String = String::from_utf8_lossy(head)
-                        .lines()
-                        .filter(|l| !l.to_ascii_lowercase().starts_with("content-length:"))
-                        .filter(|l| !l.is_empty())
-                        .map(|l| format!("{l}\r\n"))
-                        .collect();
-                    let mut out =
-                        format!("{head}Content-Length: {}\r\n\r\n", body.len()).into_bytes();
+                    let mut out = head_for(head, body.len()).into_bytes();
                     out.extend_from_slice(&body);
                     out
                 }
