@@ -86,7 +86,7 @@ fn write_tree(snapshot: &Snapshot, root: &Path) -> Result<Exported> {
         {
             bail!("refusing to export unsafe path {path:?}");
         }
-        let file = root.join(path);
+        let file = root.join(&*path);
         if let Some(p) = file.parent() {
             fs::create_dir_all(p)?;
         }

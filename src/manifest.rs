@@ -237,16 +237,15 @@ impl Resolved {
     /// and ends with `"modules":{`; then one `"name":{...}` per line; then `},"boot":{`, one
     /// line per file a bootstrap installs, and `}}`.
     pub fn to_json(&self, mac: &Mac, store: &str, generation: i64) -> String {
-        let head = json!({
-            "device": mac.as_str(),
-            "store": store,
-            "app": self.app.as_str(),
-            "generation": generation,
-        })
-        .to_string();
-        let mut out = String::with_capacity(head.len() + 320 * (self.modules.len() + 3));
-        out.push_str(&head[..head.len() - 1]);
-        out.push_str(",\"modules\":{");
+        let mut out = head(mac, store, &self.app, generation);
+        out.push_str(&self.tail());
+        out
+    }
+
+    /// Everything of [`Self::to_json`] after the head: the same for every device that
+    /// resolves to the same files, so the served tree keeps it once for all of them.
+    pub fn tail(&self) -> String {
+        let mut out = String::with_capacity(320 * (self.modules.len() + 3));
         lines(
             &mut out,
             self.modules.iter().map(|(n, m)| (n, file_entry(n, m))),
@@ -268,6 +267,22 @@ impl Resolved {
         out.push_str("\n}}\n");
         out
     }
+}
+
+/// The first line of a device's manifest, up to and including `"modules":{`: the device, the
+/// store, the app and the generation ([`Resolved::to_json`] is this, then the tail).
+pub fn head(mac: &Mac, store: &str, app: &ModuleName, generation: i64) -> String {
+    let head = json!({
+        "device": mac.as_str(),
+        "store": store,
+        "app": app.as_str(),
+        "generation": generation,
+    })
+    .to_string();
+    let mut out = String::with_capacity(head.len() + 12);
+    out.push_str(&head[..head.len() - 1]);
+    out.push_str(",\"modules\":{");
+    out
 }
 
 /// Appends `"name":{entry}` lines, each after a newline, separated by commas.

@@ -106,6 +106,16 @@ impl Mac {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// The 48 bits of the address, for compact tables.
+    pub fn bits(&self) -> u64 {
+        u64::from_str_radix(&self.0, 16).expect("a Mac is 12 hex digits")
+    }
+
+    /// The address of `bits` (the low 48 are used).
+    pub fn from_bits(bits: u64) -> Self {
+        Self(format!("{:012x}", bits & 0xffff_ffff_ffff))
+    }
 }
 
 impl fmt::Display for Mac {

@@ -2,18 +2,26 @@
 //!
 //! It is a pure function of the store's state, built once per change. `serve` keeps the
 //! current one in memory and answers device reads from it without touching the database;
-//! `export` writes the same one to disk. Both therefore serve the same bytes. A device's
-//! manifest is sealed with its key (`crate::sign`); the keys are kept beside the tree, to
-//! check reports, and are never part of it.
+//! `export` writes the same one to disk. Both therefore serve the same bytes.
+//!
+//! Module files are kept whole (there are few of them). A device's two paths are not: the
+//! tree keeps, per device, its generation, its key and two shared pieces (its desired
+//! manifest, and the part of its resolved manifest that every device resolving to the same
+//! files has in common), and renders `v1/{mac}.json` when it is asked for, sealing it with
+//! the device's key (`crate::sign`): a few microseconds per request, and about 200 bytes per
+//! device instead of a sealed copy of its manifest (BENCHMARKS.md, "A fleet of 100,000").
+//! The keys, kept to check reports, are never part of a served path.
 
-use crate::manifest::{mpy_path, version_path};
-use crate::names::Mac;
+use crate::manifest::{mpy_path, version_path, Desired, Resolved};
+use crate::names::{Mac, ModuleName};
 use crate::store::{DeviceKey, Store};
 use anyhow::Result;
 use axum::body::Bytes;
 use axum::http::HeaderValue;
 use serde_json::{Map, Value};
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
 /// One file of the tree.
 #[derive(Debug, Clone)]
@@ -29,11 +37,34 @@ pub struct Entry {
 #[derive(Debug, Default)]
 pub struct Snapshot {
     pub revision: i64,
+    /// Every file that is not a device's own: modules, `latestversions`.
     files: BTreeMap<String, Entry>,
     /// Blob bytes by SHA-256, reused by the next build so only new blobs are read.
     blobs: HashMap<String, Bytes>,
-    /// Each device's key, to check its reports. Never a served path.
-    keys: HashMap<Mac, DeviceKey>,
+    /// What each device's `{mac}` and `v1/{mac}.json` are made from, by [`Mac::bits`].
+    devices: HashMap<u64, DeviceFiles, BuildMacHasher>,
+    /// The store's identity, named in every manifest.
+    store_id: String,
+}
+
+/// One device's share of the tree.
+#[derive(Debug)]
+struct DeviceFiles {
+    generation: i64,
+    /// Its key, to seal its manifest and check its reports. Never a served path.
+    key: DeviceKey,
+    /// `{mac}`: its desired manifest (one copy for every device that wants the same).
+    seed: Arc<Entry>,
+    /// What `v1/{mac}.json` is made from, or None when its manifest does not resolve.
+    resolved: Option<Arc<Shared>>,
+}
+
+/// The part of a resolved manifest that is not about one device: the app, and every line
+/// after the head ([`Resolved::tail`]).
+#[derive(Debug)]
+struct Shared {
+    app: ModuleName,
+    tail: String,
 }
 
 const JSON: &str = "application/json";
@@ -51,15 +82,53 @@ fn entry(body: Bytes, content_type: &'static str, immutable: bool) -> Entry {
     }
 }
 
+/// The device a device's own path is about (`{mac}` or `v1/{mac}.json`, the MAC in the
+/// canonical form the tree uses: 12 lowercase hex digits), as [`Mac::bits`], and whether it
+/// is the manifest.
+fn device_path(path: &str) -> Option<(u64, bool)> {
+    let (candidate, manifest) = match path.strip_prefix("v1/") {
+        Some(p) => (p.strip_suffix(".json")?, true),
+        None => (path, false),
+    };
+    let canonical = candidate.len() == 12
+        && candidate
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+    canonical
+        .then(|| u64::from_str_radix(candidate, 16).ok().map(|m| (m, manifest)))
+        .flatten()
+}
+
+/// Hashes a MAC's 48 bits with one multiplication (Fibonacci hashing): the device table is
+/// looked up on every board request and filled at every change, and a MAC needs no
+/// protection from chosen collisions that SipHash would give (the table only holds devices
+/// the owner created).
+#[derive(Default, Clone, Copy)]
+struct MacHasher(u64);
+
+impl std::hash::Hasher for MacHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(*b)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+}
+
+type BuildMacHasher = std::hash::BuildHasherDefault<MacHasher>;
+
 impl Snapshot {
     /// Builds the tree from one consistent read of the store.
     pub fn build(store: &mut Store, previous: Option<&Snapshot>) -> Result<Snapshot> {
         store.read(|store| {
             let revision = store.revision()?;
             let catalog = store.catalog()?;
-            let devices = store.devices()?;
             let store_id = store.store_id()?;
-            let mut keys = HashMap::new();
             let mut files = BTreeMap::new();
             let mut blobs = HashMap::new();
             let mut blob = |sha: &str| -> Result<Bytes> {
@@ -92,40 +161,105 @@ impl Snapshot {
             let latest = Value::Object(latest).to_string();
             files.insert("latestversions".into(), entry(latest.into(), JSON, false));
 
-            for d in &devices {
-                let desired = d.desired.to_seed_json();
-                files.insert(d.mac.to_string(), entry(desired.into(), JSON, false));
-                keys.insert(d.mac.clone(), d.key.clone());
-                if let Ok(resolved) = catalog.resolve(&d.desired) {
-                    let body = resolved.to_json(&d.mac, &store_id, d.generation);
-                    let body = crate::sign::seal(&d.key, &body);
-                    files.insert(
-                        format!("v1/{}.json", d.mac),
-                        entry(body.into(), JSON, false),
-                    );
-                }
-            }
+            // Devices that want the same (most of a fleet) share one seed and one resolution:
+            // each distinct desired manifest is parsed and resolved once.
+            let mut shared: HashMap<String, (Arc<Entry>, Option<Arc<Shared>>)> = HashMap::new();
+            let mut devices = HashMap::with_capacity_and_hasher(
+                previous.map_or(0, |p| p.devices.len()),
+                BuildMacHasher::default(),
+            );
+            store.each_device_view(|mac, desired, generation, key| {
+                let (seed, resolved) = match shared.get(desired) {
+                    Some(s) => s.clone(),
+                    None => {
+                        let d = Desired::from_seed_json(desired)?;
+                        let resolved = catalog.resolve(&d).ok().map(|r: Resolved| {
+                            Arc::new(Shared {
+                                tail: r.tail(),
+                                app: r.app,
+                            })
+                        });
+                        let seed = Arc::new(entry(d.to_seed_json().into(), JSON, false));
+                        shared.insert(desired.to_owned(), (seed.clone(), resolved.clone()));
+                        (seed, resolved)
+                    }
+                };
+                devices.insert(
+                    mac,
+                    DeviceFiles {
+                        generation,
+                        key,
+                        seed,
+                        resolved,
+                    },
+                );
+                Ok(())
+            })?;
             Ok(Snapshot {
                 revision,
                 files,
                 blobs,
-                keys,
+                devices,
+                store_id,
             })
         })
     }
 
+    /// `v1/{mac}.json` of a device: its manifest, sealed with its key. Its ETag is the start
+    /// of the HMAC, which covers every byte the board checks (and changes with the key).
+    fn manifest(&self, mac: u64, d: &DeviceFiles) -> Option<Entry> {
+        let shared = d.resolved.as_ref()?;
+        let mac = Mac::from_bits(mac);
+        let mut manifest = crate::manifest::head(&mac, &self.store_id, &shared.app, d.generation);
+        manifest.push_str(&shared.tail);
+        let sealed = crate::sign::seal(&d.key, &manifest);
+        let etag = format!("\"{}\"", &sealed[9..41]);
+        Some(Entry {
+            etag: HeaderValue::from_str(&etag).expect("an ETag is ASCII"),
+            body: sealed.into(),
+            content_type: JSON,
+            immutable: false,
+        })
+    }
+
     /// The file at `path` (relative to the base URL, no leading slash).
-    pub fn get(&self, path: &str) -> Option<&Entry> {
-        self.files.get(path)
+    pub fn get(&self, path: &str) -> Option<Cow<'_, Entry>> {
+        if let Some(e) = self.files.get(path) {
+            return Some(Cow::Borrowed(e));
+        }
+        let (mac, manifest) = device_path(path)?;
+        let d = self.devices.get(&mac)?;
+        if manifest {
+            self.manifest(mac, d).map(Cow::Owned)
+        } else {
+            Some(Cow::Borrowed(&*d.seed))
+        }
+    }
+
+    /// Whether `mac` is a device of the store.
+    pub fn is_device(&self, mac: &Mac) -> bool {
+        self.devices.contains_key(&mac.bits())
     }
 
     /// The key of a device, if it is one.
     pub fn key(&self, mac: &Mac) -> Option<&DeviceKey> {
-        self.keys.get(mac)
+        self.devices.get(&mac.bits()).map(|d| &d.key)
     }
 
-    /// Every file, in path order.
-    pub fn files(&self) -> impl Iterator<Item = (&str, &Entry)> {
-        self.files.iter().map(|(p, e)| (p.as_str(), e))
+    /// Every file: the shared ones in path order, then each device's two (rendered now).
+    pub fn files(&self) -> impl Iterator<Item = (Cow<'_, str>, Cow<'_, Entry>)> {
+        let shared = self
+            .files
+            .iter()
+            .map(|(p, e)| (Cow::Borrowed(p.as_str()), Cow::Borrowed(e)));
+        let own = self.devices.iter().flat_map(move |(&mac, d)| {
+            let name = Mac::from_bits(mac);
+            let seed = (Cow::Owned(name.to_string()), Cow::Borrowed(&*d.seed));
+            let manifest = self
+                .manifest(mac, d)
+                .map(|e| (Cow::Owned(format!("v1/{name}.json")), Cow::Owned(e)));
+            std::iter::once(seed).chain(manifest)
+        });
+        shared.chain(own)
     }
 }

@@ -52,7 +52,7 @@ pub async fn read(
     let snapshot = app.snapshot();
     let Some(entry) = snapshot.get(path) else {
         if let Some(mac) = device_of(path) {
-            if snapshot.get(mac.as_str()).is_none() {
+            if !snapshot.is_device(&mac) {
                 let message = format!(
                     "unknown device {mac}: assign it with `mpfleet device set {mac} --app NAME`"
                 );

@@ -224,6 +224,18 @@ async fn shutdown() {
     let _ = ctrl_c.await;
 }
 
+/// CPU time this thread has used: what a rebuild costs, whatever else the machine runs
+/// (`bench/rebuild.sh` reads it from the log).
+fn thread_cpu() -> Duration {
+    let mut t = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes the timespec it is given, nothing else.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut t) };
+    Duration::new(t.tv_sec as u64, t.tv_nsec as u32)
+}
+
 /// Rebuilds the snapshot whenever the store's revision moves.
 fn spawn_refresher(mut store: Store, shared: Arc<ArcSwap<Snapshot>>) -> Result<()> {
     std::thread::Builder::new()
@@ -233,10 +245,14 @@ fn spawn_refresher(mut store: Store, shared: Arc<ArcSwap<Snapshot>>) -> Result<(
             let current = shared.load_full();
             match store.revision() {
                 Ok(rev) if rev != current.revision => {
+                    let started = Instant::now();
+                    let cpu = thread_cpu();
                     match Snapshot::build(&mut store, Some(&current)) {
                         Ok(next) => {
                             tracing::info!(
                                 revision = next.revision,
+                                build_ms = started.elapsed().as_millis() as u64,
+                                build_cpu_ms = (thread_cpu() - cpu).as_millis() as u64,
                                 "store changed; serving the new state"
                             );
                             shared.store(Arc::new(next));

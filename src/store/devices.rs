@@ -86,21 +86,40 @@ pub(super) fn refresh_generations(tx: &Transaction<'_>) -> Result<()> {
         let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
         rows.collect::<rusqlite::Result<_>>()?
     };
+    // Devices that want the same resolve the same: each distinct desired manifest is
+    // resolved once (a fleet of 100,000 has a handful).
+    let mut hashes: HashMap<String, Option<String>> = HashMap::new();
+    let mut changed = Vec::new();
     for (mac, desired, old_hash) in rows {
-        let desired = Desired::from_seed_json(&desired)?;
-        // A manifest that no longer resolves keeps its last generation; it cannot happen
-        // while versions are immutable and never deleted.
-        let Ok(resolved) = cat.resolve(&desired) else {
-            continue;
-        };
-        let hash = resolved.content_hash();
-        if hash != old_hash {
-            let generation = bump(tx, "generation")?;
-            tx.execute(
-                "UPDATE devices SET generation = ?2, resolved_hash = ?3 WHERE mac = ?1",
-                rusqlite::params![mac, generation, hash],
-            )?;
+        if !hashes.contains_key(&desired) {
+            // A manifest that no longer resolves keeps its last generation; it cannot happen
+            // while versions are immutable and never deleted.
+            let hash = cat
+                .resolve(&Desired::from_seed_json(&desired)?)
+                .ok()
+                .map(|r| r.content_hash());
+            hashes.insert(desired.clone(), hash);
         }
+        if let Some(hash) = &hashes[&desired] {
+            if *hash != old_hash {
+                changed.push((mac, hash.clone()));
+            }
+        }
+    }
+    if changed.is_empty() {
+        return Ok(());
+    }
+    // One step of the counter for all of them: generations `last + 1 ..= last + n`.
+    let last: i64 = tx.query_row(
+        "UPDATE counters SET value = value + ?1 WHERE name = 'generation' RETURNING value",
+        [changed.len() as i64],
+        |r| r.get(0),
+    )?;
+    let first = last - changed.len() as i64 + 1;
+    let mut update =
+        tx.prepare("UPDATE devices SET generation = ?2, resolved_hash = ?3 WHERE mac = ?1")?;
+    for (i, (mac, hash)) in changed.iter().enumerate() {
+        update.execute(rusqlite::params![mac, first + i as i64, hash])?;
     }
     Ok(())
 }
@@ -248,6 +267,31 @@ impl Store {
         }
         tx.commit()?;
         Ok(n > 0)
+    }
+
+    /// What the served tree needs of every device, in no order, without the rest of its
+    /// row (reports, counters): its MAC (as [`Mac::bits`]), desired manifest as stored,
+    /// generation and key. Calls `each` per device, so that a fleet of 100,000 is never a
+    /// vector of rows, and parses only what it must (stored MACs are canonical).
+    pub fn each_device_view(
+        &self,
+        mut each: impl FnMut(u64, &str, i64, DeviceKey) -> Result<()>,
+    ) -> Result<()> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT mac, desired, generation, key FROM devices")?;
+        let mut rows = stmt.query([])?;
+        while let Some(r) = rows.next()? {
+            let mac = r.get_ref(0)?.as_str()?;
+            let bits = u64::from_str_radix(mac, 16)
+                .ok()
+                .filter(|_| mac.len() == 12)
+                .with_context(|| format!("stored MAC {mac:?}"))?;
+            let key = DeviceKey::from_hex(r.get_ref(3)?.as_str()?)
+                .with_context(|| format!("stored key of {mac}"))?;
+            each(bits, r.get_ref(1)?.as_str()?, r.get(2)?, key)?;
+        }
+        Ok(())
     }
 
     pub fn devices(&self) -> Result<Vec<DeviceRow>> {
