@@ -95,7 +95,11 @@ fn device_path(path: &str) -> Option<(u64, bool)> {
             .bytes()
             .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
     canonical
-        .then(|| u64::from_str_radix(candidate, 16).ok().map(|m| (m, manifest)))
+        .then(|| {
+            u64::from_str_radix(candidate, 16)
+                .ok()
+                .map(|m| (m, manifest))
+        })
         .flatten()
 }
 
@@ -261,5 +265,86 @@ impl Snapshot {
             std::iter::once(seed).chain(manifest)
         });
         shared.chain(own)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::manifest::Want;
+
+    /// A store with `app` and `lib` published and `n` devices running `app`, every other one
+    /// pinning `lib` 1 (so two distinct desired manifests).
+    fn store(dir: &std::path::Path, n: u64) -> Store {
+        let mut store = Store::open(dir).unwrap();
+        let name = |s: &str| ModuleName::parse(s).unwrap();
+        store
+            .publish(&name("app"), None, b"import lib\n", true)
+            .unwrap();
+        store.publish(&name("lib"), None, b"x = 1\n", true).unwrap();
+        store.publish(&name("lib"), None, b"x = 2\n", true).unwrap();
+        let devices: Vec<(Mac, Desired)> = (0..n)
+            .map(|i| {
+                let want = if i % 2 == 0 { "1" } else { "latest" };
+                let pairs = vec![(name("lib"), Want::parse(want).unwrap())];
+                (Mac::from_bits(i), Desired::new(name("app"), pairs).unwrap())
+            })
+            .collect();
+        store.set_devices(&devices).unwrap();
+        store
+    }
+
+    /// What `v1/{mac}.json` held when the tree kept every device's sealed manifest.
+    fn sealed_whole(store: &Store, mac: &Mac) -> String {
+        let d = store.device(mac).unwrap().unwrap();
+        let resolved = store.catalog().unwrap().resolve(&d.desired).unwrap();
+        let manifest = resolved.to_json(mac, &store.store_id().unwrap(), d.generation);
+        crate::sign::seal(&d.key, &manifest)
+    }
+
+    #[test]
+    fn device_files_are_rendered_as_they_were_stored_whole_and_share_their_pieces() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = store(dir.path(), 6);
+        let snapshot = Snapshot::build(&mut store, None).unwrap();
+        for i in 0..6 {
+            let mac = Mac::from_bits(i);
+            let got = snapshot.get(&format!("v1/{mac}.json")).unwrap();
+            assert_eq!(got.body, sealed_whole(&store, &mac).as_bytes(), "{mac}");
+            assert_eq!(
+                got.etag.as_bytes(),
+                format!("\"{}\"", &got.body[9..41].escape_ascii()).as_bytes()
+            );
+            let seed = snapshot.get(mac.as_str()).unwrap();
+            let d = store.device(&mac).unwrap().unwrap();
+            assert_eq!(seed.body, d.desired.to_seed_json().as_bytes());
+        }
+        // Six devices, two distinct desired manifests: two shared pieces, not six.
+        let mut pieces: Vec<*const Shared> = snapshot
+            .devices
+            .values()
+            .map(|d| Arc::as_ptr(d.resolved.as_ref().unwrap()))
+            .collect();
+        pieces.sort();
+        pieces.dedup();
+        assert_eq!(pieces.len(), 2);
+        // Not a device, not canonical, or no such file: nothing.
+        for path in [
+            "v1/0000000000ff.json",
+            "v1/00000000000A.json",
+            "00:00:00:00:00:01",
+            "v1/x.json",
+        ] {
+            assert!(snapshot.get(path).is_none(), "{path}");
+        }
+        // Export sees the same files serve answers with.
+        let exported: HashMap<String, Bytes> = snapshot
+            .files()
+            .map(|(p, e)| (p.into_owned(), e.body.clone()))
+            .collect();
+        for i in 0..6 {
+            let path = format!("v1/{}.json", Mac::from_bits(i));
+            assert_eq!(exported[&path], snapshot.get(&path).unwrap().body);
+        }
     }
 }
