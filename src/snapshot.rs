@@ -72,7 +72,14 @@ const PYTHON: &str = "text/x-python; charset=utf-8";
 const MPY: &str = "application/octet-stream";
 
 fn entry(body: Bytes, content_type: &'static str, immutable: bool) -> Entry {
-    let etag = format!("\"{}\"", &crate::store::sha256_hex(&body)[..32]);
+    let sha256 = crate::store::sha256_hex(&body);
+    hashed(body, &sha256, content_type, immutable)
+}
+
+/// An entry whose body's SHA-256 is known already (a stored blob's): not hashed again, so a
+/// rebuild costs nothing per stored version.
+fn hashed(body: Bytes, sha256: &str, content_type: &'static str, immutable: bool) -> Entry {
+    let etag = format!("\"{}\"", &sha256[..32]);
     let etag = HeaderValue::from_str(&etag).expect("an ETag is ASCII");
     Entry {
         body,
@@ -153,12 +160,17 @@ impl Snapshot {
                 for (version, vi) in &info.versions {
                     let body = blob(&vi.sha256)?;
                     if *version == info.latest {
-                        files.insert(format!("{name}.py"), entry(body.clone(), PYTHON, false));
+                        let e = hashed(body.clone(), &vi.sha256, PYTHON, false);
+                        files.insert(format!("{name}.py"), e);
                     }
-                    files.insert(version_path(name, version), entry(body, PYTHON, true));
+                    let e = hashed(body, &vi.sha256, PYTHON, true);
+                    files.insert(version_path(name, version), e);
                     if let Some(mpy) = &vi.mpy {
                         let body = blob(&mpy.sha256)?;
-                        files.insert(mpy_path(name, version), entry(body, MPY, true));
+                        files.insert(
+                            mpy_path(name, version),
+                            hashed(body, &mpy.sha256, MPY, true),
+                        );
                     }
                 }
             }
