@@ -68,6 +68,15 @@ pub enum Command {
         /// Directory to write the tree into.
         dir: PathBuf,
     },
+    /// The admin token, which the admin API (`/admin/api/v1/`) and `/metrics` of `serve` ask for.
+    ///
+    /// `serve` creates it on its first start, in `admin-token` in the data directory
+    /// (readable by its owner only). Clients send it as `Authorization: Bearer TOKEN`; the
+    /// CLI with `--remote` reads it from MPFLEET_TOKEN.
+    ///
+    /// Example: export MPFLEET_TOKEN=$(mpfleet token show)
+    #[command(subcommand)]
+    Token(TokenCommand),
     /// Boot simulated boards (the real MicroPython unix port) against a server.
     Sim(Box<crate::sim::SimArgs>),
     /// Print the shell completion script for SHELL (bash, zsh, fish, elvish, powershell).
@@ -85,6 +94,15 @@ pub enum Command {
         #[arg(long, value_name = "DIR")]
         dir: Option<PathBuf>,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Print the admin token (creating it if the store has none yet).
+    Show,
+    /// Replace the admin token with a new random one: the old one stops working at once,
+    /// on a running `serve` too (no restart).
+    Rotate,
 }
 
 #[derive(Debug, Subcommand)]

@@ -24,6 +24,7 @@ pub mod sim;
 pub mod snapshot;
 mod stale;
 pub mod store;
+pub mod token;
 
 use clap::Parser;
 

@@ -10,6 +10,7 @@ mod device;
 mod install;
 mod module;
 mod terminal;
+mod token;
 
 use crate::cli::{Cli, Command};
 use crate::out::outln;
@@ -40,6 +41,7 @@ pub fn run(cli: Cli) -> Result<()> {
             )?;
             Ok(())
         }
+        Command::Token(c) => token::run(&cli.data, c),
         Command::Sim(args) => crate::sim::run(*args, &cli.data),
         Command::Completions { shell } => install::completions(shell),
         Command::Man { dir } => install::man(dir.as_deref()),

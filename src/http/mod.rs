@@ -86,6 +86,14 @@ async fn access_log(req: Request, next: Next) -> Response {
 pub fn serve(data: PathBuf, listen: String) -> Result<()> {
     let limits = Limits::from_env()?;
     let mut store = Store::open(&data)?;
+    let (_, created) = crate::token::ensure(&data)?;
+    let token_path = crate::token::path(&data);
+    if created {
+        tracing::info!(
+            "created the admin token in {} (`mpfleet token show` prints it)",
+            token_path.display()
+        );
+    }
     if crate::mpy::mpy_cross().is_none() {
         tracing::warn!(
             "mpy-cross not found: boards get modules as source, which needs more RAM to import; \
