@@ -16,6 +16,7 @@ mod logging;
 pub mod manifest;
 pub mod mpy;
 pub mod names;
+pub mod ops;
 pub mod out;
 pub mod repl;
 pub mod runtime;

@@ -5,6 +5,8 @@
 //! recorder that writes what boards report. Every connection is bounded in time and number
 //! (`limits`), so hostile clients cannot wear the server down.
 
+mod admin;
+mod auth;
 mod body_deadline;
 mod device;
 mod error;
@@ -41,6 +43,10 @@ pub struct App {
     /// The current snapshot, replaced whole (readers never block, nor write to a lock).
     snapshot: Arc<ArcSwap<Snapshot>>,
     recorder: Recorder,
+    /// The data directory, where admin operations run.
+    data: PathBuf,
+    /// The admin token, read again when its file changes.
+    token: Arc<crate::token::Live>,
 }
 
 impl App {
@@ -52,6 +58,9 @@ impl App {
 pub fn router(app: App, body_timeout: Duration) -> Router {
     let router = Router::new()
         .route("/v1/{mac}/report", post(device::report))
+        .nest("/admin", admin_side(&app))
+        // `/admin/` is not under the nest: the same router answers it (401 without the token).
+        .route_service("/admin/", admin_side::<()>(&app))
         .fallback(device::read)
         .layer(middleware::from_fn_with_state(
             body_timeout,
@@ -64,6 +73,27 @@ pub fn router(app: App, body_timeout: Duration) -> Router {
         router
     };
     router.with_state(app)
+}
+
+/// The admin side: everything under /admin needs the token; device paths never do.
+fn admin_side<S: Clone + Send + Sync + 'static>(app: &App) -> Router<S> {
+    Router::new()
+        .nest(
+            "/api/v1",
+            admin::api().with_state(admin::Admin {
+                data: app.data.clone(),
+            }),
+        )
+        .fallback(|| async {
+            admin::error(
+                axum::http::StatusCode::NOT_FOUND,
+                "no such admin path (the API is under /admin/api/v1/)",
+            )
+        })
+        .layer(middleware::from_fn_with_state(
+            app.token.clone(),
+            auth::require_token,
+        ))
 }
 
 /// One line per request, at info level on target `mpfleet::access` (off by default, so a
@@ -104,8 +134,14 @@ pub fn serve(data: PathBuf, listen: String) -> Result<()> {
     let first = Snapshot::build(&mut store, None)?;
     let snapshot = Arc::new(ArcSwap::from_pointee(first));
     spawn_refresher(store, snapshot.clone())?;
-    let (recorder, writer) = Recorder::start(data)?;
-    let app = App { snapshot, recorder };
+    let (recorder, writer) = Recorder::start(data.clone())?;
+    let token = Arc::new(crate::token::Live::new(&data));
+    let app = App {
+        snapshot,
+        recorder,
+        data: data.clone(),
+        token,
+    };
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -118,6 +154,10 @@ pub fn serve(data: PathBuf, listen: String) -> Result<()> {
         // The first line of output: tests and scripts read the bound address from it.
         outln!("mpfleet listening on http://{addr}/")?;
         crate::out::flush()?;
+        tracing::info!(
+            "admin API at http://{addr}/admin/api/v1/ with the token in {}",
+            token_path.display()
+        );
         serve_http1(listener, router(app, limits.body_timeout), limits).await;
         Ok::<(), anyhow::Error>(())
     })?;
