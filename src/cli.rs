@@ -52,9 +52,10 @@ pub enum Command {
     /// `v1/{mac}.json` and POST what they did to `v1/{mac}/report`. Changes made with other
     /// mpfleet commands while it runs are served within a second.
     ///
-    /// On the same port, the admin API (`/admin/api/v1/`, what `--remote` uses; see
-    /// docs/admin-api.md) answers only requests carrying the admin token, which `serve`
-    /// creates on its first start (`mpfleet token show`). Boards' paths need no token.
+    /// On the same port, the admin API (`/admin/api/v1/`, what `--remote` uses) and
+    /// `/metrics` (Prometheus) answer only requests carrying the admin token, which `serve`
+    /// creates on its first start (`mpfleet token show`); see docs/admin-api.md. Boards'
+    /// paths need no token.
     ///
     /// Example: mpfleet serve --listen 127.0.0.1:0
     Serve {

@@ -484,3 +484,283 @@ fn remote_needs_a_token_and_a_reachable_server() {
         );
     }
 }
+
+/// One sample line of the Prometheus text format: name, labels, value.
+type Sample = (String, Vec<(String, String)>, f64);
+
+/// Parses `/metrics` line by line as the Prometheus text format (0.0.4), failing the test on
+/// any line that is not a `# HELP`, a `# TYPE` or a sample of a family typed before it.
+fn parse_metrics(text: &str) -> Vec<Sample> {
+    let name_ok = |n: &str| {
+        !n.is_empty()
+            && !n.starts_with(|c: char| c.is_ascii_digit())
+            && n.chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
+    };
+    let mut types: std::collections::HashMap<String, String> = Default::default();
+    let mut samples = Vec::new();
+    assert!(text.ends_with('\n'), "the text ends with a newline");
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("# ") {
+            let mut words = rest.splitn(3, ' ');
+            let (kind, name, what) = (words.next(), words.next(), words.next());
+            let name = name.unwrap_or_else(|| panic!("bad comment: {line}"));
+            assert!(name_ok(name), "{line}");
+            match kind {
+                Some("HELP") => assert!(what.is_some_and(|w| !w.is_empty()), "{line}"),
+                Some("TYPE") => {
+                    let t = what.unwrap_or("");
+                    assert!(
+                        ["counter", "gauge", "histogram", "summary", "untyped"].contains(&t),
+                        "{line}"
+                    );
+                    assert!(
+                        types.insert(name.to_owned(), t.to_owned()).is_none(),
+                        "{name} typed twice"
+                    );
+                }
+                _ => panic!("bad comment: {line}"),
+            }
+            continue;
+        }
+        assert!(
+            !line.is_empty() && !line.starts_with(' '),
+            "bad line: {line:?}"
+        );
+        let (series, value) = line
+            .rsplit_once(' ')
+            .unwrap_or_else(|| panic!("no value: {line}"));
+        let value: f64 = match value {
+            "+Inf" => f64::INFINITY,
+            v => v.parse().unwrap_or_else(|_| panic!("bad value: {line}")),
+        };
+        let (name, labels) = match series.split_once('{') {
+            None => (series, Vec::new()),
+            Some((name, rest)) => {
+                let inner = rest
+                    .strip_suffix('}')
+                    .unwrap_or_else(|| panic!("unclosed labels: {line}"));
+                let labels = inner
+                    .split(',')
+                    .map(|kv| {
+                        let (k, v) = kv
+                            .split_once('=')
+                            .unwrap_or_else(|| panic!("bad label: {line}"));
+                        assert!(name_ok(k), "{line}");
+                        let v = v
+                            .strip_prefix('"')
+                            .and_then(|v| v.strip_suffix('"'))
+                            .unwrap_or_else(|| panic!("unquoted label value: {line}"));
+                        (k.to_owned(), v.to_owned())
+                    })
+                    .collect();
+                (name, labels)
+            }
+        };
+        assert!(name_ok(name), "{line}");
+        let family = ["_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|s| {
+                name.strip_suffix(s)
+                    .filter(|f| types.get(*f).is_some_and(|t| t == "histogram"))
+            })
+            .unwrap_or(name);
+        assert!(types.contains_key(family), "{name} has no # TYPE before it");
+        samples.push((name.to_owned(), labels, value));
+    }
+    samples
+}
+
+fn sample(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> f64 {
+    samples
+        .iter()
+        .find(|(n, l, _)| {
+            n == name
+                && labels
+                    .iter()
+                    .all(|(k, v)| l.iter().any(|(lk, lv)| lk == k && lv == v))
+        })
+        .unwrap_or_else(|| panic!("no sample {name} {labels:?}"))
+        .2
+}
+
+#[test]
+fn metrics_parse_and_count_what_happened() {
+    let f = Fleet::smartcharger();
+    f.ok(&["device", "set", "deadbeef1234", "--app", "smartcharger"]);
+    f.ok(&["device", "set", "deadbeef5678", "--app", "smartcharger"]);
+    f.ok(&["device", "set", "deadbeef9abc", "--app", "smartcharger"]);
+    let key = f.key("deadbeef1234");
+    let key2 = f.key("deadbeef5678");
+    let server = f.serve();
+    let token = server.token();
+    assert_eq!(server.admin("GET", "metrics", None, None).status, 401);
+    assert_eq!(
+        server
+            .admin("GET", "metrics", Some(&"0".repeat(64)), None)
+            .status,
+        401
+    );
+
+    // Three polls (one answered 304), one by a MAC that is not a device, two reports taken,
+    // one forged, one replayed, one malformed.
+    let first = server.get("v1/deadbeef1234.json");
+    assert_eq!(first.status, 200);
+    assert_eq!(server.get("deadbeef5678").status, 200);
+    let etag = first.etag.unwrap();
+    assert_eq!(
+        server
+            .get_if_none_match("v1/deadbeef1234.json", &etag)
+            .status,
+        304
+    );
+    assert_eq!(server.get("v1/aabbccddeeff.json").status, 404);
+    assert_eq!(server.get("latestversions").status, 200);
+    let report = |n: u32, event: &str| {
+        format!(r#"{{"event": "{event}", "generation": 1, "config": "primary", "n": {n}}}"#)
+    };
+    assert_eq!(
+        server
+            .report("deadbeef1234", &key, report(1, "boot").as_bytes())
+            .status,
+        200
+    );
+    assert_eq!(
+        server
+            .report("deadbeef1234", &key, report(2, "updated").as_bytes())
+            .status,
+        200
+    );
+    assert_eq!(
+        server
+            .report("deadbeef5678", &key2, report(1, "rolled_back").as_bytes())
+            .status,
+        200
+    );
+    assert_eq!(
+        server
+            .report("deadbeef1234", &key, report(2, "updated").as_bytes())
+            .status,
+        409
+    );
+    assert_eq!(
+        server
+            .report("deadbeef1234", &key2, report(3, "updated").as_bytes())
+            .status,
+        401
+    );
+    assert_eq!(
+        server
+            .report("deadbeef1234", &key, br#"{"event": "exploded", "n": 4}"#)
+            .status,
+        400
+    );
+
+    let r = server.admin("GET", "metrics", Some(&token), None);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(
+        r.content_type
+            .as_deref()
+            .is_some_and(|t| t.starts_with("text/plain; version=0.0.4")),
+        "{:?}",
+        r.content_type
+    );
+    let text = r.text();
+    eprintln!("{text}");
+    let s = parse_metrics(&text);
+    assert_eq!(sample(&s, "mpfleet_polls_total", &[]), 3.0);
+    assert_eq!(sample(&s, "mpfleet_unknown_polls_total", &[]), 1.0);
+    for (event, n) in [
+        ("boot", 1.0),
+        ("updated", 1.0),
+        ("rolled_back", 1.0),
+        ("update_failed", 0.0),
+        ("server_failed", 0.0),
+    ] {
+        assert_eq!(
+            sample(&s, "mpfleet_reports_total", &[("event", event)]),
+            n,
+            "{event}"
+        );
+    }
+    for (reason, n) in [
+        ("unsigned", 1.0),
+        ("replayed", 1.0),
+        ("malformed", 1.0),
+        ("unknown_device", 0.0),
+    ] {
+        assert_eq!(
+            sample(&s, "mpfleet_reports_refused_total", &[("reason", reason)]),
+            n,
+            "{reason}"
+        );
+    }
+    for (state, n) in [
+        ("updated", 1.0),
+        ("rolled_back", 1.0),
+        ("none", 1.0),
+        ("boot", 0.0),
+    ] {
+        assert_eq!(
+            sample(&s, "mpfleet_boards", &[("state", state)]),
+            n,
+            "{state}"
+        );
+    }
+    // Histograms: buckets cumulative, +Inf equal to the count; every request so far counted
+    // (11 device requests, 2 refused scrapes on the admin side, the scrape itself not yet).
+    for (side, requests) in [("device", 11.0), ("admin", 2.0)] {
+        let buckets: Vec<f64> = s
+            .iter()
+            .filter(|(n, l, _)| {
+                n == "mpfleet_request_duration_seconds_bucket"
+                    && l.iter().any(|(k, v)| k == "side" && v == side)
+            })
+            .map(|(_, _, v)| *v)
+            .collect();
+        assert!(buckets.len() > 5, "{side}");
+        assert!(
+            buckets.windows(2).all(|w| w[0] <= w[1]),
+            "{side}: {buckets:?}"
+        );
+        let count = sample(
+            &s,
+            "mpfleet_request_duration_seconds_count",
+            &[("side", side)],
+        );
+        assert_eq!(*buckets.last().unwrap(), count);
+        assert_eq!(count, requests, "{side}");
+        assert!(
+            sample(
+                &s,
+                "mpfleet_request_duration_seconds_sum",
+                &[("side", side)]
+            ) > 0.0
+        );
+    }
+    // The unknown MAC is listed once the recorder has flushed it.
+    crate::harness::eventually(
+        "the unknown MAC in /metrics",
+        std::time::Duration::from_secs(10),
+        || {
+            let text = server.admin("GET", "metrics", Some(&token), None).text();
+            (sample(&parse_metrics(&text), "mpfleet_unknown_boards", &[]) == 1.0).then_some(())
+        },
+    );
+}
+
+#[test]
+fn the_metrics_checker_refuses_what_is_not_the_format() {
+    for bad in [
+        "mpfleet_x 1\n",                                // no TYPE
+        "# TYPE mpfleet_x counter\nmpfleet_x one\n",    // not a number
+        "# TYPE mpfleet_x counter\nmpfleet_x{a=b} 1\n", // unquoted label
+        "# TYPE mpfleet_x counter\nmpfleet_x 1",        // no final newline
+        "# TYPE mpfleet_x countr\nmpfleet_x 1\n",       // unknown type
+    ] {
+        assert!(
+            std::panic::catch_unwind(|| parse_metrics(bad)).is_err(),
+            "{bad:?}"
+        );
+    }
+}

@@ -11,6 +11,7 @@ mod body_deadline;
 mod device;
 mod error;
 mod limits;
+mod metrics;
 mod recorder;
 
 pub use device::{EVENTS, MAX_REPORT};
@@ -21,9 +22,11 @@ use crate::store::Store;
 use anyhow::{Context, Result};
 use arc_swap::{ArcSwap, Guard};
 use axum::extract::Request;
+use axum::extract::State;
 use axum::middleware::{self, Next};
+use axum::response::IntoResponse;
 use axum::response::Response;
-use axum::routing::post;
+use axum::routing::{get, post};
 use axum::Router;
 use limits::Limits;
 use recorder::Recorder;
@@ -47,6 +50,8 @@ pub struct App {
     data: PathBuf,
     /// The admin token, read again when its file changes.
     token: Arc<crate::token::Live>,
+    /// What `/metrics` reports.
+    metrics: Arc<metrics::Metrics>,
 }
 
 impl App {
@@ -61,6 +66,13 @@ pub fn router(app: App, body_timeout: Duration) -> Router {
         .nest("/admin", admin_side(&app))
         // `/admin/` is not under the nest: the same router answers it (401 without the token).
         .route_service("/admin/", admin_side::<()>(&app))
+        .route(
+            "/metrics",
+            get(scrape).layer(middleware::from_fn_with_state(
+                app.token.clone(),
+                auth::require_token,
+            )),
+        )
         .fallback(device::read)
         .layer(middleware::from_fn_with_state(
             body_timeout,
@@ -72,7 +84,9 @@ pub fn router(app: App, body_timeout: Duration) -> Router {
     } else {
         router
     };
-    router.with_state(app)
+    router
+        .layer(middleware::from_fn_with_state(app.metrics.clone(), timed))
+        .with_state(app)
 }
 
 /// The admin side: everything under /admin needs the token; device paths never do.
@@ -94,6 +108,46 @@ fn admin_side<S: Clone + Send + Sync + 'static>(app: &App) -> Router<S> {
             app.token.clone(),
             auth::require_token,
         ))
+}
+
+/// `GET /metrics` (behind the token): the Prometheus text format.
+async fn scrape(State(app): State<App>) -> Response {
+    let (metrics, data) = (app.metrics.clone(), app.data.clone());
+    match tokio::task::spawn_blocking(move || metrics.render(&data)).await {
+        Ok(Ok(text)) => (
+            [(
+                axum::http::header::CONTENT_TYPE,
+                "text/plain; version=0.0.4; charset=utf-8",
+            )],
+            text,
+        )
+            .into_response(),
+        Ok(Err(e)) => {
+            tracing::error!("rendering /metrics: {e:#}");
+            admin::error(
+                axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+                "cannot read the store for /metrics (logged)",
+            )
+        }
+        Err(_) => admin::error(
+            axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+            "internal server error",
+        ),
+    }
+}
+
+/// Every request's latency, into the `/metrics` histogram of its side.
+async fn timed(State(metrics): State<Arc<metrics::Metrics>>, req: Request, next: Next) -> Response {
+    let path = req.uri().path();
+    let side = if path == "/metrics" || path == "/admin" || path.starts_with("/admin/") {
+        metrics::Side::Admin
+    } else {
+        metrics::Side::Device
+    };
+    let start = Instant::now();
+    let response = next.run(req).await;
+    metrics.request(side, start.elapsed());
+    response
 }
 
 /// One line per request, at info level on target `mpfleet::access` (off by default, so a
@@ -141,6 +195,7 @@ pub fn serve(data: PathBuf, listen: String) -> Result<()> {
         recorder,
         data: data.clone(),
         token,
+        metrics: Arc::default(),
     };
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -151,6 +206,7 @@ pub fn serve(data: PathBuf, listen: String) -> Result<()> {
             .await
             .with_context(|| format!("cannot listen on {listen}"))?;
         let addr: SocketAddr = listener.local_addr()?;
+        let stop = shutdown();
         // The first line of output: tests and scripts read the bound address from it.
         outln!("mpfleet listening on http://{addr}/")?;
         crate::out::flush()?;
@@ -158,7 +214,7 @@ pub fn serve(data: PathBuf, listen: String) -> Result<()> {
             "admin API at http://{addr}/admin/api/v1/ with the token in {}",
             token_path.display()
         );
-        serve_http1(listener, router(app, limits.body_timeout), limits).await;
+        serve_http1(listener, router(app, limits.body_timeout), limits, stop).await;
         Ok::<(), anyhow::Error>(())
     })?;
     // Every request is done or dropped (the runtime's end drops the connections still open
@@ -176,7 +232,12 @@ pub fn serve(data: PathBuf, listen: String) -> Result<()> {
 /// HTTP/1, most with a new connection per request, so the per-connection path is the hot
 /// one), at most `limits.max_connections` at once, each within the limits' timeouts, until a
 /// shutdown signal; then lets requests in progress finish for at most the shutdown grace.
-async fn serve_http1(listener: tokio::net::TcpListener, router: Router, limits: Limits) {
+async fn serve_http1(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    limits: Limits,
+    stop: impl std::future::Future<Output = ()>,
+) {
     use hyper_util::rt::{TokioIo, TokioTimer};
     use hyper_util::server::graceful::GracefulShutdown;
     use hyper_util::service::TowerToHyperService;
@@ -188,7 +249,6 @@ async fn serve_http1(listener: tokio::net::TcpListener, router: Router, limits: 
         .header_read_timeout(limits.header_timeout);
     let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
     let mut cap_logged: Option<Instant> = None;
-    let stop = shutdown();
     tokio::pin!(stop);
     loop {
         // A free slot before accepting: at the cap, new connections wait in the kernel's
@@ -249,27 +309,32 @@ async fn serve_http1(listener: tokio::net::TcpListener, router: Router, limits: 
 
 /// Resolves at SIGTERM or Ctrl-C. SIGHUP (what `systemctl reload` and a closed terminal
 /// send) stops nothing and reloads nothing: changes to the store are served within a second
-/// anyway; it is logged.
-async fn shutdown() {
-    let ctrl_c = tokio::signal::ctrl_c();
+/// anyway; it is logged. The handlers are installed when this is called, not when the future
+/// is first polled: call it before announcing the address, so that a signal sent as soon as
+/// the address is printed meets a handler rather than the default action.
+fn shutdown() -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
+        let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
         let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
         let mut hup = signal(SignalKind::hangup()).expect("SIGHUP handler");
-        tokio::pin!(ctrl_c);
-        loop {
-            tokio::select! {
-                _ = &mut ctrl_c => break,
-                _ = term.recv() => break,
-                _ = hup.recv() => tracing::info!(
-                    "SIGHUP: nothing to reload (changes to the store are served within a second)"
-                ),
+        async move {
+            loop {
+                tokio::select! {
+                    _ = int.recv() => break,
+                    _ = term.recv() => break,
+                    _ = hup.recv() => tracing::info!(
+                        "SIGHUP: nothing to reload (changes to the store are served within a second)"
+                    ),
+                }
             }
         }
     }
     #[cfg(not(unix))]
-    let _ = ctrl_c.await;
+    async {
+        let _ = tokio::signal::ctrl_c().await;
+    }
 }
 
 /// Rebuilds the snapshot whenever the store's revision moves.
