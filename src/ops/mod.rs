@@ -152,7 +152,7 @@ pub fn routes() -> Vec<Route> {
 #[cfg(test)]
 mod tests {
     #[test]
-    fn routes_are_distinct_and_paths_name_fields_in_braces() {
+    fn routes_are_distinct_and_reads_write_nothing() {
         let routes = super::routes();
         for (i, a) in routes.iter().enumerate() {
             assert!(a.path.starts_with('/'), "{a:?}");
