@@ -26,6 +26,12 @@ pub struct Cli {
     )]
     pub data: PathBuf,
 
+    /// Run `module` and `device` commands on a running `mpfleet serve` at URL, through its
+    /// admin API, instead of on the data directory: same commands, same output. The admin
+    /// token comes from MPFLEET_TOKEN (`mpfleet token show` on the server prints it).
+    #[arg(long, global = true, env = "MPFLEET_REMOTE", value_name = "URL")]
+    pub remote: Option<String>,
+
     #[command(subcommand)]
     pub command: Command,
 }
@@ -35,7 +41,8 @@ const EXAMPLES: &str = "Examples:
   mpfleet module publish sensorclass.py           publish the next version of sensorclass
   mpfleet device set DE:AD:BE:EF:12:34 --app smartcharger sensorclass=2
   mpfleet device import devices.csv               many devices at once (CSV or JSON lines)
-  mpfleet export /srv/www/ota                     the same tree as static files";
+  mpfleet export /srv/www/ota                     the same tree as static files
+  MPFLEET_TOKEN=... mpfleet --remote http://fleet.lan:8080 device list   the same, on a server";
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
@@ -44,6 +51,11 @@ pub enum Command {
     /// Prints the bound address on its first line. Boards GET their manifest from
     /// `v1/{mac}.json` and POST what they did to `v1/{mac}/report`. Changes made with other
     /// mpfleet commands while it runs are served within a second.
+    ///
+    /// On the same port, the admin API (`/admin/api/v1/`, what `--remote` uses) and
+    /// `/metrics` (Prometheus) answer only requests carrying the admin token, which `serve`
+    /// creates on its first start (`mpfleet token show`); see docs/admin-api.md. Boards'
+    /// paths need no token.
     ///
     /// Example: mpfleet serve --listen 127.0.0.1:0
     Serve {
@@ -68,6 +80,15 @@ pub enum Command {
         /// Directory to write the tree into.
         dir: PathBuf,
     },
+    /// The admin token, which the admin API (`/admin/api/v1/`) and `/metrics` of `serve` ask for.
+    ///
+    /// `serve` creates it on its first start, in `admin-token` in the data directory
+    /// (readable by its owner only). Clients send it as `Authorization: Bearer TOKEN`; the
+    /// CLI with `--remote` reads it from MPFLEET_TOKEN.
+    ///
+    /// Example: export MPFLEET_TOKEN=$(mpfleet token show)
+    #[command(subcommand)]
+    Token(TokenCommand),
     /// Boot simulated boards (the real MicroPython unix port) against a server.
     Sim(Box<crate::sim::SimArgs>),
     /// Print the shell completion script for SHELL (bash, zsh, fish, elvish, powershell).
@@ -85,6 +106,15 @@ pub enum Command {
         #[arg(long, value_name = "DIR")]
         dir: Option<PathBuf>,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Print the admin token (creating it if the store has none yet).
+    Show,
+    /// Replace the admin token with a new random one: the old one stops working at once,
+    /// on a running `serve` too (no restart).
+    Rotate,
 }
 
 #[derive(Debug, Subcommand)]

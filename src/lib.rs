@@ -16,6 +16,7 @@ mod logging;
 pub mod manifest;
 pub mod mpy;
 pub mod names;
+pub mod ops;
 pub mod out;
 pub mod repl;
 pub mod runtime;
@@ -24,6 +25,7 @@ pub mod sim;
 pub mod snapshot;
 mod stale;
 pub mod store;
+pub mod token;
 
 use clap::Parser;
 

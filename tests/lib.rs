@@ -3,6 +3,7 @@
 
 mod harness;
 
+mod admin_api;
 mod bad_code;
 mod board;
 mod cli_bulk;

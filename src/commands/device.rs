@@ -1,32 +1,20 @@
-//! `mpfleet device ...`: set, import, export, list, show, rm. `export`, `list` and `show`
-//! only read the store; `set`, `import` and `rm` change it.
+//! `mpfleet device ...`: set, import, export, list, show, rm, bootstrap, key, each as an
+//! operation (`crate::ops::device`) run by a backend (the data dir or a remote server),
+//! printed here. `export`, `list`, `show`, `bootstrap` and `key` only read the store; `set`,
+//! `import`, `rm` and `key --rotate` change it.
 
 use super::{ago, print_json, table, terminal::for_terminal};
 use crate::cli::DeviceCommand;
-use crate::manifest::{Desired, Want};
-use crate::names::{Mac, ModuleName};
+use crate::manifest::Desired;
+use crate::names::ModuleName;
+use crate::ops::device::{self as op, mac, pair};
+use crate::ops::Backend;
 use crate::out::{out, outln};
-use crate::store::Store;
 use anyhow::{bail, Context, Result};
-use serde_json::{json, Value};
+use serde_json::Value;
 use std::io::{Read, Write};
-use std::path::Path;
 
-fn mac(s: &str) -> Result<Mac> {
-    Mac::parse(s).map_err(anyhow::Error::msg)
-}
-
-fn pair(s: &str) -> Result<(ModuleName, Want)> {
-    let (m, v) = s
-        .split_once('=')
-        .with_context(|| format!("{s:?} is not MODULE=VERSION (VERSION may be `latest`)"))?;
-    Ok((
-        ModuleName::parse(m).map_err(anyhow::Error::msg)?,
-        Want::parse(v).map_err(anyhow::Error::msg)?,
-    ))
-}
-
-pub fn run(data: &Path, command: DeviceCommand) -> Result<()> {
+pub fn run(backend: &Backend, command: DeviceCommand) -> Result<()> {
     match command {
         DeviceCommand::Set {
             mac: m,
@@ -40,18 +28,16 @@ pub fn run(data: &Path, command: DeviceCommand) -> Result<()> {
                 .map(|s| pair(s))
                 .collect::<Result<Vec<_>>>()?;
             let desired = Desired::new(app, pairs)?;
-            let mut store = Store::open(data)?;
-            let generation = store
-                .set_device(&m, &desired)
-                .with_context(|| format!("cannot set device {m}"))?;
+            let set = backend.call(op::Set::new(&m, &desired))?;
             outln!(
-                "device {m}: {} (generation {generation})",
-                desired.to_seed_json()
-            )?;
-            Ok(())
+                "device {}: {} (generation {})",
+                set.mac,
+                set.desired,
+                set.generation
+            )
         }
         DeviceCommand::Import { file } => {
-            let (name, text) = if file.as_os_str() == "-" {
+            let (source, text) = if file.as_os_str() == "-" {
                 let mut text = String::new();
                 std::io::stdin()
                     .read_to_string(&mut text)
@@ -62,94 +48,60 @@ pub fn run(data: &Path, command: DeviceCommand) -> Result<()> {
                     .with_context(|| format!("reading {}", file.display()))?;
                 (file.display().to_string(), text)
             };
-            let nothing = || format!("{name}: nothing imported");
-            let entries = crate::bulk::parse(&text).with_context(nothing)?;
-            let mut store = Store::open(data)?;
-            // Name the line of a module or version that does not exist; `set_devices` checks
-            // again inside its transaction (versions are never deleted, so this one decides).
-            let cat = store.catalog()?;
-            for e in &entries {
-                cat.resolve(&e.desired)
-                    .with_context(|| format!("line {}: device {}", e.line, e.mac))
-                    .with_context(nothing)?;
-            }
-            let devices: Vec<_> = entries.into_iter().map(|e| (e.mac, e.desired)).collect();
-            let counts = store.set_devices(&devices).with_context(nothing)?;
+            let done = backend.call(op::Import { source, text })?;
             outln!(
-                "imported {} devices from {name}: {} created, {} updated, {} unchanged",
-                devices.len(),
-                counts.created,
-                counts.updated,
-                counts.unchanged
-            )?;
-            Ok(())
+                "imported {} devices from {}: {} created, {} updated, {} unchanged",
+                done.devices,
+                done.source,
+                done.created,
+                done.updated,
+                done.unchanged
+            )
         }
         DeviceCommand::Export => {
-            let store = Store::open_read_only(data)?;
+            let lines = backend.call(op::Export {})?;
             let mut out = std::io::BufWriter::new(std::io::stdout().lock());
-            for d in store.devices()? {
-                writeln!(out, "{}", crate::bulk::export_line(&d.mac, &d.desired))
-                    .map_err(crate::out::failed)?;
+            for line in lines {
+                writeln!(out, "{line}").map_err(crate::out::failed)?;
             }
-            out.flush().map_err(crate::out::failed)?;
-            Ok(())
+            out.flush().map_err(crate::out::failed)
         }
         DeviceCommand::List {
             unknown: true,
             list,
         } => {
-            let store = Store::open_read_only(data)?;
-            let unknown = store.unknown_devices()?;
+            let unknown = backend.call(op::Unknown {})?;
             if list.json {
-                let v: Vec<_> = unknown
-                    .iter()
-                    .map(|u| {
-                        json!({"mac": u.mac.as_str(), "first_seen": u.first_seen,
-                               "last_seen": u.last_seen, "requests": u.requests})
-                    })
-                    .collect();
-                print_json(&json!(v))?;
-                return Ok(());
+                return print_json(&serde_json::to_value(&unknown)?);
             }
             let rows: Vec<Vec<String>> = unknown
                 .iter()
                 .map(|u| {
                     vec![
-                        u.mac.to_string(),
+                        u.mac.clone(),
                         ago(Some(u.last_seen)),
                         ago(Some(u.first_seen)),
                         u.requests.to_string(),
                     ]
                 })
                 .collect();
-            table(&["MAC", "LAST ASKED", "FIRST ASKED", "REQUESTS"], &rows)?;
-            Ok(())
+            table(&["MAC", "LAST ASKED", "FIRST ASKED", "REQUESTS"], &rows)
         }
         DeviceCommand::List {
             unknown: false,
             list,
         } => {
-            let store = Store::open_read_only(data)?;
-            let devices = store.devices()?;
+            let devices = backend.call(op::List {})?;
             if list.json {
-                let v: Vec<_> = devices
-                    .iter()
-                    .map(|d| {
-                        json!({"mac": d.mac.as_str(), "app": d.desired.app.as_str(),
-                               "generation": d.generation, "last_seen": d.last_seen,
-                               "last_report": d.last_report})
-                    })
-                    .collect();
-                print_json(&json!(v))?;
-                return Ok(());
+                return print_json(&serde_json::to_value(&devices)?);
             }
             let rows: Vec<Vec<String>> = devices
                 .iter()
                 .map(|d| {
                     let (event, running) = summary(d.last_report.as_ref(), d.generation);
                     vec![
-                        d.mac.to_string(),
-                        d.desired.app.to_string(),
+                        d.mac.clone(),
+                        d.app.clone(),
                         d.generation.to_string(),
                         running,
                         event,
@@ -167,50 +119,29 @@ pub fn run(data: &Path, command: DeviceCommand) -> Result<()> {
                     "LAST SEEN",
                 ],
                 &rows,
-            )?;
-            Ok(())
+            )
         }
         DeviceCommand::Show { mac: m, list } => {
-            let m = mac(&m)?;
-            let store = Store::open_read_only(data)?;
-            let Some(d) = store.device(&m)? else {
-                bail!("unknown device {m}: add it with `mpfleet device set {m} --app NAME`");
-            };
-            let resolved = store.catalog()?.resolve(&d.desired)?;
-            let resolved: Value =
-                serde_json::from_str(&resolved.to_json(&m, &store.store_id()?, d.generation))?;
-            let reports = store.reports(&m, 10)?;
+            let d = backend.call(op::Show {
+                mac: mac(&m)?.to_string(),
+            })?;
             if list.json {
-                let desired: Value = serde_json::from_str(&d.desired.to_seed_json())?;
-                let rs: Vec<_> = reports
-                    .iter()
-                    .map(|r| json!({"at": r.at, "report": r.body}))
-                    .collect();
-                print_json(&json!({
-                    "mac": m.as_str(), "desired": desired, "resolved": resolved,
-                    "generation": d.generation, "last_seen": d.last_seen,
-                    "last_report": d.last_report, "last_report_at": d.last_report_at,
-                    "key": d.key.fingerprint(), "report_counter": d.report_counter,
-                    "forged_reports": d.forged_reports,
-                    "replayed_reports": d.replayed_reports,
-                    "reports": rs,
-                }))?;
-                return Ok(());
+                return print_json(&serde_json::to_value(&d)?);
             }
-            outln!("device     {m}")?;
-            outln!("app        {}", d.desired.app)?;
+            outln!("device     {}", d.mac)?;
+            outln!("app        {}", d.desired["name"].as_str().unwrap_or("?"))?;
             outln!("generation {}", d.generation)?;
             outln!("last seen  {}", ago(d.last_seen))?;
-            outln!("key        {} (fingerprint)", d.key.fingerprint())?;
+            outln!("key        {} (fingerprint)", d.key)?;
             outln!(
                 "reports    counter {}; refused {} forged, {} replayed",
                 d.report_counter,
                 d.forged_reports,
                 d.replayed_reports
             )?;
-            outln!("desired    {}", d.desired.to_seed_json())?;
+            outln!("desired    {}", d.desired)?;
             outln!()?;
-            let rows: Vec<Vec<String>> = resolved["modules"]
+            let rows: Vec<Vec<String>> = d.resolved["modules"]
                 .as_object()
                 .into_iter()
                 .flatten()
@@ -236,13 +167,13 @@ pub fn run(data: &Path, command: DeviceCommand) -> Result<()> {
                 .collect();
             table(&["MODULE", "RESOLVED", "REPORTED", "SIZE", "SHA256"], &rows)?;
             outln!()?;
-            if reports.is_empty() {
+            if d.reports.is_empty() {
                 outln!("no reports yet")?;
             } else {
                 outln!("recent reports (newest first):")?;
-                for r in &reports {
+                for r in &d.reports {
                     // A report is what a board (or whoever posts as one) sent.
-                    let body = r.body.to_string();
+                    let body = r.report.to_string();
                     outln!("  {:>8}  {}", ago(Some(r.at)), for_terminal(&body))?;
                 }
             }
@@ -266,21 +197,14 @@ pub fn run(data: &Path, command: DeviceCommand) -> Result<()> {
                     Ok(value.to_string())
                 })
                 .transpose()?;
-            if !server.starts_with("http://") {
-                bail!("--server {server:?}: boards speak plain http://, e.g. http://192.168.1.10:8080/");
-            }
-            let store = Store::open_read_only(data)?;
-            let Some(d) = store.device(&m)? else {
-                bail!("unknown device {m}: add it first with `mpfleet device set {m} --app NAME`");
+            let bootstrap = op::Bootstrap {
+                mac: m.to_string(),
+                server,
+                secrets,
             };
-            let text = crate::runtime::bootstrap_for(
-                &server,
-                &d.key,
-                &store.store_id()?,
-                d.report_counter,
-                secrets.as_deref(),
-            );
-            out!("{text}")?;
+            bootstrap.check()?;
+            let script = backend.call(bootstrap)?;
+            out!("{}", script.text)?;
             eprintln!(
                 "mpfleet: this bootstrap holds the secret key of {m}: run it on that board \
                  (mpremote run bootstrap.py) and do not keep it"
@@ -288,35 +212,27 @@ pub fn run(data: &Path, command: DeviceCommand) -> Result<()> {
             Ok(())
         }
         DeviceCommand::Key { mac: m, rotate } => {
-            let m = mac(&m)?;
-            let mut store = if rotate {
-                Store::open(data)?
+            let m = mac(&m)?.to_string();
+            let key = if rotate {
+                backend.call(op::RotateKey { mac: m })?
             } else {
-                Store::open_read_only(data)?
+                backend.call(op::Key { mac: m })?
             };
-            if rotate && !store.rotate_key(&m)? {
-                bail!("unknown device {m}");
-            }
-            let Some(d) = store.device(&m)? else {
-                bail!("unknown device {m}");
-            };
-            outln!("device {m}: key {}", d.key.fingerprint())?;
+            outln!("device {}: key {}", key.mac, key.fingerprint)?;
             if rotate {
                 outln!(
                     "new key: the board refuses updates until it runs its new bootstrap: \
-                     mpfleet device bootstrap {m} > bootstrap.py"
+                     mpfleet device bootstrap {} > bootstrap.py",
+                    key.mac
                 )?;
             }
             Ok(())
         }
         DeviceCommand::Rm { mac: m } => {
-            let m = mac(&m)?;
-            let mut store = Store::open(data)?;
-            if !store.remove_device(&m)? {
-                bail!("unknown device {m}: nothing removed");
-            }
-            outln!("removed device {m}")?;
-            Ok(())
+            let removed = backend.call(op::Remove {
+                mac: mac(&m)?.to_string(),
+            })?;
+            outln!("removed device {}", removed.mac)
         }
     }
 }

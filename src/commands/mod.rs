@@ -1,5 +1,6 @@
-//! What each subcommand does: parse the user's words into checked types, call the store,
-//! print a table (or JSON with `--json`).
+//! What each subcommand does: parse the user's words into checked types, run them as
+//! operations (`crate::ops`) on a backend (the data dir, or with `--remote` a running `serve`
+//! through its admin API), print a table (or JSON with `--json`).
 //!
 //! A command that only reads (`module list|show`, `device list|show|export`, `export`) opens the
 //! store with `Store::open_read_only` and writes nothing in the data directory; the others
@@ -10,17 +11,45 @@ mod device;
 mod install;
 mod module;
 mod terminal;
+mod token;
 
 use crate::cli::{Cli, Command};
+use crate::ops::Backend;
 use crate::out::outln;
-use anyhow::Result;
+use anyhow::{bail, Result};
+
+/// The backend `module` and `device` commands run on.
+fn backend(data: &std::path::Path, remote: &Option<String>) -> Result<Backend> {
+    Ok(match remote {
+        None => Backend::Local(data.to_owned()),
+        Some(url) => {
+            let token = std::env::var("MPFLEET_TOKEN").unwrap_or_default();
+            Backend::Remote(crate::ops::Remote::new(url, &token)?)
+        }
+    })
+}
 
 pub fn run(cli: Cli) -> Result<()> {
+    let remote = cli.remote.is_some();
+    let local_only = |what: &str| -> Result<()> {
+        if remote {
+            bail!("`mpfleet {what}` works on the local data directory only, not with --remote");
+        }
+        Ok(())
+    };
     match cli.command {
-        Command::Serve { listen } => crate::http::serve(cli.data, listen),
-        Command::Module(c) => module::run(&cli.data, c),
-        Command::Device(c) => device::run(&cli.data, c),
+        Command::Serve { listen } => {
+            local_only("serve")?;
+            crate::http::serve(cli.data, listen)
+        }
+        Command::Module(c) => module::run(&backend(&cli.data, &cli.remote)?, c),
+        Command::Device(c) => device::run(&backend(&cli.data, &cli.remote)?, c),
+        Command::Token(c) => {
+            local_only("token")?;
+            token::run(&cli.data, c)
+        }
         Command::Export { dir } => {
+            local_only("export")?;
             let mut store = crate::store::Store::open_read_only(&cli.data)?;
             let release = store.runtime_release()?;
             if release < crate::runtime::RUNTIME_RELEASE {

@@ -3,6 +3,7 @@
 //! Reads never touch the database: they look the path up in the in-memory snapshot. The
 //! only writes are sightings and reports, handed to the recorder.
 
+use super::metrics::Refused;
 use super::{error::ApiError, App};
 use crate::names::Mac;
 use crate::sign::REPORT_HMAC;
@@ -57,6 +58,7 @@ pub async fn read(
                     "unknown device {mac}: assign it with `mpfleet device set {mac} --app NAME`"
                 );
                 app.recorder.unknown(mac, now());
+                app.metrics.unknown_poll();
                 return Err(ApiError::NotFound(message));
             }
         }
@@ -64,6 +66,7 @@ pub async fn read(
     };
     if let Some(mac) = device_of(path) {
         app.recorder.seen(mac, now());
+        app.metrics.poll();
     }
     let cache = if entry.immutable {
         "public, max-age=31536000, immutable"
@@ -101,12 +104,20 @@ pub async fn report(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let mac = Mac::parse(&mac).map_err(ApiError::BadRequest)?;
+    let metrics = app.metrics.clone();
+    let refused = |why: Refused| metrics.refused(why);
+    let mac = Mac::parse(&mac).map_err(|e| {
+        refused(Refused::Malformed);
+        ApiError::BadRequest(e)
+    })?;
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<usize>().ok());
-    let too_large = || ApiError::TooLarge(format!("report is over {MAX_REPORT} bytes"));
+    let too_large = || {
+        refused(Refused::Malformed);
+        ApiError::TooLarge(format!("report is over {MAX_REPORT} bytes"))
+    };
     if declared.is_some_and(|n| n > MAX_REPORT) {
         // Read (and drop) a moderately sized body first: answering before the client has
         // sent it makes the connection reset under the client, which then never sees the 413.
@@ -121,6 +132,7 @@ pub async fn report(
     let Some(key) = app.snapshot().key(&mac).cloned() else {
         let message = format!("unknown device {mac}");
         app.recorder.unknown(mac, now());
+        refused(Refused::Unknown);
         return Err(ApiError::NotFound(message));
     };
     let signed = headers
@@ -129,21 +141,28 @@ pub async fn report(
         .is_some_and(|claimed| crate::sign::verify(&key, &bytes, claimed));
     if !signed {
         app.recorder.forged(mac.clone());
+        refused(Refused::Unsigned);
         return Err(ApiError::Unauthorized(format!(
             "report for {mac} is not signed with its key (header {REPORT_HMAC})"
         )));
     }
-    let report = parse_report(&bytes).map_err(ApiError::BadRequest)?;
+    let report = parse_report(&bytes).map_err(|e| {
+        refused(Refused::Malformed);
+        ApiError::BadRequest(e)
+    })?;
+    let event = report.event;
     let taken = app
         .recorder
         .report(mac, now(), report.body, report.counter, report.high)
         .await?;
     if !taken {
+        refused(Refused::Replayed);
         return Err(ApiError::Conflict(format!(
             "report counter {} was already used: a replay",
             report.counter
         )));
     }
+    app.metrics.report(event);
     Ok(Json(serde_json::json!({ "stored": true })).into_response())
 }
 
@@ -151,6 +170,8 @@ pub async fn report(
 #[derive(Debug)]
 pub struct ParsedReport {
     pub body: String,
+    /// One of [`EVENTS`].
+    pub event: &'static str,
     /// The board's report counter: higher than any report before it.
     pub counter: i64,
     /// The highest generation the board has accepted, if it says.
@@ -167,12 +188,12 @@ pub fn parse_report(bytes: &[u8]) -> Result<ParsedReport, String> {
         .get("event")
         .and_then(|e| e.as_str())
         .ok_or("report has no \"event\" string")?;
-    if !EVENTS.contains(&event) {
+    let Some(event) = EVENTS.iter().copied().find(|e| *e == event) else {
         return Err(format!(
             "unknown event {event:?}: expected one of {}",
             EVENTS.join(", ")
         ));
-    }
+    };
     let counter = object
         .get("n")
         .and_then(|n| n.as_i64())
@@ -188,6 +209,7 @@ pub fn parse_report(bytes: &[u8]) -> Result<ParsedReport, String> {
     };
     Ok(ParsedReport {
         body: value.to_string(),
+        event,
         counter,
         high,
     })

@@ -5,10 +5,13 @@
 //! recorder that writes what boards report. Every connection is bounded in time and number
 //! (`limits`), so hostile clients cannot wear the server down.
 
+mod admin;
+mod auth;
 mod body_deadline;
 mod device;
 mod error;
 mod limits;
+mod metrics;
 mod recorder;
 
 pub use device::{EVENTS, MAX_REPORT};
@@ -19,9 +22,11 @@ use crate::store::Store;
 use anyhow::{Context, Result};
 use arc_swap::{ArcSwap, Guard};
 use axum::extract::Request;
+use axum::extract::State;
 use axum::middleware::{self, Next};
+use axum::response::IntoResponse;
 use axum::response::Response;
-use axum::routing::post;
+use axum::routing::{get, post};
 use axum::Router;
 use limits::Limits;
 use recorder::Recorder;
@@ -41,6 +46,12 @@ pub struct App {
     /// The current snapshot, replaced whole (readers never block, nor write to a lock).
     snapshot: Arc<ArcSwap<Snapshot>>,
     recorder: Recorder,
+    /// The data directory, where admin operations run.
+    data: PathBuf,
+    /// The admin token, read again when its file changes.
+    token: Arc<crate::token::Live>,
+    /// What `/metrics` reports.
+    metrics: Arc<metrics::Metrics>,
 }
 
 impl App {
@@ -52,6 +63,16 @@ impl App {
 pub fn router(app: App, body_timeout: Duration) -> Router {
     let router = Router::new()
         .route("/v1/{mac}/report", post(device::report))
+        .nest("/admin", admin_side(&app))
+        // `/admin/` is not under the nest: the same router answers it (401 without the token).
+        .route_service("/admin/", admin_side::<()>(&app))
+        .route(
+            "/metrics",
+            get(scrape).layer(middleware::from_fn_with_state(
+                app.token.clone(),
+                auth::require_token,
+            )),
+        )
         .fallback(device::read)
         .layer(middleware::from_fn_with_state(
             body_timeout,
@@ -63,7 +84,70 @@ pub fn router(app: App, body_timeout: Duration) -> Router {
     } else {
         router
     };
-    router.with_state(app)
+    router
+        .layer(middleware::from_fn_with_state(app.metrics.clone(), timed))
+        .with_state(app)
+}
+
+/// The admin side: everything under /admin needs the token; device paths never do.
+fn admin_side<S: Clone + Send + Sync + 'static>(app: &App) -> Router<S> {
+    Router::new()
+        .nest(
+            "/api/v1",
+            admin::api().with_state(admin::Admin {
+                data: app.data.clone(),
+            }),
+        )
+        .fallback(|| async {
+            admin::error(
+                axum::http::StatusCode::NOT_FOUND,
+                "no such admin path (the API is under /admin/api/v1/)",
+            )
+        })
+        .layer(middleware::from_fn_with_state(
+            app.token.clone(),
+            auth::require_token,
+        ))
+}
+
+/// `GET /metrics` (behind the token): the Prometheus text format.
+async fn scrape(State(app): State<App>) -> Response {
+    let (metrics, data) = (app.metrics.clone(), app.data.clone());
+    match tokio::task::spawn_blocking(move || metrics.render(&data)).await {
+        Ok(Ok(text)) => (
+            [(
+                axum::http::header::CONTENT_TYPE,
+                "text/plain; version=0.0.4; charset=utf-8",
+            )],
+            text,
+        )
+            .into_response(),
+        Ok(Err(e)) => {
+            tracing::error!("rendering /metrics: {e:#}");
+            admin::error(
+                axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+                "cannot read the store for /metrics (logged)",
+            )
+        }
+        Err(_) => admin::error(
+            axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+            "internal server error",
+        ),
+    }
+}
+
+/// Every request's latency, into the `/metrics` histogram of its side.
+async fn timed(State(metrics): State<Arc<metrics::Metrics>>, req: Request, next: Next) -> Response {
+    let path = req.uri().path();
+    let side = if path == "/metrics" || path == "/admin" || path.starts_with("/admin/") {
+        metrics::Side::Admin
+    } else {
+        metrics::Side::Device
+    };
+    let start = Instant::now();
+    let response = next.run(req).await;
+    metrics.request(side, start.elapsed());
+    response
 }
 
 /// One line per request, at info level on target `mpfleet::access` (off by default, so a
@@ -86,6 +170,14 @@ async fn access_log(req: Request, next: Next) -> Response {
 pub fn serve(data: PathBuf, listen: String) -> Result<()> {
     let limits = Limits::from_env()?;
     let mut store = Store::open(&data)?;
+    let (_, created) = crate::token::ensure(&data)?;
+    let token_path = crate::token::path(&data);
+    if created {
+        tracing::info!(
+            "created the admin token in {} (`mpfleet token show` prints it)",
+            token_path.display()
+        );
+    }
     if crate::mpy::mpy_cross().is_none() {
         tracing::warn!(
             "mpy-cross not found: boards get modules as source, which needs more RAM to import; \
@@ -96,8 +188,15 @@ pub fn serve(data: PathBuf, listen: String) -> Result<()> {
     let first = Snapshot::build(&mut store, None)?;
     let snapshot = Arc::new(ArcSwap::from_pointee(first));
     spawn_refresher(store, snapshot.clone())?;
-    let (recorder, writer) = Recorder::start(data)?;
-    let app = App { snapshot, recorder };
+    let (recorder, writer) = Recorder::start(data.clone())?;
+    let token = Arc::new(crate::token::Live::new(&data));
+    let app = App {
+        snapshot,
+        recorder,
+        data: data.clone(),
+        token,
+        metrics: Arc::default(),
+    };
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -107,10 +206,15 @@ pub fn serve(data: PathBuf, listen: String) -> Result<()> {
             .await
             .with_context(|| format!("cannot listen on {listen}"))?;
         let addr: SocketAddr = listener.local_addr()?;
+        let stop = shutdown();
         // The first line of output: tests and scripts read the bound address from it.
         outln!("mpfleet listening on http://{addr}/")?;
         crate::out::flush()?;
-        serve_http1(listener, router(app, limits.body_timeout), limits).await;
+        tracing::info!(
+            "admin API at http://{addr}/admin/api/v1/ with the token in {}",
+            token_path.display()
+        );
+        serve_http1(listener, router(app, limits.body_timeout), limits, stop).await;
         Ok::<(), anyhow::Error>(())
     })?;
     // Every request is done or dropped (the runtime's end drops the connections still open
@@ -128,7 +232,12 @@ pub fn serve(data: PathBuf, listen: String) -> Result<()> {
 /// HTTP/1, most with a new connection per request, so the per-connection path is the hot
 /// one), at most `limits.max_connections` at once, each within the limits' timeouts, until a
 /// shutdown signal; then lets requests in progress finish for at most the shutdown grace.
-async fn serve_http1(listener: tokio::net::TcpListener, router: Router, limits: Limits) {
+async fn serve_http1(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    limits: Limits,
+    stop: impl std::future::Future<Output = ()>,
+) {
     use hyper_util::rt::{TokioIo, TokioTimer};
     use hyper_util::server::graceful::GracefulShutdown;
     use hyper_util::service::TowerToHyperService;
@@ -140,7 +249,6 @@ async fn serve_http1(listener: tokio::net::TcpListener, router: Router, limits: 
         .header_read_timeout(limits.header_timeout);
     let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
     let mut cap_logged: Option<Instant> = None;
-    let stop = shutdown();
     tokio::pin!(stop);
     loop {
         // A free slot before accepting: at the cap, new connections wait in the kernel's
@@ -201,27 +309,32 @@ async fn serve_http1(listener: tokio::net::TcpListener, router: Router, limits: 
 
 /// Resolves at SIGTERM or Ctrl-C. SIGHUP (what `systemctl reload` and a closed terminal
 /// send) stops nothing and reloads nothing: changes to the store are served within a second
-/// anyway; it is logged.
-async fn shutdown() {
-    let ctrl_c = tokio::signal::ctrl_c();
+/// anyway; it is logged. The handlers are installed when this is called, not when the future
+/// is first polled: call it before announcing the address, so that a signal sent as soon as
+/// the address is printed meets a handler rather than the default action.
+fn shutdown() -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
+        let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
         let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
         let mut hup = signal(SignalKind::hangup()).expect("SIGHUP handler");
-        tokio::pin!(ctrl_c);
-        loop {
-            tokio::select! {
-                _ = &mut ctrl_c => break,
-                _ = term.recv() => break,
-                _ = hup.recv() => tracing::info!(
-                    "SIGHUP: nothing to reload (changes to the store are served within a second)"
-                ),
+        async move {
+            loop {
+                tokio::select! {
+                    _ = int.recv() => break,
+                    _ = term.recv() => break,
+                    _ = hup.recv() => tracing::info!(
+                        "SIGHUP: nothing to reload (changes to the store are served within a second)"
+                    ),
+                }
             }
         }
     }
     #[cfg(not(unix))]
-    let _ = ctrl_c.await;
+    async {
+        let _ = tokio::signal::ctrl_c().await;
+    }
 }
 
 /// CPU time this thread has used: what a rebuild costs, whatever else the machine runs

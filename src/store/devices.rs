@@ -308,4 +308,13 @@ impl Store {
         ))?;
         r.map(to_device).transpose()
     }
+
+    /// How many devices last reported each event (`None`: no report yet), for `/metrics`.
+    pub fn devices_by_last_event(&self) -> Result<Vec<(Option<String>, i64)>> {
+        let mut stmt = self.conn.prepare(
+            "SELECT json_extract(last_report, '$.event'), COUNT(*) FROM devices GROUP BY 1",
+        )?;
+        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
 }

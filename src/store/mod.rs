@@ -61,7 +61,7 @@ pub(crate) fn no_store(dir: &Path) -> String {
 
 /// Creates the data directory readable by its owner only: the database holds every device's
 /// secret key (`docs/security.md`).
-fn create_private_dir(dir: &Path) -> Result<()> {
+pub(crate) fn create_private_dir(dir: &Path) -> Result<()> {
     let mut builder = std::fs::DirBuilder::new();
     builder.recursive(true);
     #[cfg(unix)]

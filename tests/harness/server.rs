@@ -10,6 +10,8 @@ use std::time::{Duration, Instant};
 /// A running `mpfleet serve`.
 pub struct Server {
     child: Child,
+    /// The data directory it serves.
+    data: std::path::PathBuf,
     pub base: String,
     log: Arc<Mutex<Vec<String>>>,
 }
@@ -83,7 +85,12 @@ impl Server {
             .unwrap_or_else(|| panic!("no URL on serve's first line: {first}"))
             .to_owned();
         assert!(base.ends_with('/'), "{base}");
-        Self { child, base, log }
+        Self {
+            child,
+            data: data.to_owned(),
+            base,
+            log,
+        }
     }
 
     fn agent() -> ureq::Agent {
@@ -131,6 +138,35 @@ impl Server {
                 .set("Content-Type", "application/json")
                 .send_bytes(body),
         )
+    }
+
+    /// The admin token of the store this server serves (`admin-token` in its data dir).
+    pub fn token(&self) -> String {
+        let path = self.data.join("admin-token");
+        std::fs::read_to_string(&path)
+            .unwrap_or_else(|e| panic!("reading {}: {e}", path.display()))
+            .trim()
+            .to_owned()
+    }
+
+    /// A request to the admin side (`path` without the leading slash, e.g.
+    /// `admin/api/v1/devices`), with `Authorization: Bearer {token}` when a token is given,
+    /// and `body` as JSON when there is one.
+    pub fn admin(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<&str>,
+    ) -> Reply {
+        let mut req = Self::agent().request(method, &format!("{}{path}", self.base));
+        if let Some(t) = token {
+            req = req.set("Authorization", &format!("Bearer {t}"));
+        }
+        Self::reply(match body {
+            Some(b) => req.set("Content-Type", "application/json").send_string(b),
+            None => req.call(),
+        })
     }
 
     /// POSTs `body` as a report of `mac`, signed with `key` as a board signs it.
