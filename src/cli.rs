@@ -45,11 +45,23 @@ pub enum Command {
     /// `v1/{mac}.json` and POST what they did to `v1/{mac}/report`. Changes made with other
     /// mpfleet commands while it runs are served within a second.
     ///
+    /// With --mqtt, it also publishes, retained, `{"generation": N}` on `mpfleet/{mac}/update`
+    /// whenever a device's generation changes (boards running the optional `mpfleet_push`
+    /// module update at once instead of at their next poll), and each report's JSON on
+    /// `mpfleet/{mac}/state` (for Home Assistant). A broker that is down is retried with a
+    /// backoff; serving boards never waits for it.
+    ///
     /// Example: mpfleet serve --listen 127.0.0.1:0
+    /// Example: mpfleet serve --mqtt mqtt://mpfleet:PASSWORD@homeassistant.local:1883
     Serve {
         /// Address and port to listen on (`127.0.0.1:0` picks a free port).
         #[arg(long, env = "MPFLEET_LISTEN", default_value = "0.0.0.0:8080")]
         listen: String,
+        /// Push to this MQTT broker: mqtt://[user[:password]@]host[:port] (port 1883 if left
+        /// out; plain MQTT 3.1.1, no TLS). Set MPFLEET_MQTT instead to keep the password out
+        /// of the process list.
+        #[arg(long, env = "MPFLEET_MQTT", hide_env_values = true, value_name = "URL")]
+        mqtt: Option<String>,
     },
     /// Publish, list and inspect module versions.
     #[command(subcommand)]

@@ -34,6 +34,8 @@ pub struct Snapshot {
     blobs: HashMap<String, Bytes>,
     /// Each device's key, to check its reports. Never a served path.
     keys: HashMap<Mac, DeviceKey>,
+    /// The generation of each device whose manifest resolves (what `serve --mqtt` pushes).
+    generations: HashMap<Mac, i64>,
 }
 
 const JSON: &str = "application/json";
@@ -60,6 +62,7 @@ impl Snapshot {
             let devices = store.devices()?;
             let store_id = store.store_id()?;
             let mut keys = HashMap::new();
+            let mut generations = HashMap::new();
             let mut files = BTreeMap::new();
             let mut blobs = HashMap::new();
             let mut blob = |sha: &str| -> Result<Bytes> {
@@ -99,6 +102,7 @@ impl Snapshot {
                 if let Ok(resolved) = catalog.resolve(&d.desired) {
                     let body = resolved.to_json(&d.mac, &store_id, d.generation);
                     let body = crate::sign::seal(&d.key, &body);
+                    generations.insert(d.mac.clone(), d.generation);
                     files.insert(
                         format!("v1/{}.json", d.mac),
                         entry(body.into(), JSON, false),
@@ -110,6 +114,7 @@ impl Snapshot {
                 files,
                 blobs,
                 keys,
+                generations,
             })
         })
     }
@@ -122,6 +127,11 @@ impl Snapshot {
     /// The key of a device, if it is one.
     pub fn key(&self, mac: &Mac) -> Option<&DeviceKey> {
         self.keys.get(mac)
+    }
+
+    /// Each device's generation, for the devices boards can fetch a manifest for.
+    pub fn generations(&self) -> &HashMap<Mac, i64> {
+        &self.generations
     }
 
     /// Every file, in path order.

@@ -17,7 +17,7 @@ use anyhow::Result;
 
 pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Serve { listen } => crate::http::serve(cli.data, listen),
+        Command::Serve { listen, mqtt } => crate::http::serve(cli.data, listen, mqtt),
         Command::Module(c) => module::run(&cli.data, c),
         Command::Device(c) => device::run(&cli.data, c),
         Command::Export { dir } => {

@@ -134,15 +134,19 @@ pub async fn report(
         )));
     }
     let report = parse_report(&bytes).map_err(ApiError::BadRequest)?;
+    let mirror = app.push.as_ref().map(|p| (p, report.body.clone()));
     let taken = app
         .recorder
-        .report(mac, now(), report.body, report.counter, report.high)
+        .report(mac.clone(), now(), report.body, report.counter, report.high)
         .await?;
     if !taken {
         return Err(ApiError::Conflict(format!(
             "report counter {} was already used: a replay",
             report.counter
         )));
+    }
+    if let Some((push, body)) = mirror {
+        push.report(&mac, &body);
     }
     Ok(Json(serde_json::json!({ "stored": true })).into_response())
 }

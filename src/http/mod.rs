@@ -14,6 +14,7 @@ mod recorder;
 pub use device::{EVENTS, MAX_REPORT};
 
 use crate::out::outln;
+use crate::push::{Broker, Push};
 use crate::snapshot::Snapshot;
 use crate::store::Store;
 use anyhow::{Context, Result};
@@ -41,6 +42,8 @@ pub struct App {
     /// The current snapshot, replaced whole (readers never block, nor write to a lock).
     snapshot: Arc<ArcSwap<Snapshot>>,
     recorder: Recorder,
+    /// `--mqtt`: where generations and reports are pushed.
+    push: Option<Push>,
 }
 
 impl App {
@@ -82,9 +85,11 @@ async fn access_log(req: Request, next: Next) -> Response {
     response
 }
 
-/// Serves the store in `data` on `listen` until interrupted.
-pub fn serve(data: PathBuf, listen: String) -> Result<()> {
+/// Serves the store in `data` on `listen` until interrupted; with `mqtt`, also pushes
+/// generations and reports to that broker (`crate::push`).
+pub fn serve(data: PathBuf, listen: String, mqtt: Option<String>) -> Result<()> {
     let limits = Limits::from_env()?;
+    let broker = mqtt.as_deref().map(Broker::parse).transpose()?;
     let mut store = Store::open(&data)?;
     if crate::mpy::mpy_cross().is_none() {
         tracing::warn!(
@@ -94,10 +99,18 @@ pub fn serve(data: PathBuf, listen: String) -> Result<()> {
         );
     }
     let first = Snapshot::build(&mut store, None)?;
+    let push = broker.map(Push::start).transpose()?;
+    if let Some(p) = &push {
+        p.snapshot(&first);
+    }
     let snapshot = Arc::new(ArcSwap::from_pointee(first));
-    spawn_refresher(store, snapshot.clone())?;
+    spawn_refresher(store, snapshot.clone(), push.clone())?;
     let (recorder, writer) = Recorder::start(data)?;
-    let app = App { snapshot, recorder };
+    let app = App {
+        snapshot,
+        recorder,
+        push,
+    };
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -224,8 +237,13 @@ async fn shutdown() {
     let _ = ctrl_c.await;
 }
 
-/// Rebuilds the snapshot whenever the store's revision moves.
-fn spawn_refresher(mut store: Store, shared: Arc<ArcSwap<Snapshot>>) -> Result<()> {
+/// Rebuilds the snapshot whenever the store's revision moves (and hands it to `push`, which
+/// publishes the generations that changed).
+fn spawn_refresher(
+    mut store: Store,
+    shared: Arc<ArcSwap<Snapshot>>,
+    push: Option<Push>,
+) -> Result<()> {
     std::thread::Builder::new()
         .name("refresher".into())
         .spawn(move || loop {
@@ -239,6 +257,9 @@ fn spawn_refresher(mut store: Store, shared: Arc<ArcSwap<Snapshot>>) -> Result<(
                                 revision = next.revision,
                                 "store changed; serving the new state"
                             );
+                            if let Some(p) = &push {
+                                p.snapshot(&next);
+                            }
                             shared.store(Arc::new(next));
                         }
                         Err(e) => tracing::error!("rebuilding the snapshot failed: {e:#}"),
