@@ -272,7 +272,10 @@ mod tests {
     #[test]
     fn broker_urls() {
         let b = Broker::parse("mqtt://127.0.0.1:1884").unwrap();
-        assert_eq!((b.host.as_str(), b.port, b.credentials), ("127.0.0.1", 1884, None));
+        assert_eq!(
+            (b.host.as_str(), b.port, b.credentials),
+            ("127.0.0.1", 1884, None)
+        );
         let b = Broker::parse("mqtt://homeassistant.local/").unwrap();
         assert_eq!((b.host.as_str(), b.port), ("homeassistant.local", 1883));
         let b = Broker::parse("mqtt://mpfleet:s3cr:t@ha.local:1883").unwrap();
