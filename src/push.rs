@@ -212,6 +212,9 @@ impl Push {
         let client_id = format!("mpfleet-serve-{}", std::process::id());
         let mut options = MqttOptions::new(client_id, broker.host.clone(), broker.port);
         options.set_keep_alive(Duration::from_secs(30));
+        // A report can be up to MAX_REPORT bytes; rumqttc's default limit is 10 KiB.
+        let most = crate::http::MAX_REPORT + 1024;
+        options.set_max_packet_size(most, most);
         if let Some((user, password)) = &broker.credentials {
             options.set_credentials(user.clone(), password.clone());
         }

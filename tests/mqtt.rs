@@ -192,3 +192,26 @@ fn serve_refuses_a_bad_mqtt_url() {
         assert!(!out.contains("panicked"), "{out}");
     }
 }
+
+/// A report as large as serve takes is mirrored whole, and the connection stays up for the
+/// next one.
+#[test]
+fn reports_up_to_the_largest_are_mirrored() {
+    let broker = Mosquitto::start();
+    let (f, server) = fleet(broker.port);
+    let sub = Subscriber::connect(broker.port);
+    sub.wait(UPDATE, Duration::from_secs(30), |_| true);
+    let key = f.key(MAC);
+    let pad = "x".repeat(mpfleet::http::MAX_REPORT - 100);
+    let big = format!("{{\"event\":\"boot\",\"n\":1,\"error\":\"{pad}\"}}");
+    assert_eq!(server.report(MAC, &key, big.as_bytes()).status, 200);
+    let m = sub.wait(STATE, Duration::from_secs(30), |m| m.payload.contains(&pad));
+    let got: serde_json::Value = serde_json::from_str(&m.payload).unwrap();
+    assert_eq!(got["event"], "boot");
+    let small = "{\"event\":\"updated\",\"n\":2,\"generation\":1}";
+    assert_eq!(server.report(MAC, &key, small.as_bytes()).status, 200);
+    sub.wait(STATE, Duration::from_secs(30), |m| {
+        m.payload.contains("\"n\":2")
+    });
+    assert_eq!(server.log_count("MQTT: lost"), 0);
+}

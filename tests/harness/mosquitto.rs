@@ -111,7 +111,9 @@ pub struct Subscriber {
 impl Subscriber {
     pub fn connect(port: u16) -> Self {
         let id = format!("test-{}-{}", std::process::id(), free_port());
-        let options = rumqttc::MqttOptions::new(id, "127.0.0.1", port);
+        let mut options = rumqttc::MqttOptions::new(id, "127.0.0.1", port);
+        // Reports up to serve's largest (rumqttc's default limit is 10 KiB).
+        options.set_max_packet_size(64 * 1024, 64 * 1024);
         let (client, mut connection) = rumqttc::Client::new(options, 16);
         client
             .subscribe("mpfleet/#", rumqttc::QoS::AtLeastOnce)
