@@ -195,7 +195,10 @@ class Push:
             g = json.loads(body[at:])["generation"]
         except (ValueError, KeyError, TypeError):
             return  # an empty payload (device removed) or not ours
-        if not isinstance(g, int) or g <= (config.generation or 0) or g == config.get("pushed"):
+        if not isinstance(g, int) or g <= (config.generation or 0):
+            return
+        if g == config.get("pushed"):
+            print("mpfleet: push: generation", g, "already asked for")
             return
         print("mpfleet: push: generation", g, "announced; updating")
         config.set("pushed", g)

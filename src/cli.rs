@@ -52,7 +52,8 @@ pub enum Command {
     /// backoff; serving boards never waits for it.
     ///
     /// Example: mpfleet serve --listen 127.0.0.1:0
-    /// Example: mpfleet serve --mqtt mqtt://mpfleet:PASSWORD@homeassistant.local:1883
+    ///
+    /// Example: MPFLEET_MQTT=mqtt://mpfleet:PASSWORD@192.168.1.20:1883 mpfleet serve
     Serve {
         /// Address and port to listen on (`127.0.0.1:0` picks a free port).
         #[arg(long, env = "MPFLEET_LISTEN", default_value = "0.0.0.0:8080")]

@@ -215,3 +215,24 @@ fn reports_up_to_the_largest_are_mirrored() {
     });
     assert_eq!(server.log_count("MQTT: lost"), 0);
 }
+
+/// A pushed generation whose code crashes: the board rolls back, and the retained message,
+/// still announcing that generation, does not send it into the update again (it asked once).
+#[test]
+fn a_generation_rolled_back_from_is_not_asked_for_again() {
+    let broker = Mosquitto::start();
+    let (f, server) = fleet(broker.port);
+    let board = SimBoard::new(&f, MAC).start(&server.base);
+    board.wait_said("APP one", BOARD);
+    board.wait_said("push: subscribed", BOARD);
+
+    f.publish("sensorclass", "raise RuntimeError('boom')\n", &[]);
+    let bad = generation(&f);
+    board.wait_said(&format!("push: generation {bad} announced"), BOARD);
+    board.wait_said(&format!("rolled back from generation {bad}"), BOARD);
+    board.wait_said(&format!("push: generation {bad} already asked for"), BOARD);
+    let out = board.stop();
+    assert_eq!(out.matches("announced; updating").count(), 1, "{out}");
+    let after = &out[out.find("rolled back from").unwrap()..];
+    assert!(after.contains("APP one"), "{out}");
+}
