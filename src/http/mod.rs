@@ -257,10 +257,12 @@ fn spawn_refresher(
                                 revision = next.revision,
                                 "store changed; serving the new state"
                             );
+                            let next = Arc::new(next);
+                            shared.store(next.clone());
+                            // Told only once it is served: a board told fetches it at once.
                             if let Some(p) = &push {
                                 p.snapshot(&next);
                             }
-                            shared.store(Arc::new(next));
                         }
                         Err(e) => tracing::error!("rebuilding the snapshot failed: {e:#}"),
                     }
