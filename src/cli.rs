@@ -56,12 +56,24 @@ pub enum Command {
     /// `/metrics` (Prometheus) answer only requests carrying the admin token, which `serve`
     /// creates on its first start (`mpfleet token show`); see docs/admin-api.md. Boards'
     /// paths need no token.
+    /// With --mqtt, it also publishes, retained, `{"generation": N}` on `mpfleet/{mac}/update`
+    /// whenever a device's generation changes (boards running the optional `mpfleet_push`
+    /// module update at once instead of at their next poll), and each report's JSON on
+    /// `mpfleet/{mac}/state` (for Home Assistant). A broker that is down is retried with a
+    /// backoff; serving boards never waits for it.
     ///
     /// Example: mpfleet serve --listen 127.0.0.1:0
+    ///
+    /// Example: MPFLEET_MQTT=mqtt://mpfleet:PASSWORD@192.168.1.20:1883 mpfleet serve
     Serve {
         /// Address and port to listen on (`127.0.0.1:0` picks a free port).
         #[arg(long, env = "MPFLEET_LISTEN", default_value = "0.0.0.0:8080")]
         listen: String,
+        /// Push to this MQTT broker: mqtt://[user[:password]@]host[:port] (port 1883 if left
+        /// out; plain MQTT 3.1.1, no TLS). Set MPFLEET_MQTT instead to keep the password out
+        /// of the process list.
+        #[arg(long, env = "MPFLEET_MQTT", hide_env_values = true, value_name = "URL")]
+        mqtt: Option<String>,
     },
     /// Publish, list and inspect module versions.
     #[command(subcommand)]

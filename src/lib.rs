@@ -1,7 +1,8 @@
 //! mpfleet: local-first over-the-air updates for fleets of MicroPython boards.
 //!
 //! The store holds versioned modules and per-device manifests; the snapshot renders what
-//! boards read from it; `http` serves that snapshot and records what boards report; `export`
+//! boards read from it; `http` serves that snapshot and records what boards report (and `push`
+//! tells an MQTT broker when a board has something new); `export`
 //! writes it as static files; `sim` boots simulated boards on the real MicroPython.
 
 // Stdout goes through `out::outln!`, which ends quietly on a closed pipe (see `out`).
@@ -18,6 +19,7 @@ pub mod mpy;
 pub mod names;
 pub mod ops;
 pub mod out;
+pub mod push;
 pub mod repl;
 pub mod runtime;
 pub mod sign;

@@ -262,6 +262,16 @@ impl Snapshot {
         self.devices.get(&mac.bits()).map(|d| &d.key)
     }
 
+    /// Each device's generation, for the devices boards can fetch a manifest for (what
+    /// `serve --mqtt` pushes).
+    pub fn generations(&self) -> HashMap<Mac, i64> {
+        self.devices
+            .iter()
+            .filter(|(_, d)| d.resolved.is_some())
+            .map(|(&mac, d)| (Mac::from_bits(mac), d.generation))
+            .collect()
+    }
+
     /// Every file: the shared ones in path order, then each device's two (rendered now).
     pub fn files(&self) -> impl Iterator<Item = (Cow<'_, str>, Cow<'_, Entry>)> {
         let shared = self

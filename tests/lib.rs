@@ -17,6 +17,7 @@ mod export;
 mod faults;
 mod hardening;
 mod heap;
+mod mqtt;
 mod never_stuck;
 mod ports;
 mod repl;

@@ -38,9 +38,9 @@ pub fn run(cli: Cli) -> Result<()> {
         Ok(())
     };
     match cli.command {
-        Command::Serve { listen } => {
+        Command::Serve { listen, mqtt } => {
             local_only("serve")?;
-            crate::http::serve(cli.data, listen)
+            crate::http::serve(cli.data, listen, mqtt)
         }
         Command::Module(c) => module::run(&backend(&cli.data, &cli.remote)?, c),
         Command::Device(c) => device::run(&backend(&cli.data, &cli.remote)?, c),

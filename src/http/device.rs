@@ -151,9 +151,11 @@ pub async fn report(
         ApiError::BadRequest(e)
     })?;
     let event = report.event;
+    let report = parse_report(&bytes).map_err(ApiError::BadRequest)?;
+    let mirror = app.push.as_ref().map(|p| (p, report.body.clone()));
     let taken = app
         .recorder
-        .report(mac, now(), report.body, report.counter, report.high)
+        .report(mac.clone(), now(), report.body, report.counter, report.high)
         .await?;
     if !taken {
         refused(Refused::Replayed);
@@ -163,6 +165,9 @@ pub async fn report(
         )));
     }
     app.metrics.report(event);
+    if let Some((push, body)) = mirror {
+        push.report(&mac, &body);
+    }
     Ok(Json(serde_json::json!({ "stored": true })).into_response())
 }
 

@@ -17,6 +17,7 @@ mod recorder;
 pub use device::{EVENTS, MAX_REPORT};
 
 use crate::out::outln;
+use crate::push::{Broker, Push};
 use crate::snapshot::Snapshot;
 use crate::store::Store;
 use anyhow::{Context, Result};
@@ -52,6 +53,8 @@ pub struct App {
     token: Arc<crate::token::Live>,
     /// What `/metrics` reports.
     metrics: Arc<metrics::Metrics>,
+    /// `--mqtt`: where generations and reports are pushed.
+    push: Option<Push>,
 }
 
 impl App {
@@ -166,9 +169,11 @@ async fn access_log(req: Request, next: Next) -> Response {
     response
 }
 
-/// Serves the store in `data` on `listen` until interrupted.
-pub fn serve(data: PathBuf, listen: String) -> Result<()> {
+/// Serves the store in `data` on `listen` until interrupted; with `mqtt`, also pushes
+/// generations and reports to that broker (`crate::push`).
+pub fn serve(data: PathBuf, listen: String, mqtt: Option<String>) -> Result<()> {
     let limits = Limits::from_env()?;
+    let broker = mqtt.as_deref().map(Broker::parse).transpose()?;
     let mut store = Store::open(&data)?;
     let (_, created) = crate::token::ensure(&data)?;
     let token_path = crate::token::path(&data);
@@ -186,8 +191,12 @@ pub fn serve(data: PathBuf, listen: String) -> Result<()> {
         );
     }
     let first = Snapshot::build(&mut store, None)?;
+    let push = broker.map(Push::start).transpose()?;
+    if let Some(p) = &push {
+        p.snapshot(&first);
+    }
     let snapshot = Arc::new(ArcSwap::from_pointee(first));
-    spawn_refresher(store, snapshot.clone())?;
+    spawn_refresher(store, snapshot.clone(), push.clone())?;
     let (recorder, writer) = Recorder::start(data.clone())?;
     let token = Arc::new(crate::token::Live::new(&data));
     let app = App {
@@ -196,6 +205,7 @@ pub fn serve(data: PathBuf, listen: String) -> Result<()> {
         data: data.clone(),
         token,
         metrics: Arc::default(),
+        push,
     };
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -338,7 +348,7 @@ fn shutdown() -> impl std::future::Future<Output = ()> {
 }
 
 /// CPU time this thread has used: what a rebuild costs, whatever else the machine runs
-/// (`bench/rebuild.sh` reads it from the log).
+/// (`bench/scale.sh` reads it from the log).
 fn thread_cpu() -> Duration {
     let mut t = libc::timespec {
         tv_sec: 0,
@@ -349,8 +359,13 @@ fn thread_cpu() -> Duration {
     Duration::new(t.tv_sec as u64, t.tv_nsec as u32)
 }
 
-/// Rebuilds the snapshot whenever the store's revision moves.
-fn spawn_refresher(mut store: Store, shared: Arc<ArcSwap<Snapshot>>) -> Result<()> {
+/// Rebuilds the snapshot whenever the store's revision moves (and hands it to `push`, which
+/// publishes the generations that changed).
+fn spawn_refresher(
+    mut store: Store,
+    shared: Arc<ArcSwap<Snapshot>>,
+    push: Option<Push>,
+) -> Result<()> {
     std::thread::Builder::new()
         .name("refresher".into())
         .spawn(move || loop {
@@ -368,7 +383,12 @@ fn spawn_refresher(mut store: Store, shared: Arc<ArcSwap<Snapshot>>) -> Result<(
                                 build_cpu_ms = (thread_cpu() - cpu).as_millis() as u64,
                                 "store changed; serving the new state"
                             );
-                            shared.store(Arc::new(next));
+                            let next = Arc::new(next);
+                            shared.store(next.clone());
+                            // Told only once it is served: a board told fetches it at once.
+                            if let Some(p) = &push {
+                                p.snapshot(&next);
+                            }
                         }
                         Err(e) => tracing::error!("rebuilding the snapshot failed: {e:#}"),
                     }

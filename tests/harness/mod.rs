@@ -8,6 +8,9 @@
 //! - `proxy`: HTTP proxies in front of the server ([`FaultProxy`] injects faults, [`Router`]
 //!   serves a board another device's manifest), one forwarding path for both;
 //! - `static_files`: a static file server over an export ([`StaticFiles`]);
+//! - `mosquitto`: a real Mosquitto broker on a free port ([`Mosquitto`]) and an MQTT client
+//!   recording what it publishes ([`Subscriber`]);
+//! - `running`: a simulated board left running while the test acts ([`Running`]);
 //! - `heap`: the smallest `--heap` a board needs for a run ([`min_heap`]).
 
 // Each test file uses some of it.
@@ -16,8 +19,10 @@
 mod board;
 mod fleet;
 mod heap;
+pub mod mosquitto;
 mod process;
 mod proxy;
+mod running;
 mod server;
 mod static_files;
 
@@ -31,9 +36,13 @@ pub use fleet::{Fleet, Run};
 #[allow(unused_imports)]
 pub use heap::{image_board_at, littlefs_image, min_heap};
 #[allow(unused_imports)]
+pub use mosquitto::{free_port, Message, Mosquitto, Subscriber};
+#[allow(unused_imports)]
 pub use process::{dead_pid, output_within};
 #[allow(unused_imports)]
 pub use proxy::{Fault, FaultProxy, Router, Tamper};
+#[allow(unused_imports)]
+pub use running::Running;
 #[allow(unused_imports)]
 pub use server::{Reply, Server};
 #[allow(unused_imports)]
