@@ -2,7 +2,8 @@
 //!
 //! The store holds versioned modules and per-device manifests; the snapshot renders what
 //! boards read from it; `http` serves that snapshot and records what boards report; `export`
-//! writes it as static files; `sim` boots simulated boards on the real MicroPython.
+//! writes it as static files; `sim` boots simulated boards on the real MicroPython;
+//! `provision` installs a real board over its serial port.
 
 // Stdout goes through `out::outln!`, which ends quietly on a closed pipe (see `out`).
 #![deny(clippy::print_stdout)]
@@ -17,7 +18,8 @@ pub mod manifest;
 pub mod mpy;
 pub mod names;
 pub mod out;
-pub mod repl;
+pub use provision::repl;
+pub mod provision;
 pub mod runtime;
 pub mod sign;
 pub mod sim;

@@ -18,6 +18,7 @@ mod hardening;
 mod heap;
 mod never_stuck;
 mod ports;
+mod provision;
 mod repl;
 mod security;
 mod serve;

@@ -9,6 +9,8 @@
 mod device;
 mod install;
 mod module;
+mod progress;
+mod provision;
 mod terminal;
 
 use crate::cli::{Cli, Command};
@@ -40,6 +42,7 @@ pub fn run(cli: Cli) -> Result<()> {
             )?;
             Ok(())
         }
+        Command::Provision(args) => provision::run(&cli.data, *args),
         Command::Sim(args) => crate::sim::run(*args, &cli.data),
         Command::Completions { shell } => install::completions(shell),
         Command::Man { dir } => install::man(dir.as_deref()),

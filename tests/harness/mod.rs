@@ -7,6 +7,8 @@
 //!   every run under a wall-clock deadline;
 //! - `proxy`: HTTP proxies in front of the server ([`FaultProxy`] injects faults, [`Router`]
 //!   serves a board another device's manifest), one forwarding path for both;
+//! - `serial`: a simulated board behind a serial port (a pseudo-terminal), for `provision`
+//!   ([`SerialPort`]);
 //! - `static_files`: a static file server over an export ([`StaticFiles`]);
 //! - `heap`: the smallest `--heap` a board needs for a run ([`min_heap`]).
 
@@ -18,6 +20,7 @@ mod fleet;
 mod heap;
 mod process;
 mod proxy;
+mod serial;
 mod server;
 mod static_files;
 
@@ -34,6 +37,8 @@ pub use heap::{image_board_at, littlefs_image, min_heap};
 pub use process::{dead_pid, output_within};
 #[allow(unused_imports)]
 pub use proxy::{Fault, FaultProxy, Router, Tamper};
+#[allow(unused_imports)]
+pub use serial::SerialPort;
 #[allow(unused_imports)]
 pub use server::{Reply, Server};
 #[allow(unused_imports)]
