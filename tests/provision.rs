@@ -6,7 +6,9 @@
 //! pulled in the middle of the write, then a second run; and the clear errors: a port where
 //! nothing answers, one where something else does, one that does not exist, one that is busy.
 
-use crate::harness::{app_source, output_within, Fleet, SerialPort, Server, SimBoard, BIN};
+use crate::harness::{
+    app_source, inspect, littlefs_image, output_within, Fleet, SerialPort, Server, SimBoard, BIN,
+};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -201,4 +203,26 @@ fn a_port_that_does_not_exist_or_is_busy_is_a_clear_error() {
     let (code, _, stderr) = provision(&f, &[&port.path, "--app", "app"]);
     assert_ne!(code, 0);
     assert!(stderr.contains("is busy"), "{stderr}");
+}
+
+#[test]
+fn a_full_flash_is_a_clear_error_and_gives_its_space_back() {
+    let (f, server) = fleet();
+    let base = format!("http://{}/", server.addr());
+    let image = f.dir.path().join("full.img");
+    // 16 blocks of 4 KiB, most of them taken by the user's own file.
+    littlefs_image(&image, 16, &[("data.bin", &"x".repeat(36 * 1024))]);
+    let port = SerialPort::board_on_image(MAC, &image, &f.dir.path().join("state"));
+    let (code, _, stderr) = provision(&f, &[&port.path, "--server", &base, "--app", "app"]);
+    assert_ne!(code, 0);
+    assert!(
+        stderr.contains("flash is full"),
+        "{stderr}\n{}",
+        port.output()
+    );
+    drop(port);
+    let files = inspect(&image);
+    let text = files.to_string();
+    assert!(!text.contains("mpfleet_provision"), "{files:#}");
+    assert!(text.contains("data.bin"), "{files:#}");
 }

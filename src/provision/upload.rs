@@ -52,7 +52,7 @@ pub fn write_file<L: Link>(
     let result = (|| {
         repl.exec(&format!(
             "import os,binascii,hashlib\n\
-             def _d(p):\n try:os.mkdir(p)\n except OSError:pass\n\
+             def _d(p):\n try:os.mkdir(p)\n except OSError as e:\n  if e.errno!=17:raise\n\
              {dirs}_f=open({part:?},'wb')\n\
              def _w(b):\n print(_f.write(binascii.a2b_base64(b)))\n"
         ))

@@ -78,6 +78,15 @@ impl SerialPort {
     /// many bytes went towards the board.
     pub fn board(mac: &str, flash: &Path, state: &Path, cut_after: Option<usize>) -> Self {
         std::fs::create_dir_all(flash).unwrap();
+        Self::start(mac, ("MPFLEET_FLASH_DIR", flash), state, cut_after)
+    }
+
+    /// A board whose flash is the littlefs2 image `image` (see `littlefs_image`).
+    pub fn board_on_image(mac: &str, image: &Path, state: &Path) -> Self {
+        Self::start(mac, ("MPFLEET_FLASH_IMG", image), state, None)
+    }
+
+    fn start(mac: &str, flash: (&str, &Path), state: &Path, cut_after: Option<usize>) -> Self {
         std::fs::create_dir_all(state).unwrap();
         let micropython =
             std::env::var("MPFLEET_MICROPYTHON").unwrap_or_else(|_| "micropython".into());
@@ -86,7 +95,7 @@ impl SerialPort {
         std::fs::write(&setup, REPL_SETUP).unwrap();
         let env: Vec<(String, String)> = vec![
             ("MICROPYPATH".into(), shims.display().to_string()),
-            ("MPFLEET_FLASH_DIR".into(), flash.display().to_string()),
+            (flash.0.into(), flash.1.display().to_string()),
             ("MPFLEET_MAC".into(), mac.into()),
             (
                 "MPFLEET_RTC".into(),
@@ -152,7 +161,7 @@ impl SerialPort {
             })
         };
         let mut port = Self::relay(board_master, cut_after, stop.clone(), child.clone());
-        port.flash = flash.to_owned();
+        port.flash = flash.1.to_owned();
         port.threads.push(runner);
         port
     }
