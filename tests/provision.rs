@@ -81,9 +81,25 @@ fn a_blank_board_becomes_a_device_and_boots_its_app() {
     let sim = SimBoard::new(&f, MAC);
     let base = format!("http://{}/", server.addr());
     let port = SerialPort::board(MAC, &sim.flash, &sim.state, None);
-    provisioned(&f, &port, &server, &["--app", "app", "sensorclass=latest"]);
+    let secrets = f.file("secrets.json", r#"{"wifi": "hunter2"}"#);
+    provisioned(
+        &f,
+        &port,
+        &server,
+        &[
+            "--app",
+            "app",
+            "sensorclass=latest",
+            "--secrets",
+            secrets.to_str().unwrap(),
+        ],
+    );
     drop(port);
     assert_installed(&f, &sim, &base);
+    assert_eq!(
+        sim.json("/secrets.json"),
+        serde_json::json!({"wifi": "hunter2"})
+    );
     let devices = f.json(&["device", "list", "--json"]);
     assert_eq!(devices.as_array().unwrap().len(), 1, "{devices}");
     assert_eq!(devices[0]["mac"], MAC);
@@ -225,4 +241,25 @@ fn a_full_flash_is_a_clear_error_and_gives_its_space_back() {
     let text = files.to_string();
     assert!(!text.contains("mpfleet_provision"), "{files:#}");
     assert!(text.contains("data.bin"), "{files:#}");
+}
+
+#[test]
+fn micropython_before_1_22_is_refused_before_anything_is_written() {
+    let (f, server) = fleet();
+    let base = format!("http://{}/", server.addr());
+    let sim = SimBoard::new(&f, MAC);
+    let port = SerialPort::board_with_env(
+        MAC,
+        &sim.flash,
+        &sim.state,
+        &[("MPFLEET_PORT_VERSION", "1.21")],
+    );
+    let (code, _, stderr) = provision(&f, &[&port.path, "--server", &base, "--app", "app"]);
+    assert_ne!(code, 0);
+    assert!(
+        stderr.contains("runs MicroPython 1.21.0; mpfleet needs 1.22 or newer"),
+        "{stderr}"
+    );
+    assert!(sim.ls("/").is_empty(), "{:?}", sim.ls("/"));
+    assert_eq!(f.json(&["device", "list", "--json"]), serde_json::json!([]));
 }

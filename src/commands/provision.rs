@@ -69,10 +69,10 @@ pub fn run(data: &Path, a: ProvisionArgs) -> Result<()> {
             store
                 .set_device(&mac, d)
                 .with_context(|| format!("cannot set device {mac}"))?;
-            if before.is_none() {
-                "created"
-            } else {
-                "adopted"
+            match &before {
+                None => "created",
+                Some(b) if b.desired != *d => "adopted, what it runs changed",
+                Some(_) => "adopted",
             }
         }
         (Some(_), None) => "adopted",

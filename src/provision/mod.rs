@@ -79,7 +79,14 @@ impl<L: Link> Board<L> {
                  print(binascii.hexlify(network.WLAN(network.STA_IF).config('mac')).decode(),\
                  '%d.%d.%d'%sys.implementation.version[:3])",
             )
-            .map_err(|e| self.lost(e, "reading its MAC"))?;
+            .map_err(|e| match e {
+                ReplError::Raised(tb) if tb.contains("'network'") => anyhow!(
+                    "the board on {} has no Wi-Fi (MicroPython without a `network` module): \
+                     mpfleet boards update over Wi-Fi (ESP8266, ESP32)",
+                    self.port
+                ),
+                e => self.lost(e, "reading its MAC"),
+            })?;
         let mut words = said.split_whitespace();
         let (Some(mac), Some(version)) = (words.next(), words.next()) else {
             bail!(

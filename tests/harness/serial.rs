@@ -78,22 +78,35 @@ impl SerialPort {
     /// many bytes went towards the board.
     pub fn board(mac: &str, flash: &Path, state: &Path, cut_after: Option<usize>) -> Self {
         std::fs::create_dir_all(flash).unwrap();
-        Self::start(mac, ("MPFLEET_FLASH_DIR", flash), state, cut_after)
+        Self::start(mac, ("MPFLEET_FLASH_DIR", flash), state, cut_after, &[])
     }
 
     /// A board whose flash is the littlefs2 image `image` (see `littlefs_image`).
     pub fn board_on_image(mac: &str, image: &Path, state: &Path) -> Self {
-        Self::start(mac, ("MPFLEET_FLASH_IMG", image), state, None)
+        Self::start(mac, ("MPFLEET_FLASH_IMG", image), state, None, &[])
     }
 
-    fn start(mac: &str, flash: (&str, &Path), state: &Path, cut_after: Option<usize>) -> Self {
+    /// A board as [`SerialPort::board`] with more of the simulator's environment
+    /// (`MPFLEET_PORT_VERSION`...).
+    pub fn board_with_env(mac: &str, flash: &Path, state: &Path, env: &[(&str, &str)]) -> Self {
+        std::fs::create_dir_all(flash).unwrap();
+        Self::start(mac, ("MPFLEET_FLASH_DIR", flash), state, None, env)
+    }
+
+    fn start(
+        mac: &str,
+        flash: (&str, &Path),
+        state: &Path,
+        cut_after: Option<usize>,
+        extra: &[(&str, &str)],
+    ) -> Self {
         std::fs::create_dir_all(state).unwrap();
         let micropython =
             std::env::var("MPFLEET_MICROPYTHON").unwrap_or_else(|_| "micropython".into());
         let shims = mpfleet::sim::shims_dir().expect("the simulator's shims");
         let setup = state.join("repl_setup.py");
         std::fs::write(&setup, REPL_SETUP).unwrap();
-        let env: Vec<(String, String)> = vec![
+        let env: Vec<(String, String)> = [
             ("MICROPYPATH".into(), shims.display().to_string()),
             (flash.0.into(), flash.1.display().to_string()),
             ("MPFLEET_MAC".into(), mac.into()),
@@ -106,7 +119,10 @@ impl SerialPort {
                 state.join(format!("{mac}.wdt")).display().to_string(),
             ),
             ("MPFLEET_PORT".into(), "esp32".into()),
-        ];
+        ]
+        .into_iter()
+        .chain(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())))
+        .collect();
         let (board_master, board_slave, _) = pty();
         let stop = Arc::new(AtomicBool::new(false));
         let child: Arc<Mutex<Option<Child>>> = Arc::default();
