@@ -206,12 +206,18 @@ fn a_port_without_micropython_is_a_clear_error() {
 }
 
 #[test]
-fn a_port_that_does_not_exist_or_is_busy_is_a_clear_error() {
+fn a_port_that_does_not_exist_is_not_a_tty_or_is_busy_is_a_clear_error() {
     let (f, _server) = fleet();
     let (code, _, stderr) = provision(&f, &["/dev/ttyNOSUCHPORT", "--app", "app"]);
     assert_ne!(code, 0);
     assert!(
         stderr.contains("no serial port at /dev/ttyNOSUCHPORT"),
+        "{stderr}"
+    );
+    let (code, _, stderr) = provision(&f, &["/dev/null", "--app", "app"]);
+    assert_ne!(code, 0);
+    assert!(
+        stderr.contains("/dev/null is not a serial port"),
         "{stderr}"
     );
     let port = SerialPort::silent();

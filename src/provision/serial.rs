@@ -33,6 +33,11 @@ impl Serial {
                     "not allowed to open serial port {path}: on Linux, add yourself to its \
                      group (`sudo usermod -aG dialout $USER`, then log in again)"
                 ),
+                _ if e.description.contains("typewriter")
+                    || e.description.contains("Inappropriate ioctl") =>
+                {
+                    anyhow!("{path} is not a serial port")
+                }
                 _ => anyhow!("cannot open serial port {path}: {e}"),
             })?;
         Ok(Self(port))
