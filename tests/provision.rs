@@ -44,7 +44,8 @@ fn provision(f: &Fleet, args: &[&str]) -> (i32, String, String) {
 /// Provisions the board on `port` and expects it to boot into its app.
 fn provisioned(f: &Fleet, port: &SerialPort, server: &Server, extra: &[&str]) -> String {
     let base = format!("http://{}/", server.addr());
-    let mut args = vec![port.path.as_str(), "--server", &base];
+    // A board under a loaded machine may take a while to start its interpreter.
+    let mut args = vec![port.path.as_str(), "--server", &base, "--timeout", "20"];
     args.extend_from_slice(extra);
     let (code, stdout, stderr) = provision(f, &args);
     assert_eq!(
@@ -161,7 +162,7 @@ fn a_cable_pulled_during_the_write_then_a_second_run_works() {
             "app",
             "sensorclass=latest",
             "--timeout",
-            "3",
+            "20",
         ],
     );
     assert_ne!(code, 0);
@@ -235,7 +236,18 @@ fn a_full_flash_is_a_clear_error_and_gives_its_space_back() {
     // 16 blocks of 4 KiB, most of them taken by the user's own file.
     littlefs_image(&image, 16, &[("data.bin", &"x".repeat(36 * 1024))]);
     let port = SerialPort::board_on_image(MAC, &image, &f.dir.path().join("state"));
-    let (code, _, stderr) = provision(&f, &[&port.path, "--server", &base, "--app", "app"]);
+    let (code, _, stderr) = provision(
+        &f,
+        &[
+            &port.path,
+            "--server",
+            &base,
+            "--app",
+            "app",
+            "--timeout",
+            "20",
+        ],
+    );
     assert_ne!(code, 0);
     assert!(
         stderr.contains("flash is full"),
@@ -260,7 +272,18 @@ fn micropython_before_1_22_is_refused_before_anything_is_written() {
         &sim.state,
         &[("MPFLEET_PORT_VERSION", "1.21")],
     );
-    let (code, _, stderr) = provision(&f, &[&port.path, "--server", &base, "--app", "app"]);
+    let (code, _, stderr) = provision(
+        &f,
+        &[
+            &port.path,
+            "--server",
+            &base,
+            "--app",
+            "app",
+            "--timeout",
+            "20",
+        ],
+    );
     assert_ne!(code, 0);
     assert!(
         stderr.contains("runs MicroPython 1.21.0; mpfleet needs 1.22 or newer"),
