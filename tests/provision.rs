@@ -292,3 +292,40 @@ fn micropython_before_1_22_is_refused_before_anything_is_written() {
     assert!(sim.ls("/").is_empty(), "{:?}", sim.ls("/"));
     assert_eq!(f.json(&["device", "list", "--json"]), serde_json::json!([]));
 }
+
+#[test]
+fn a_server_the_board_cannot_reach_is_a_clear_error_and_no_key_stays_behind() {
+    let (f, server) = fleet();
+    let sim = SimBoard::new(&f, MAC);
+    drop(server);
+    let nothing = "http://127.0.0.1:9/";
+    let port = SerialPort::board(MAC, &sim.flash, &sim.state, None);
+    let (code, _, stderr) = provision(
+        &f,
+        &[
+            &port.path,
+            "--server",
+            nothing,
+            "--app",
+            "app",
+            "--timeout",
+            "20",
+        ],
+    );
+    assert_ne!(code, 0);
+    assert!(
+        stderr.contains("the board cannot reach the server"),
+        "{stderr}\n{}",
+        port.output()
+    );
+    assert!(port.running(), "the board is left at its REPL");
+    drop(port);
+    // The bootstrap (it holds the key) is gone; the settings it wrote stay for the next run.
+    let tmp = sim.ls("/ota/tmp");
+    assert!(
+        !tmp.iter().any(|n| n.starts_with("mpfleet_provision")),
+        "{tmp:?}"
+    );
+    assert_eq!(sim.json("/ota.json")["server"], nothing);
+    assert!(sim.read("/main.py").is_none());
+}

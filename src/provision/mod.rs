@@ -255,14 +255,65 @@ fn failure(said: &[String]) -> anyhow::Error {
             text.trim_end()
         );
     }
+    if unreachable(&text) {
+        return anyhow!(
+            "the board cannot reach the server at the --server URL: is `mpfleet serve` \
+             running there, is the URL right as the board sees it (not 127.0.0.1), and does \
+             the board's boot.py join your Wi-Fi? The board said:\n{}",
+            text.trim_end()
+        );
+    }
     anyhow!(
         "the board's bootstrap failed; it said:\n{}",
         text.trim_end()
     )
 }
 
+/// Whether the board's words are a network error: no route, refused, timed out, no DNS
+/// (`OSError: -2`, `-202` on an ESP32), or Wi-Fi down.
+fn unreachable(text: &str) -> bool {
+    let Some(at) = text.find("bootstrap failed: OSError") else {
+        return false;
+    };
+    let e = &text[at..];
+    [
+        "ECONNREFUSED",
+        "ECONNRESET",
+        "EHOSTUNREACH",
+        "ENETUNREACH",
+        "ETIMEDOUT",
+        "ECONNABORTED",
+        "ENOTCONN",
+        "OSError: -2",
+        "OSError: -202",
+        "[Errno 110]",
+        "[Errno 111]",
+        "[Errno 113]",
+        "OSError: 110",
+        "OSError: 111",
+        "OSError: 113",
+        "OSError: 118",
+    ]
+    .iter()
+    .any(|n| e.contains(n))
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn network_errors_are_told_apart() {
+        let said = |e: &str| format!("mpfleet: bootstrap failed: {e}");
+        assert!(super::unreachable(&said(
+            "OSError: [Errno 111] ECONNREFUSED"
+        )));
+        assert!(super::unreachable(&said("OSError: -202")));
+        assert!(super::unreachable(&said("OSError: 113")));
+        assert!(!super::unreachable(&said("OSError: 28")));
+        assert!(!super::unreachable(&said(
+            "ValueError: the manifest is not signed"
+        )));
+    }
+
     #[test]
     fn the_verdict_is_a_generation() {
         assert!(super::verdict("mpfleet: updated 3"));
