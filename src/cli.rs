@@ -42,7 +42,8 @@ const EXAMPLES: &str = "Examples:
   mpfleet device set DE:AD:BE:EF:12:34 --app smartcharger sensorclass=2
   mpfleet device import devices.csv               many devices at once (CSV or JSON lines)
   mpfleet export /srv/www/ota                     the same tree as static files
-  MPFLEET_TOKEN=... mpfleet --remote http://fleet.lan:8080 device list   the same, on a server";
+  MPFLEET_TOKEN=... mpfleet --remote http://fleet.lan:8080 device list   the same, on a server
+  mpfleet provision /dev/ttyUSB0 --server http://192.168.1.10:8080/ --app smartcharger";
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
@@ -101,6 +102,20 @@ pub enum Command {
     /// Example: export MPFLEET_TOKEN=$(mpfleet token show)
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Make a MicroPython board on a USB serial port a member of the fleet, in one go.
+    ///
+    /// Opens PORT (115200 baud), interrupts what the board runs (Ctrl-C) and enters its raw
+    /// REPL, reads its Wi-Fi MAC, creates its device (--app, MODULE=VERSION pairs as in
+    /// `device set`) or adopts the one that exists (same key; --app changes what it runs),
+    /// writes its bootstrap onto the board (in verified pieces, renamed into place) and runs
+    /// it: the board stores its settings (server, key) in /ota.json, installs the runtime and
+    /// its app from the server, and resets into the app. Needs `mpfleet serve` running on
+    /// this store at --server, and a boot.py on the board that joins your Wi-Fi. Safe to
+    /// run again, also after an interrupted run. Progress goes to stderr, one line of result
+    /// to stdout.
+    ///
+    /// Example: mpfleet provision /dev/ttyUSB0 --server http://192.168.1.10:8080/ --app blink
+    Provision(Box<ProvisionArgs>),
     /// Boot simulated boards (the real MicroPython unix port) against a server.
     Sim(Box<crate::sim::SimArgs>),
     /// Print the shell completion script for SHELL (bash, zsh, fish, elvish, powershell).
@@ -256,6 +271,35 @@ pub enum DeviceCommand {
         #[arg(long)]
         rotate: bool,
     },
+}
+
+#[derive(Debug, Args)]
+pub struct ProvisionArgs {
+    /// The board's serial port: /dev/ttyUSB0 or /dev/ttyACM0 on Linux,
+    /// /dev/cu.usbserial-* on macOS.
+    pub port: String,
+    /// The URL the board reaches the server at (what `serve` listens on, as the board sees
+    /// it, or where an export is served).
+    #[arg(
+        long,
+        env = "MPFLEET_SERVER",
+        default_value = "http://mpfleet.local:8080/"
+    )]
+    pub server: String,
+    /// The application module the board runs (needed when the board is not a device yet;
+    /// given for one that is, it replaces what that device runs, as `device set` does).
+    #[arg(long)]
+    pub app: Option<String>,
+    /// MODULE=VERSION pairs, as in `device set` (VERSION may be `latest`); with --app.
+    #[arg(requires = "app")]
+    pub modules: Vec<String>,
+    /// A JSON object of this board's own secrets (Wi-Fi password, tokens...), written to its
+    /// /secrets.json, as `device bootstrap --secrets`.
+    #[arg(long, value_name = "FILE")]
+    pub secrets: Option<PathBuf>,
+    /// Seconds the board may take to answer before it counts as not answering.
+    #[arg(long, value_name = "SECONDS", default_value_t = 5.0)]
+    pub timeout: f64,
 }
 
 #[derive(Debug, Args)]

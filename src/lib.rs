@@ -2,8 +2,9 @@
 //!
 //! The store holds versioned modules and per-device manifests; the snapshot renders what
 //! boards read from it; `http` serves that snapshot and records what boards report (and `push`
-//! tells an MQTT broker when a board has something new); `export`
-//! writes it as static files; `sim` boots simulated boards on the real MicroPython.
+//! tells an MQTT broker when a board has something new); `export` writes it as static files;
+//! `sim` boots simulated boards on the real MicroPython; `provision` installs a real board
+//! over its serial port.
 
 // Stdout goes through `out::outln!`, which ends quietly on a closed pipe (see `out`).
 #![deny(clippy::print_stdout)]
@@ -20,7 +21,8 @@ pub mod names;
 pub mod ops;
 pub mod out;
 pub mod push;
-pub mod repl;
+pub use provision::repl;
+pub mod provision;
 pub mod runtime;
 pub mod sign;
 pub mod sim;

@@ -20,6 +20,7 @@ mod heap;
 mod mqtt;
 mod never_stuck;
 mod ports;
+mod provision;
 mod repl;
 mod security;
 mod serve;

@@ -13,6 +13,7 @@ use crate::out::{out, outln};
 use anyhow::{bail, Context, Result};
 use serde_json::Value;
 use std::io::{Read, Write};
+use std::path::Path;
 
 pub fn run(backend: &Backend, command: DeviceCommand) -> Result<()> {
     match command {
@@ -22,12 +23,7 @@ pub fn run(backend: &Backend, command: DeviceCommand) -> Result<()> {
             modules,
         } => {
             let m = mac(&m)?;
-            let app = ModuleName::parse(&app).map_err(anyhow::Error::msg)?;
-            let pairs = modules
-                .iter()
-                .map(|s| pair(s))
-                .collect::<Result<Vec<_>>>()?;
-            let desired = Desired::new(app, pairs)?;
+            let desired = desired(&app, &modules)?;
             let set = backend.call(op::Set::new(&m, &desired))?;
             outln!(
                 "device {}: {} (generation {})",
@@ -185,18 +181,7 @@ pub fn run(backend: &Backend, command: DeviceCommand) -> Result<()> {
             secrets,
         } => {
             let m = mac(&m)?;
-            let secrets = secrets
-                .map(|path| -> Result<String> {
-                    let text = std::fs::read_to_string(&path)
-                        .with_context(|| format!("reading {}", path.display()))?;
-                    let value: Value = serde_json::from_str(&text)
-                        .with_context(|| format!("{} is not JSON", path.display()))?;
-                    if !value.is_object() {
-                        bail!("{} is not a JSON object", path.display());
-                    }
-                    Ok(value.to_string())
-                })
-                .transpose()?;
+            let secrets = secrets.as_deref().map(read_secrets).transpose()?;
             let bootstrap = op::Bootstrap {
                 mac: m.to_string(),
                 server,
@@ -235,6 +220,36 @@ pub fn run(backend: &Backend, command: DeviceCommand) -> Result<()> {
             outln!("removed device {}", removed.mac)
         }
     }
+}
+
+/// A board's own secrets (`--secrets FILE`): a JSON object, as compact JSON text.
+pub(crate) fn read_secrets(path: &Path) -> Result<String> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let value: Value =
+        serde_json::from_str(&text).with_context(|| format!("{} is not JSON", path.display()))?;
+    if !value.is_object() {
+        bail!("{} is not a JSON object", path.display());
+    }
+    Ok(value.to_string())
+}
+
+/// A server URL a board can use (`--server`).
+pub(crate) fn check_server(server: &str) -> Result<()> {
+    if !server.starts_with("http://") {
+        bail!("--server {server:?}: boards speak plain http://, e.g. http://192.168.1.10:8080/");
+    }
+    Ok(())
+}
+
+/// The device `mac` runs `app` with `modules` (MODULE=VERSION), as `device set` says it.
+pub(crate) fn desired(app: &str, modules: &[String]) -> Result<Desired> {
+    let app = ModuleName::parse(app).map_err(anyhow::Error::msg)?;
+    let pairs = modules
+        .iter()
+        .map(|s| pair(s))
+        .collect::<Result<Vec<_>>>()?;
+    Desired::new(app, pairs)
 }
 
 /// The last event, and "gen N (config)" of what the board last said it runs.

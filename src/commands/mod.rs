@@ -10,6 +10,8 @@
 mod device;
 mod install;
 mod module;
+mod progress;
+mod provision;
 mod terminal;
 mod token;
 
@@ -69,7 +71,14 @@ pub fn run(cli: Cli) -> Result<()> {
             )?;
             Ok(())
         }
-        Command::Sim(args) => crate::sim::run(*args, &cli.data),
+        Command::Provision(args) => {
+            local_only("provision")?;
+            provision::run(&cli.data, *args)
+        }
+        Command::Sim(args) => {
+            local_only("sim")?;
+            crate::sim::run(*args, &cli.data)
+        }
         Command::Completions { shell } => install::completions(shell),
         Command::Man { dir } => install::man(dir.as_deref()),
     }

@@ -7,6 +7,8 @@
 //!   every run under a wall-clock deadline;
 //! - `proxy`: HTTP proxies in front of the server ([`FaultProxy`] injects faults, [`Router`]
 //!   serves a board another device's manifest), one forwarding path for both;
+//! - `serial`: a simulated board behind a serial port (a pseudo-terminal), for `provision`
+//!   ([`SerialPort`]);
 //! - `static_files`: a static file server over an export ([`StaticFiles`]);
 //! - `mosquitto`: a real Mosquitto broker on a free port ([`Mosquitto`]) and an MQTT client
 //!   recording what it publishes ([`Subscriber`]);
@@ -23,6 +25,7 @@ pub mod mosquitto;
 mod process;
 mod proxy;
 mod running;
+mod serial;
 mod server;
 mod static_files;
 
@@ -43,6 +46,7 @@ pub use process::{dead_pid, output_within};
 pub use proxy::{Fault, FaultProxy, Router, Tamper};
 #[allow(unused_imports)]
 pub use running::Running;
+pub use serial::SerialPort;
 #[allow(unused_imports)]
 pub use server::{Reply, Server};
 #[allow(unused_imports)]

@@ -1,5 +1,5 @@
 //! MicroPython's raw REPL, the protocol `mpremote` speaks over a board's serial port: the
-//! layer `mpfleet provision` (not built yet) is to run code on a blank board with.
+//! layer `mpfleet provision` runs code on a blank board with.
 //!
 //! Ctrl-C (twice) stops what the board runs, Ctrl-A enters raw mode (the board answers
 //! `raw REPL; CTRL-B to exit\r\n>`), then each program is sent followed by Ctrl-D; the board
@@ -97,6 +97,18 @@ impl<L: Link> RawRepl<L> {
     /// Runs `code` on the board; returns what it printed, or its traceback as
     /// [`ReplError::Raised`].
     pub fn exec(&mut self, code: &str) -> Result<String, ReplError> {
+        self.start(code)?;
+        let out = self.read_until(b"\x04").map_err(|(e, _)| e)?;
+        let err = self.read_until(b"\x04>").map_err(|(e, _)| e)?;
+        let err = text(&err[..err.len() - 2]);
+        if !err.is_empty() {
+            return Err(ReplError::Raised(err));
+        }
+        Ok(text(&out[..out.len() - 1]))
+    }
+
+    /// Sends `code` and waits for the board to accept it (`OK`).
+    fn start(&mut self, code: &str) -> Result<(), ReplError> {
         // Raw mode has no flow control: a board's UART buffer takes a few hundred bytes at a
         // time, so the code goes in pieces, each flushed before the next.
         for chunk in code.as_bytes().chunks(256) {
@@ -112,14 +124,82 @@ impl<L: Link> RawRepl<L> {
         if ok != b"OK" {
             return Err(ReplError::Protocol(tail(&ok)));
         }
-        let out = self.read_until(b"\x04").map_err(|(e, _)| e)?;
-        let err = self.read_until(b"\x04>").map_err(|(e, _)| e)?;
-        let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
-        let err = text(&err[..err.len() - 2]);
-        if !err.is_empty() {
-            return Err(ReplError::Raised(err));
+        Ok(())
+    }
+
+    /// Runs `code` on the board and hands each line it prints (its error output too) to
+    /// `line` as it arrives, for a program that runs long or never returns (one that resets
+    /// the board, whose next boot's lines follow). `line` returns true to stop reading. The
+    /// board may stay silent for `silence` at a time.
+    pub fn run(
+        &mut self,
+        code: &str,
+        silence: Duration,
+        mut line: impl FnMut(&str) -> bool,
+    ) -> Result<Ran, ReplError> {
+        self.start(code)?;
+        // Output, then (after the first \x04) error output, ended by \x04>.
+        let mut parts = [Vec::new(), Vec::new()];
+        let mut ends = 0;
+        let mut pending = Vec::new();
+        let mut byte = [0u8; 1];
+        loop {
+            if self.link.read_within(&mut byte, silence)? == 0 {
+                return Ok(Ran::Silent(text(&parts[0])));
+            }
+            let b = byte[0];
+            if ends == 2 && b == b'>' && pending.is_empty() {
+                return Ok(Ran::Returned {
+                    out: text(&parts[0]),
+                    err: text(&parts[1]),
+                });
+            }
+            if b == 4 || b == b'\n' {
+                if b == 4 {
+                    ends += 1;
+                }
+                let said = text(&pending);
+                pending.clear();
+                if !(b == 4 && said.is_empty()) && line(said.trim_end_matches('\r')) {
+                    return Ok(Ran::Stopped(text(&parts[0])));
+                }
+            } else {
+                pending.push(b);
+            }
+            if b != 4 {
+                parts[usize::from(ends > 0)].push(b);
+            }
         }
-        Ok(text(&out[..out.len() - 1]))
+    }
+
+    /// Reads what the board prints outside any program (after it reset itself) a line at a
+    /// time, until `line` returns true (then true) or the board is silent for `silence`.
+    pub fn watch(
+        &mut self,
+        silence: Duration,
+        deadline: Instant,
+        mut line: impl FnMut(&str) -> bool,
+    ) -> Result<bool, ReplError> {
+        let mut pending = Vec::new();
+        let mut byte = [0u8; 1];
+        while Instant::now() < deadline {
+            if self.link.read_within(&mut byte, silence)? == 0 {
+                return Ok(false);
+            }
+            if byte[0] == 4 {
+                continue; // the end of a program that reset the board (the unix port says it)
+            }
+            if byte[0] == b'\n' {
+                let said = text(&pending);
+                pending.clear();
+                if line(said.trim_end_matches('\r')) {
+                    return Ok(true);
+                }
+            } else {
+                pending.push(byte[0]);
+            }
+        }
+        Ok(false)
     }
 
     /// Leaves raw mode (Ctrl-B) and soft-resets the board (Ctrl-D at the friendly REPL), so it
@@ -160,6 +240,21 @@ impl<L: Link> RawRepl<L> {
         }
         Ok(got)
     }
+}
+
+/// How a program started with [`RawRepl::run`] came to an end.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Ran {
+    /// It returned: what it printed, and its error output (a traceback, or empty).
+    Returned { out: String, err: String },
+    /// The line callback asked to stop; what it printed so far.
+    Stopped(String),
+    /// The board went silent, or away (reset, unplugged), before it returned.
+    Silent(String),
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
 }
 
 /// The last bytes of what the board said, for an error message.
