@@ -331,7 +331,10 @@ fn a_store_with_an_older_schema_is_read_by_no_one_and_upgraded_by_a_write() {
     {
         let db = db(&f);
         db.execute_batch(
-            "DROP TABLE meta;
+            "DROP INDEX devices_by_group;
+             ALTER TABLE devices DROP COLUMN grp;
+             DROP TABLE groups;
+             DROP TABLE meta;
              ALTER TABLE devices DROP COLUMN key;
              ALTER TABLE devices DROP COLUMN report_counter;
              ALTER TABLE devices DROP COLUMN forged_reports;

@@ -7,6 +7,7 @@ mod bad_code;
 mod board;
 mod cli_bulk;
 mod cli_device;
+mod cli_group;
 mod cli_install;
 mod cli_module;
 mod cli_pipe;

@@ -3,10 +3,10 @@
 
 use super::{ago, print_json, table, terminal::for_terminal};
 use crate::cli::DeviceCommand;
-use crate::manifest::{Desired, Want};
-use crate::names::{Mac, ModuleName};
+use crate::manifest::{Desired, Pins, Want};
+use crate::names::{GroupName, Mac, ModuleName};
 use crate::out::{out, outln};
-use crate::store::Store;
+use crate::store::{Assignment, Store};
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
 use std::io::{Read, Write};
@@ -16,7 +16,7 @@ fn mac(s: &str) -> Result<Mac> {
     Mac::parse(s).map_err(anyhow::Error::msg)
 }
 
-fn pair(s: &str) -> Result<(ModuleName, Want)> {
+pub(super) fn pair(s: &str) -> Result<(ModuleName, Want)> {
     let (m, v) = s
         .split_once('=')
         .with_context(|| format!("{s:?} is not MODULE=VERSION (VERSION may be `latest`)"))?;
@@ -31,21 +31,39 @@ pub fn run(data: &Path, command: DeviceCommand) -> Result<()> {
         DeviceCommand::Set {
             mac: m,
             app,
+            group,
             modules,
         } => {
             let m = mac(&m)?;
-            let app = ModuleName::parse(&app).map_err(anyhow::Error::msg)?;
+            let app = app
+                .map(|a| ModuleName::parse(&a).map_err(anyhow::Error::msg))
+                .transpose()?;
             let pairs = modules
                 .iter()
                 .map(|s| pair(s))
                 .collect::<Result<Vec<_>>>()?;
-            let desired = Desired::new(app, pairs)?;
+            let assignment = match group {
+                Some(g) => Assignment::Group {
+                    group: GroupName::parse(&g).map_err(anyhow::Error::msg)?,
+                    pins: Pins::new(app, pairs)?,
+                },
+                None => Assignment::Own(Desired::new(
+                    app.context("give --app APP, or --group GROUP")?,
+                    pairs,
+                )?),
+            };
             let mut store = Store::open(data)?;
-            let generation = store
-                .set_device(&m, &desired)
+            let (desired, generation) = store
+                .set_device(&m, &assignment)
                 .with_context(|| format!("cannot set device {m}"))?;
+            let group = match &assignment {
+                Assignment::Group { group, pins } => {
+                    format!(" group {group}, own pins: {};", pins.describe())
+                }
+                Assignment::Own(_) => String::new(),
+            };
             outln!(
-                "device {m}: {} (generation {generation})",
+                "device {m}:{group} {} (generation {generation})",
                 desired.to_seed_json()
             )?;
             Ok(())
@@ -65,15 +83,16 @@ pub fn run(data: &Path, command: DeviceCommand) -> Result<()> {
             let nothing = || format!("{name}: nothing imported");
             let entries = crate::bulk::parse(&text).with_context(nothing)?;
             let mut store = Store::open(data)?;
-            // Name the line of a module or version that does not exist; `set_devices` checks
-            // again inside its transaction (versions are never deleted, so this one decides).
-            let cat = store.catalog()?;
+            // Name the line of a group, module or version that does not exist; `set_devices`
+            // checks again inside its transaction.
+            let resolver = store.resolver()?;
             for e in &entries {
-                cat.resolve(&e.desired)
+                resolver
+                    .desired(&e.assignment)
                     .with_context(|| format!("line {}: device {}", e.line, e.mac))
                     .with_context(nothing)?;
             }
-            let devices: Vec<_> = entries.into_iter().map(|e| (e.mac, e.desired)).collect();
+            let devices: Vec<_> = entries.into_iter().map(|e| (e.mac, e.assignment)).collect();
             let counts = store.set_devices(&devices).with_context(nothing)?;
             outln!(
                 "imported {} devices from {name}: {} created, {} updated, {} unchanged",
@@ -88,7 +107,7 @@ pub fn run(data: &Path, command: DeviceCommand) -> Result<()> {
             let store = Store::open_read_only(data)?;
             let mut out = std::io::BufWriter::new(std::io::stdout().lock());
             for d in store.devices()? {
-                writeln!(out, "{}", crate::bulk::export_line(&d.mac, &d.desired))
+                writeln!(out, "{}", crate::bulk::export_line(&d.mac, &d.assignment()))
                     .map_err(crate::out::failed)?;
             }
             out.flush().map_err(crate::out::failed)?;
@@ -136,6 +155,7 @@ pub fn run(data: &Path, command: DeviceCommand) -> Result<()> {
                     .iter()
                     .map(|d| {
                         json!({"mac": d.mac.as_str(), "app": d.desired.app.as_str(),
+                               "group": d.group.as_ref().map(|(g, _)| g.as_str()),
                                "generation": d.generation, "last_seen": d.last_seen,
                                "last_report": d.last_report})
                     })
@@ -150,6 +170,7 @@ pub fn run(data: &Path, command: DeviceCommand) -> Result<()> {
                     vec![
                         d.mac.to_string(),
                         d.desired.app.to_string(),
+                        d.group.as_ref().map_or("-".into(), |(g, _)| g.to_string()),
                         d.generation.to_string(),
                         running,
                         event,
@@ -161,6 +182,7 @@ pub fn run(data: &Path, command: DeviceCommand) -> Result<()> {
                 &[
                     "MAC",
                     "APP",
+                    "GROUP",
                     "GENERATION",
                     "RUNNING",
                     "LAST EVENT",
@@ -186,8 +208,12 @@ pub fn run(data: &Path, command: DeviceCommand) -> Result<()> {
                     .iter()
                     .map(|r| json!({"at": r.at, "report": r.body}))
                     .collect();
+                let group = d.group.as_ref().map(|(g, pins)| {
+                    let pins: Value = serde_json::from_str(&pins.to_json()).expect("JSON");
+                    json!({"name": g.as_str(), "own_pins": pins})
+                });
                 print_json(&json!({
-                    "mac": m.as_str(), "desired": desired, "resolved": resolved,
+                    "mac": m.as_str(), "group": group, "desired": desired, "resolved": resolved,
                     "generation": d.generation, "last_seen": d.last_seen,
                     "last_report": d.last_report, "last_report_at": d.last_report_at,
                     "key": d.key.fingerprint(), "report_counter": d.report_counter,
@@ -199,6 +225,9 @@ pub fn run(data: &Path, command: DeviceCommand) -> Result<()> {
             }
             outln!("device     {m}")?;
             outln!("app        {}", d.desired.app)?;
+            if let Some((g, pins)) = &d.group {
+                outln!("group      {g} (own pins: {})", pins.describe())?;
+            }
             outln!("generation {}", d.generation)?;
             outln!("last seen  {}", ago(d.last_seen))?;
             outln!("key        {} (fingerprint)", d.key.fingerprint())?;

@@ -1,12 +1,14 @@
 //! What each subcommand does: parse the user's words into checked types, call the store,
 //! print a table (or JSON with `--json`).
 //!
-//! A command that only reads (`module list|show`, `device list|show|export`, `export`) opens the
+//! A command that only reads (`module list|show`, `device list|show|export`,
+//! `group list|show`, `export`) opens the
 //! store with `Store::open_read_only` and writes nothing in the data directory; the others
 //! (and `serve`) open it with `Store::open`, which may publish the runtime this binary
 //! carries (see `crate::runtime`).
 
 mod device;
+mod group;
 mod install;
 mod module;
 mod terminal;
@@ -20,6 +22,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Serve { listen } => crate::http::serve(cli.data, listen),
         Command::Module(c) => module::run(&cli.data, c),
         Command::Device(c) => device::run(&cli.data, c),
+        Command::Group(c) => group::run(&cli.data, c),
         Command::Export { dir } => {
             let mut store = crate::store::Store::open_read_only(&cli.data)?;
             let release = store.runtime_release()?;

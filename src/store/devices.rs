@@ -1,8 +1,9 @@
 //! Devices: their desired manifests, generations and what they last reported.
 
+use super::groups::{Assignment, Layers};
 use super::{bump, catalog, commit_change, now, optional, DeviceKey, Store};
-use crate::manifest::{Catalog, Desired};
-use crate::names::Mac;
+use crate::manifest::{Catalog, Desired, Pins};
+use crate::names::{GroupName, Mac};
 use anyhow::{Context, Result};
 use rusqlite::Transaction;
 use serde_json::Value;
@@ -19,7 +20,10 @@ pub struct BulkCounts {
 #[derive(Debug, Clone)]
 pub struct DeviceRow {
     pub mac: Mac,
+    /// What it runs: its own manifest, or its group's with its own pins over it.
     pub desired: Desired,
+    /// Its group, and its own pins laid over the group's.
+    pub group: Option<(GroupName, Pins)>,
     pub generation: i64,
     pub created_at: i64,
     pub last_seen: Option<i64>,
@@ -33,14 +37,27 @@ pub struct DeviceRow {
     pub replayed_reports: i64,
 }
 
+impl DeviceRow {
+    /// What the device was told to run, as `device set` or `device import` takes it.
+    pub fn assignment(&self) -> Assignment {
+        match &self.group {
+            Some((group, pins)) => Assignment::Group {
+                group: group.clone(),
+                pins: pins.clone(),
+            },
+            None => Assignment::Own(self.desired.clone()),
+        }
+    }
+}
+
 const SELECT: &str = "SELECT mac, desired, generation, created_at, last_seen, last_report,
                              last_report_at, key, report_counter, forged_reports,
-                             replayed_reports FROM devices";
+                             replayed_reports, grp FROM devices";
 
 /// A devices row as stored, before parsing.
 type RawDevice = (
     (String, String, i64, i64, Option<i64>, Option<String>),
-    (Option<i64>, String, i64, i64, i64),
+    (Option<i64>, String, i64, i64, i64, Option<String>),
 );
 
 fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RawDevice> {
@@ -53,22 +70,38 @@ fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RawDevice> {
             r.get(4)?,
             r.get(5)?,
         ),
-        (r.get(6)?, r.get(7)?, r.get(8)?, r.get(9)?, r.get(10)?),
+        (
+            r.get(6)?,
+            r.get(7)?,
+            r.get(8)?,
+            r.get(9)?,
+            r.get(10)?,
+            r.get(11)?,
+        ),
     ))
 }
 
-fn to_device(raw: RawDevice) -> Result<DeviceRow> {
+fn to_device(layers: &Layers, raw: RawDevice) -> Result<DeviceRow> {
     let (
         (mac, desired, generation, created_at, last_seen, last_report),
-        (last_report_at, key, report_counter, forged_reports, replayed_reports),
+        (last_report_at, key, report_counter, forged_reports, replayed_reports, grp),
     ) = raw;
+    let group = match &grp {
+        Some(g) => Some((
+            GroupName::parse(g).map_err(anyhow::Error::msg)?,
+            Pins::from_json(&desired).with_context(|| format!("stored pins of {mac}"))?,
+        )),
+        None => None,
+    };
     Ok(DeviceRow {
+        group,
         key: DeviceKey::from_hex(&key).with_context(|| format!("stored key of {mac}"))?,
         report_counter,
         forged_reports,
         replayed_reports,
         mac: Mac::parse(&mac).map_err(anyhow::Error::msg)?,
-        desired: Desired::from_seed_json(&desired)
+        desired: layers
+            .desired(grp.as_deref(), &desired)
             .with_context(|| format!("stored manifest of {mac}"))?,
         generation,
         created_at,
@@ -81,13 +114,14 @@ fn to_device(raw: RawDevice) -> Result<DeviceRow> {
 /// Gives every device whose resolved content changed a new generation.
 pub(super) fn refresh_generations(tx: &Transaction<'_>) -> Result<()> {
     let cat = catalog(tx)?;
-    let rows: Vec<(String, String, String)> = {
-        let mut stmt = tx.prepare("SELECT mac, desired, resolved_hash FROM devices")?;
-        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+    let layers = Layers::load(tx)?;
+    let rows: Vec<(String, String, Option<String>, String)> = {
+        let mut stmt = tx.prepare("SELECT mac, desired, grp, resolved_hash FROM devices")?;
+        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?;
         rows.collect::<rusqlite::Result<_>>()?
     };
-    for (mac, desired, old_hash) in rows {
-        let desired = Desired::from_seed_json(&desired)?;
+    for (mac, desired, grp, old_hash) in rows {
+        let desired = layers.desired(grp.as_deref(), &desired)?;
         // A manifest that no longer resolves keeps its last generation; it cannot happen
         // while versions are immutable and never deleted.
         let Ok(resolved) = cat.resolve(&desired) else {
@@ -106,30 +140,35 @@ pub(super) fn refresh_generations(tx: &Transaction<'_>) -> Result<()> {
 }
 
 impl Store {
-    /// Stores the desired manifest of `mac`; returns its generation afterwards.
-    pub fn set_device(&mut self, mac: &Mac, desired: &Desired) -> Result<i64> {
+    /// Stores what `mac` runs (its own manifest, or a group and its own pins); returns the
+    /// desired manifest that makes and its generation afterwards.
+    pub fn set_device(&mut self, mac: &Mac, assignment: &Assignment) -> Result<(Desired, i64)> {
         let tx = self.write()?;
-        // Refuse a manifest naming a module or version that does not exist.
+        // Refuse a manifest naming a group, module or version that does not exist.
         let cat: Catalog = catalog(&tx)?;
-        cat.resolve(desired)?;
-        let text = desired.to_seed_json();
-        let old: Option<String> = optional(tx.query_row(
-            "SELECT desired FROM devices WHERE mac = ?1",
+        let desired = Layers::load(&tx)?.assigned(assignment)?;
+        cat.resolve(&desired)?;
+        let (text, grp) = assignment.stored();
+        let old: Option<(String, Option<String>)> = optional(tx.query_row(
+            "SELECT desired, grp FROM devices WHERE mac = ?1",
             [mac.as_str()],
-            |r| r.get(0),
+            |r| Ok((r.get(0)?, r.get(1)?)),
         ))?;
-        if old.as_deref() != Some(text.as_str()) {
+        let same = old
+            .as_ref()
+            .is_some_and(|(t, g)| *t == text && g.as_deref() == grp);
+        if !same {
             if old.is_none() {
                 let key = DeviceKey::random()?;
                 tx.execute(
-                    "INSERT INTO devices (mac, desired, generation, resolved_hash, created_at, key)
-                     VALUES (?1, ?2, 0, '', ?3, ?4)",
-                    rusqlite::params![mac.as_str(), text, now(), key.to_hex()],
+                    "INSERT INTO devices (mac, desired, generation, resolved_hash, created_at, key, grp)
+                     VALUES (?1, ?2, 0, '', ?3, ?4, ?5)",
+                    rusqlite::params![mac.as_str(), text, now(), key.to_hex(), grp],
                 )?;
             } else {
                 tx.execute(
-                    "UPDATE devices SET desired = ?2 WHERE mac = ?1",
-                    [mac.as_str(), text.as_str()],
+                    "UPDATE devices SET desired = ?2, grp = ?3 WHERE mac = ?1",
+                    rusqlite::params![mac.as_str(), text, grp],
                 )?;
             }
             tx.execute("DELETE FROM unknown_devices WHERE mac = ?1", [mac.as_str()])?;
@@ -137,11 +176,12 @@ impl Store {
         } else {
             tx.commit()?;
         }
-        Ok(self.conn.query_row(
+        let generation = self.conn.query_row(
             "SELECT generation FROM devices WHERE mac = ?1",
             [mac.as_str()],
             |r| r.get(0),
-        )?)
+        )?;
+        Ok((desired, generation))
     }
 
     /// Stores the desired manifests of many devices in one transaction (`device import`):
@@ -153,21 +193,27 @@ impl Store {
     /// change in this transaction, so only the devices written here can resolve to new
     /// content, and resolving the other devices of a large fleet again would be most of the
     /// time of an import.
-    pub fn set_devices(&mut self, devices: &[(Mac, Desired)]) -> Result<BulkCounts> {
+    pub fn set_devices(&mut self, devices: &[(Mac, Assignment)]) -> Result<BulkCounts> {
         let tx = self.write()?;
         let cat: Catalog = catalog(&tx)?;
+        let layers = Layers::load(&tx)?;
         let hashes = devices
             .iter()
-            .map(|(mac, desired)| {
+            .map(|(mac, assignment)| {
+                let desired = layers
+                    .assigned(assignment)
+                    .with_context(|| format!("device {mac}"))?;
                 let resolved = cat
-                    .resolve(desired)
+                    .resolve(&desired)
                     .with_context(|| format!("device {mac}"))?;
                 Ok(resolved.content_hash())
             })
             .collect::<Result<Vec<_>>>()?;
-        let old: HashMap<String, (String, String)> = {
-            let mut stmt = tx.prepare("SELECT mac, desired, resolved_hash FROM devices")?;
-            let rows = stmt.query_map([], |r| Ok((r.get(0)?, (r.get(1)?, r.get(2)?))))?;
+        type Old = ((String, Option<String>), String);
+        let old: HashMap<String, Old> = {
+            let mut stmt = tx.prepare("SELECT mac, desired, grp, resolved_hash FROM devices")?;
+            let rows =
+                stmt.query_map([], |r| Ok((r.get(0)?, ((r.get(1)?, r.get(2)?), r.get(3)?))))?;
             rows.collect::<rusqlite::Result<_>>()?
         };
         let last: i64 = tx.query_row(
@@ -179,25 +225,26 @@ impl Store {
         let mut counts = BulkCounts::default();
         {
             let mut insert = tx.prepare(
-                "INSERT INTO devices (mac, desired, generation, resolved_hash, created_at, key)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                "INSERT INTO devices (mac, desired, generation, resolved_hash, created_at, key, grp)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
             )?;
-            let mut update = tx.prepare("UPDATE devices SET desired = ?2 WHERE mac = ?1")?;
+            let mut update =
+                tx.prepare("UPDATE devices SET desired = ?2, grp = ?3 WHERE mac = ?1")?;
             let mut regenerate = tx.prepare(
-                "UPDATE devices SET desired = ?2, generation = ?3, resolved_hash = ?4
+                "UPDATE devices SET desired = ?2, grp = ?5, generation = ?3, resolved_hash = ?4
                  WHERE mac = ?1",
             )?;
             let mut forget = tx.prepare("DELETE FROM unknown_devices WHERE mac = ?1")?;
             let at = now();
-            for ((mac, desired), hash) in devices.iter().zip(&hashes) {
-                let text = desired.to_seed_json();
+            for ((mac, assignment), hash) in devices.iter().zip(&hashes) {
+                let (text, grp) = assignment.stored();
                 match old.get(mac.as_str()) {
-                    Some((o, _)) if *o == text => {
+                    Some(((o, g), _)) if *o == text && g.as_deref() == grp => {
                         counts.unchanged += 1;
                         continue;
                     }
                     Some((_, old_hash)) if old_hash == hash => {
-                        update.execute([mac.as_str(), text.as_str()])?;
+                        update.execute(rusqlite::params![mac.as_str(), text, grp])?;
                         counts.updated += 1;
                     }
                     Some(_) => {
@@ -206,7 +253,8 @@ impl Store {
                             mac.as_str(),
                             text,
                             generation,
-                            hash
+                            hash,
+                            grp
                         ])?;
                         counts.updated += 1;
                     }
@@ -219,7 +267,8 @@ impl Store {
                             generation,
                             hash,
                             at,
-                            key.to_hex()
+                            key.to_hex(),
+                            grp
                         ])?;
                         counts.created += 1;
                     }
@@ -251,9 +300,10 @@ impl Store {
     }
 
     pub fn devices(&self) -> Result<Vec<DeviceRow>> {
+        let layers = Layers::load(&self.conn)?;
         let mut stmt = self.conn.prepare(&format!("{SELECT} ORDER BY mac"))?;
         let rows = stmt.query_map([], row)?;
-        rows.map(|r| to_device(r?)).collect()
+        rows.map(|r| to_device(&layers, r?)).collect()
     }
 
     pub fn device(&self, mac: &Mac) -> Result<Option<DeviceRow>> {
@@ -262,6 +312,7 @@ impl Store {
             [mac.as_str()],
             row,
         ))?;
-        r.map(to_device).transpose()
+        let layers = Layers::load(&self.conn)?;
+        r.map(|r| to_device(&layers, r)).transpose()
     }
 }

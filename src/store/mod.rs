@@ -11,6 +11,7 @@
 
 mod blobs;
 mod devices;
+mod groups;
 mod keys;
 mod modules;
 mod release;
@@ -19,6 +20,7 @@ mod schema;
 
 pub use blobs::sha256_hex;
 pub use devices::{BulkCounts, DeviceRow};
+pub use groups::{unknown_group, Assignment, GroupRow, Resolver};
 pub use keys::DeviceKey;
 pub use modules::{check_module, NewVersion, Published, VersionRow};
 pub use reports::{Report, Sighting, UnknownDevice, REPORT_HISTORY};

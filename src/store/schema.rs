@@ -75,6 +75,18 @@ const MIGRATIONS: &[&str] = &[
      ALTER TABLE devices ADD COLUMN report_counter INTEGER NOT NULL DEFAULT 0;
      ALTER TABLE devices ADD COLUMN forged_reports INTEGER NOT NULL DEFAULT 0;
      ALTER TABLE devices ADD COLUMN replayed_reports INTEGER NOT NULL DEFAULT 0;",
+    // 4: groups. A group's `pins` are what it asks of its devices (`Pins::to_json`: an app
+    // and module versions). A device in a group (`grp`) keeps in `desired` only its own pins,
+    // laid over the group's; a device in none keeps its whole desired manifest there, as before.
+    // `grp` names a group (checked by the code that writes it; no REFERENCES, so a test can
+    // take this migration back to make an older store).
+    "CREATE TABLE groups (
+        name       TEXT PRIMARY KEY,
+        pins       TEXT NOT NULL,
+        created_at INTEGER NOT NULL
+     );
+     ALTER TABLE devices ADD COLUMN grp TEXT;
+     CREATE INDEX devices_by_group ON devices (grp);",
 ];
 
 /// The schema version this binary writes: how many migrations it knows.

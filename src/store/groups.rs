@@ -1,0 +1,233 @@
+//! Groups: many devices asking for the same thing. A group has pins (an app and module
+//! versions); a device in it runs the group's pins with its own laid over them, so changing
+//! the group moves every member whose resolved manifest changes, and only those.
+//!
+//! [`Layers`] is where a device's stored row becomes the desired manifest it runs: the one
+//! place that knows how the layers stack, used by everything that reads or regenerates
+//! devices.
+
+use super::{catalog, commit_change, now, optional, Store};
+use crate::manifest::{Desired, Pins};
+use crate::names::GroupName;
+use anyhow::{bail, Context, Result};
+use rusqlite::Connection;
+use std::collections::HashMap;
+
+/// A group as stored, with how many devices it has.
+#[derive(Debug, Clone)]
+pub struct GroupRow {
+    pub name: GroupName,
+    pub pins: Pins,
+    pub created_at: i64,
+    pub members: i64,
+}
+
+/// What a device is told to run: a whole manifest of its own, or a group's with its own
+/// pins over it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Assignment {
+    Own(Desired),
+    Group { group: GroupName, pins: Pins },
+}
+
+impl Assignment {
+    /// What the devices row holds: its `desired` text and its `grp`.
+    pub(super) fn stored(&self) -> (String, Option<&str>) {
+        match self {
+            Self::Own(d) => (d.to_seed_json(), None),
+            Self::Group { group, pins } => (pins.to_json(), Some(group.as_str())),
+        }
+    }
+}
+
+/// Everything a device's own pins are laid over, read once for many devices.
+pub(crate) struct Layers {
+    groups: HashMap<String, Pins>,
+}
+
+impl Layers {
+    pub(crate) fn load(conn: &Connection) -> Result<Self> {
+        let mut stmt = conn.prepare("SELECT name, pins FROM groups")?;
+        let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
+        let mut groups = HashMap::new();
+        for row in rows {
+            let (name, pins) = row?;
+            let pins =
+                Pins::from_json(&pins).with_context(|| format!("stored pins of group {name}"))?;
+            groups.insert(name, pins);
+        }
+        Ok(Self { groups })
+    }
+
+    /// The desired manifest of a device from its row: `stored` is its `desired` column,
+    /// `group` its `grp`.
+    pub(crate) fn desired(&self, group: Option<&str>, stored: &str) -> Result<Desired> {
+        let Some(group) = group else {
+            return Desired::from_seed_json(stored);
+        };
+        let own = Pins::from_json(stored)?;
+        let base = self
+            .groups
+            .get(group)
+            .with_context(|| format!("unknown group {group}"))?;
+        base.overlay(&own).desired()
+    }
+
+    /// The desired manifest an assignment would give a device now.
+    pub(crate) fn assigned(&self, a: &Assignment) -> Result<Desired> {
+        match a {
+            Assignment::Own(d) => Ok(d.clone()),
+            Assignment::Group { group, pins } => {
+                if !self.groups.contains_key(group.as_str()) {
+                    bail!("{}", unknown_group(group));
+                }
+                self.desired(Some(group.as_str()), &pins.to_json())
+            }
+        }
+    }
+}
+
+/// Checks assignments against the store as it is: their group exists and what they make
+/// resolves. For commands that want to name the line of an error before writing anything.
+pub struct Resolver {
+    layers: Layers,
+    catalog: crate::manifest::Catalog,
+}
+
+impl Resolver {
+    /// The desired manifest `a` gives a device, checked to resolve.
+    pub fn desired(&self, a: &Assignment) -> Result<Desired> {
+        let d = self.layers.assigned(a)?;
+        self.catalog.resolve(&d)?;
+        Ok(d)
+    }
+}
+
+pub fn unknown_group(name: &GroupName) -> String {
+    format!("unknown group {name}: create it with `mpfleet group create {name} --app APP`")
+}
+
+impl Store {
+    pub fn resolver(&self) -> Result<Resolver> {
+        Ok(Resolver {
+            layers: Layers::load(&self.conn)?,
+            catalog: catalog(&self.conn)?,
+        })
+    }
+
+    /// Creates a group with `pins`, which must name an app and resolve.
+    pub fn create_group(&mut self, name: &GroupName, pins: &Pins) -> Result<()> {
+        let tx = self.write()?;
+        let exists: Option<i64> = optional(tx.query_row(
+            "SELECT 1 FROM groups WHERE name = ?1",
+            [name.as_str()],
+            |r| r.get(0),
+        ))?;
+        if exists.is_some() {
+            bail!("group {name} already exists: change it with `mpfleet group set {name} ...`");
+        }
+        catalog(&tx)?.resolve(&pins.desired()?)?;
+        tx.execute(
+            "INSERT INTO groups (name, pins, created_at) VALUES (?1, ?2, ?3)",
+            rusqlite::params![name.as_str(), pins.to_json(), now()],
+        )?;
+        commit_change(tx)
+    }
+
+    /// Replaces a group's pins (keeping its app when `pins` names none). Every member whose
+    /// resolved manifest changes gets a new generation, and only those. Every member's
+    /// manifest must still resolve, or nothing changes.
+    pub fn set_group(&mut self, name: &GroupName, pins: &Pins) -> Result<Pins> {
+        let tx = self.write()?;
+        let old: Option<String> = optional(tx.query_row(
+            "SELECT pins FROM groups WHERE name = ?1",
+            [name.as_str()],
+            |r| r.get(0),
+        ))?;
+        let Some(old) = old else {
+            bail!("{}", unknown_group(name));
+        };
+        let mut pins = pins.clone();
+        if pins.app.is_none() {
+            pins.app = Pins::from_json(&old)?.app;
+        }
+        let cat = catalog(&tx)?;
+        cat.resolve(&pins.desired()?)?;
+        tx.execute(
+            "UPDATE groups SET pins = ?2 WHERE name = ?1",
+            [name.as_str(), pins.to_json().as_str()],
+        )?;
+        // The members, with their own pins over the new ones.
+        let layers = Layers::load(&tx)?;
+        {
+            let mut stmt = tx.prepare("SELECT mac, desired FROM devices WHERE grp = ?1")?;
+            let rows = stmt.query_map([name.as_str()], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+            })?;
+            for row in rows {
+                let (mac, stored) = row?;
+                let desired = layers.desired(Some(name.as_str()), &stored)?;
+                cat.resolve(&desired)
+                    .with_context(|| format!("device {mac} of group {name}"))?;
+            }
+        }
+        commit_change(tx)?;
+        Ok(pins)
+    }
+
+    /// Deletes a group that has no devices.
+    pub fn delete_group(&mut self, name: &GroupName) -> Result<()> {
+        let tx = self.write()?;
+        let members: Vec<String> = {
+            let mut stmt = tx.prepare("SELECT mac FROM devices WHERE grp = ?1 ORDER BY mac")?;
+            let rows = stmt.query_map([name.as_str()], |r| r.get(0))?;
+            rows.collect::<rusqlite::Result<_>>()?
+        };
+        if !members.is_empty() {
+            let shown: Vec<&str> = members.iter().take(3).map(String::as_str).collect();
+            bail!(
+                "group {name} has {} device(s) ({}{}): move them out first \
+                 (`mpfleet device set MAC --app APP` or `--group OTHER`), or `mpfleet device rm MAC`",
+                members.len(),
+                shown.join(", "),
+                if members.len() > 3 { ", ..." } else { "" }
+            );
+        }
+        if tx.execute("DELETE FROM groups WHERE name = ?1", [name.as_str()])? == 0 {
+            bail!("{}", unknown_group(name));
+        }
+        commit_change(tx)
+    }
+
+    pub fn groups(&self) -> Result<Vec<GroupRow>> {
+        let mut stmt = self.conn.prepare(
+            "SELECT g.name, g.pins, g.created_at,
+                    (SELECT count(*) FROM devices d WHERE d.grp = g.name)
+             FROM groups g ORDER BY g.name",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, i64>(2)?,
+                r.get::<_, i64>(3)?,
+            ))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (name, pins, created_at, members) = row?;
+            out.push(GroupRow {
+                pins: Pins::from_json(&pins)
+                    .with_context(|| format!("stored pins of group {name}"))?,
+                name: GroupName::parse(&name).map_err(anyhow::Error::msg)?,
+                created_at,
+                members,
+            });
+        }
+        Ok(out)
+    }
+
+    pub fn group(&self, name: &GroupName) -> Result<Option<GroupRow>> {
+        Ok(self.groups()?.into_iter().find(|g| g.name == *name))
+    }
+}
