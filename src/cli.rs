@@ -11,7 +11,7 @@ use std::path::PathBuf;
 /// themselves when new code crashes, and report what they run.
 ///
 /// Commands that only read (`module list|show`, `device list|show|export`,
-/// `group list|show`, `export`) write
+/// `group list|show`, `rollout list|show`, `export`) write
 /// nothing in the data directory. `serve` and the commands that change the store publish the device
 /// runtime this binary carries when it is a newer release than the store runs (never an
 /// older one).
@@ -38,6 +38,7 @@ const EXAMPLES: &str = "Examples:
   mpfleet device import devices.csv               many devices at once (CSV or JSON lines)
   mpfleet group create greenhouse --app smartcharger sensorclass=2
   mpfleet device set DE:AD:BE:EF:12:34 --group greenhouse
+  mpfleet rollout start greenhouse --to sensorclass=3 --steps 10%,50%,100%
   mpfleet export /srv/www/ota                     the same tree as static files";
 
 #[derive(Debug, Subcommand)]
@@ -63,6 +64,13 @@ pub enum Command {
     /// Groups of devices that run the same thing (a device's own pins win over its group's).
     #[command(subcommand)]
     Group(GroupCommand),
+    /// Move a group to new versions a few boards at a time, stopping by itself on failures.
+    ///
+    /// The rollout runs inside `mpfleet serve` (and carries on after a restart of it): each
+    /// step moves a share of the group, and the next starts once every board of the step
+    /// reported `updated` and stayed healthy for --healthy-after.
+    #[command(subcommand)]
+    Rollout(RolloutCommand),
     /// Write what `serve` serves to boards as static files in DIR.
     ///
     /// For nginx, Home Assistant's `www/` folder or any web server: boards read the same
@@ -274,6 +282,60 @@ pub enum GroupCommand {
     List(ListArgs),
     /// Delete a group that has no devices.
     Delete { name: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RolloutCommand {
+    /// Start moving GROUP to the --to versions, step by step.
+    ///
+    /// Each step moves boards until that share of the group has been moved, always in the
+    /// same order (by a hash of the MAC). The next step starts when every moved board
+    /// reported `updated` for its new generation and then stayed healthy (no `rolled_back` or
+    /// `update_failed`) for --healthy-after. A board failing (`update_failed`, `rolled_back`,
+    /// or no `updated` within --deadline) counts against --max-failures: past it, the
+    /// rollout pauses by itself, says why, and moves no more boards. At the last step the
+    /// group itself takes the new versions. A device's own pins still win. Boards that join
+    /// the group while it runs are moved when the step's share needs them (every one at 100%).
+    ///
+    /// Example: mpfleet rollout start greenhouse --to sensorclass=3 --steps 10%,50%,100% --max-failures 1
+    Start {
+        /// The group to move.
+        group: String,
+        /// MODULE=VERSION: a published version (not `latest`). Repeat for several modules.
+        #[arg(long = "to", required = true, value_name = "MODULE=VERSION")]
+        to: Vec<String>,
+        /// Shares of the group, growing, the last 100%.
+        #[arg(long, default_value = "5%,25%,100%")]
+        steps: String,
+        /// Failed boards tolerated before the rollout pauses: a number or a share of the
+        /// group (10%).
+        #[arg(long, default_value = "0", value_name = "N|P%")]
+        max_failures: String,
+        /// How long a board must run its new versions, after reporting `updated`, without a
+        /// failure (30s, 10m, 2h, 1d).
+        #[arg(long, default_value = "10m", value_name = "DURATION")]
+        healthy_after: String,
+        /// How long a moved board has to report `updated` before it counts as failed.
+        #[arg(long, default_value = "1d", value_name = "DURATION")]
+        deadline: String,
+    },
+    /// List rollouts, newest first.
+    List(ListArgs),
+    /// Show a rollout: its step, its boards and how each is doing, why it paused.
+    ///
+    /// ROLLOUT is a rollout's number or a group's name (its latest rollout).
+    Show {
+        rollout: String,
+        #[command(flatten)]
+        list: ListArgs,
+    },
+    /// Pause a running rollout: no more boards move (the moved ones keep their versions).
+    Pause { rollout: String },
+    /// Resume a paused rollout; the boards that had failed are forgiven.
+    Resume { rollout: String },
+    /// Abort a rollout: every board it moved goes back to the group's versions, as a new
+    /// generation.
+    Abort { rollout: String },
 }
 
 #[derive(Debug, Args)]

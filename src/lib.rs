@@ -10,6 +10,7 @@
 pub mod bulk;
 pub mod cli;
 mod commands;
+pub mod duration;
 pub mod export;
 pub mod http;
 mod logging;
@@ -18,6 +19,7 @@ pub mod mpy;
 pub mod names;
 pub mod out;
 pub mod repl;
+pub mod rollout;
 pub mod runtime;
 pub mod sign;
 pub mod sim;

@@ -335,7 +335,9 @@ fn a_store_with_an_older_schema_is_read_by_no_one_and_upgraded_by_a_write() {
     {
         let db = db(&f);
         db.execute_batch(
-            "DROP INDEX devices_by_group;
+            "DROP TABLE rollouts;
+             DROP TABLE rollout_devices;
+             DROP INDEX devices_by_group;
              ALTER TABLE devices DROP COLUMN grp;
              DROP TABLE groups;
              DROP TABLE meta;

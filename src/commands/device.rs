@@ -88,7 +88,7 @@ pub fn run(data: &Path, command: DeviceCommand) -> Result<()> {
             let resolver = store.resolver()?;
             for e in &entries {
                 resolver
-                    .desired(&e.assignment)
+                    .desired(&e.mac, &e.assignment)
                     .with_context(|| format!("line {}: device {}", e.line, e.mac))
                     .with_context(nothing)?;
             }

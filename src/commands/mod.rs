@@ -2,7 +2,7 @@
 //! print a table (or JSON with `--json`).
 //!
 //! A command that only reads (`module list|show`, `device list|show|export`,
-//! `group list|show`, `export`) opens the
+//! `group list|show`, `rollout list|show`, `export`) opens the
 //! store with `Store::open_read_only` and writes nothing in the data directory; the others
 //! (and `serve`) open it with `Store::open`, which may publish the runtime this binary
 //! carries (see `crate::runtime`).
@@ -11,6 +11,7 @@ mod device;
 mod group;
 mod install;
 mod module;
+mod rollout;
 mod terminal;
 
 use crate::cli::{Cli, Command};
@@ -23,6 +24,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Module(c) => module::run(&cli.data, c),
         Command::Device(c) => device::run(&cli.data, c),
         Command::Group(c) => group::run(&cli.data, c),
+        Command::Rollout(c) => rollout::run(&cli.data, c),
         Command::Export { dir } => {
             let mut store = crate::store::Store::open_read_only(&cli.data)?;
             let release = store.runtime_release()?;

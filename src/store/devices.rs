@@ -101,7 +101,7 @@ fn to_device(layers: &Layers, raw: RawDevice) -> Result<DeviceRow> {
         replayed_reports,
         mac: Mac::parse(&mac).map_err(anyhow::Error::msg)?,
         desired: layers
-            .desired(grp.as_deref(), &desired)
+            .desired(&mac, grp.as_deref(), &desired)
             .with_context(|| format!("stored manifest of {mac}"))?,
         generation,
         created_at,
@@ -121,7 +121,7 @@ pub(super) fn refresh_generations(tx: &Transaction<'_>) -> Result<()> {
         rows.collect::<rusqlite::Result<_>>()?
     };
     for (mac, desired, grp, old_hash) in rows {
-        let desired = layers.desired(grp.as_deref(), &desired)?;
+        let desired = layers.desired(&mac, grp.as_deref(), &desired)?;
         // A manifest that no longer resolves keeps its last generation; it cannot happen
         // while versions are immutable and never deleted.
         let Ok(resolved) = cat.resolve(&desired) else {
@@ -146,7 +146,7 @@ impl Store {
         let tx = self.write()?;
         // Refuse a manifest naming a group, module or version that does not exist.
         let cat: Catalog = catalog(&tx)?;
-        let desired = Layers::load(&tx)?.assigned(assignment)?;
+        let desired = Layers::load(&tx)?.assigned(mac.as_str(), assignment)?;
         cat.resolve(&desired)?;
         let (text, grp) = assignment.stored();
         let old: Option<(String, Option<String>)> = optional(tx.query_row(
@@ -201,7 +201,7 @@ impl Store {
             .iter()
             .map(|(mac, assignment)| {
                 let desired = layers
-                    .assigned(assignment)
+                    .assigned(mac.as_str(), assignment)
                     .with_context(|| format!("device {mac}"))?;
                 let resolved = cat
                     .resolve(&desired)

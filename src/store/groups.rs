@@ -3,15 +3,16 @@
 //! the group moves every member whose resolved manifest changes, and only those.
 //!
 //! [`Layers`] is where a device's stored row becomes the desired manifest it runs: the one
-//! place that knows how the layers stack, used by everything that reads or regenerates
-//! devices.
+//! place that knows how the layers stack (the group's pins, then a running or paused
+//! rollout's for the boards it has moved, then the device's own), used by everything that
+//! reads or regenerates devices.
 
 use super::{catalog, commit_change, now, optional, Store};
 use crate::manifest::{Desired, Pins};
 use crate::names::GroupName;
 use anyhow::{bail, Context, Result};
 use rusqlite::Connection;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 /// A group as stored, with how many devices it has.
 #[derive(Debug, Clone)]
@@ -43,6 +44,8 @@ impl Assignment {
 /// Everything a device's own pins are laid over, read once for many devices.
 pub(crate) struct Layers {
     groups: HashMap<String, Pins>,
+    /// Per group, its active rollout's pins and the boards it has moved.
+    rollouts: HashMap<String, (Pins, HashSet<String>)>,
 }
 
 impl Layers {
@@ -56,12 +59,36 @@ impl Layers {
                 Pins::from_json(&pins).with_context(|| format!("stored pins of group {name}"))?;
             groups.insert(name, pins);
         }
-        Ok(Self { groups })
+        let mut rollouts: HashMap<String, (Pins, HashSet<String>)> = HashMap::new();
+        let mut stmt = conn.prepare(
+            "SELECT r.grp, r.pins, d.mac FROM rollouts r
+             LEFT JOIN rollout_devices d ON d.rollout = r.id
+             WHERE r.state IN ('running', 'paused')",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, Option<String>>(2)?,
+            ))
+        })?;
+        for row in rows {
+            let (group, pins, mac) = row?;
+            let entry = match rollouts.entry(group) {
+                std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+                std::collections::hash_map::Entry::Vacant(e) => {
+                    let pins = Pins::from_json(&pins).context("stored pins of a rollout")?;
+                    e.insert((pins, HashSet::new()))
+                }
+            };
+            entry.1.extend(mac);
+        }
+        Ok(Self { groups, rollouts })
     }
 
-    /// The desired manifest of a device from its row: `stored` is its `desired` column,
+    /// The desired manifest of device `mac` from its row: `stored` is its `desired` column,
     /// `group` its `grp`.
-    pub(crate) fn desired(&self, group: Option<&str>, stored: &str) -> Result<Desired> {
+    pub(crate) fn desired(&self, mac: &str, group: Option<&str>, stored: &str) -> Result<Desired> {
         let Some(group) = group else {
             return Desired::from_seed_json(stored);
         };
@@ -70,18 +97,23 @@ impl Layers {
             .groups
             .get(group)
             .with_context(|| format!("unknown group {group}"))?;
-        base.overlay(&own).desired()
+        match self.rollouts.get(group) {
+            Some((pins, moved)) if moved.contains(mac) => {
+                base.overlay(pins).overlay(&own).desired()
+            }
+            _ => base.overlay(&own).desired(),
+        }
     }
 
-    /// The desired manifest an assignment would give a device now.
-    pub(crate) fn assigned(&self, a: &Assignment) -> Result<Desired> {
+    /// The desired manifest an assignment would give device `mac` now.
+    pub(crate) fn assigned(&self, mac: &str, a: &Assignment) -> Result<Desired> {
         match a {
             Assignment::Own(d) => Ok(d.clone()),
             Assignment::Group { group, pins } => {
                 if !self.groups.contains_key(group.as_str()) {
                     bail!("{}", unknown_group(group));
                 }
-                self.desired(Some(group.as_str()), &pins.to_json())
+                self.desired(mac, Some(group.as_str()), &pins.to_json())
             }
         }
     }
@@ -95,9 +127,9 @@ pub struct Resolver {
 }
 
 impl Resolver {
-    /// The desired manifest `a` gives a device, checked to resolve.
-    pub fn desired(&self, a: &Assignment) -> Result<Desired> {
-        let d = self.layers.assigned(a)?;
+    /// The desired manifest `a` gives device `mac`, checked to resolve.
+    pub fn desired(&self, mac: &crate::names::Mac, a: &Assignment) -> Result<Desired> {
+        let d = self.layers.assigned(mac.as_str(), a)?;
         self.catalog.resolve(&d)?;
         Ok(d)
     }
@@ -166,7 +198,7 @@ impl Store {
             })?;
             for row in rows {
                 let (mac, stored) = row?;
-                let desired = layers.desired(Some(name.as_str()), &stored)?;
+                let desired = layers.desired(&mac, Some(name.as_str()), &stored)?;
                 cat.resolve(&desired)
                     .with_context(|| format!("device {mac} of group {name}"))?;
             }
@@ -192,6 +224,14 @@ impl Store {
                 shown.join(", "),
                 if members.len() > 3 { ", ..." } else { "" }
             );
+        }
+        let active: Option<i64> = optional(tx.query_row(
+            "SELECT id FROM rollouts WHERE grp = ?1 AND state IN ('running', 'paused')",
+            [name.as_str()],
+            |r| r.get(0),
+        ))?;
+        if let Some(id) = active {
+            bail!("group {name} has rollout {id} under way: `mpfleet rollout abort {id}` first");
         }
         if tx.execute("DELETE FROM groups WHERE name = ?1", [name.as_str()])? == 0 {
             bail!("{}", unknown_group(name));

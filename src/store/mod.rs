@@ -16,6 +16,7 @@ mod keys;
 mod modules;
 mod release;
 mod reports;
+mod rollouts;
 mod schema;
 
 pub use blobs::sha256_hex;
@@ -24,6 +25,7 @@ pub use groups::{unknown_group, Assignment, GroupRow, Resolver};
 pub use keys::DeviceKey;
 pub use modules::{check_module, NewVersion, Published, VersionRow};
 pub use reports::{Report, Sighting, UnknownDevice, REPORT_HISTORY};
+pub use rollouts::{MovedBoard, NewRollout, RolloutRow, RolloutView};
 
 use crate::manifest::{Catalog, ModuleInfo, MpyInfo, VersionInfo};
 use crate::names::{ModuleName, Version};

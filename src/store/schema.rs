@@ -87,6 +87,37 @@ const MIGRATIONS: &[&str] = &[
      );
      ALTER TABLE devices ADD COLUMN grp TEXT;
      CREATE INDEX devices_by_group ON devices (grp);",
+    // 5: rollouts (`crate::rollout`). A rollout moves its group's boards to `pins` step by
+    // step (`steps`: a JSON array of percentages); `state` is running, paused, done or
+    // aborted, `step` the index of the current step, `reason` why it paused or stopped.
+    // Durations are seconds. `rollout_devices` are the boards it has moved: when (`moved_at`),
+    // the last report id before that (`after_report`: only later reports count), and the
+    // generation that gave them (NULL: their own pins left nothing to move).
+    "CREATE TABLE rollouts (
+        id            INTEGER PRIMARY KEY,
+        grp           TEXT NOT NULL,
+        pins          TEXT NOT NULL,
+        steps         TEXT NOT NULL,
+        max_failures  TEXT NOT NULL,
+        healthy_after INTEGER NOT NULL,
+        deadline      INTEGER NOT NULL,
+        state         TEXT NOT NULL,
+        step          INTEGER NOT NULL,
+        reason        TEXT,
+        created_at    INTEGER NOT NULL,
+        updated_at    INTEGER NOT NULL
+     );
+     CREATE INDEX rollouts_by_group ON rollouts (grp, state);
+     CREATE TABLE rollout_devices (
+        rollout      INTEGER NOT NULL,
+        mac          TEXT NOT NULL,
+        step         INTEGER NOT NULL,
+        moved_at     INTEGER NOT NULL,
+        after_report INTEGER NOT NULL,
+        generation   INTEGER,
+        forgiven     INTEGER NOT NULL DEFAULT 0,
+        PRIMARY KEY (rollout, mac)
+     );",
 ];
 
 /// The schema version this binary writes: how many migrations it knows.
