@@ -20,6 +20,7 @@ mod heap;
 mod never_stuck;
 mod ports;
 mod repl;
+mod rollout;
 mod security;
 mod serve;
 mod service;
