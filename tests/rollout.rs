@@ -334,3 +334,201 @@ fn a_restart_of_serve_mid_rollout_carries_on() {
     });
     assert_eq!(r["healthy"], 4, "{r}");
 }
+
+/// Boards played by the test: reports signed with each device's key and counted, exactly as a
+/// board sends them, so the engine's rules can be driven fast and precisely.
+struct Reporter<'a> {
+    f: &'a Fleet,
+    s: &'a Server,
+    n: std::cell::Cell<i64>,
+}
+
+impl Reporter<'_> {
+    fn send(&self, mac: &str, event: &str, generation: i64) {
+        self.n.set(self.n.get() + 1);
+        let body = serde_json::json!({"n": self.n.get(), "event": event, "generation": generation,
+                                      "config": "primary"});
+        let r = self
+            .s
+            .report(mac, &self.f.key(mac), body.to_string().as_bytes());
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+}
+
+/// The moved boards with a generation to install, and that generation (a board whose own
+/// pins hold the rollout's module has none).
+fn to_install(r: &Value) -> Vec<(String, i64)> {
+    r["devices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|d| Some((d["mac"].as_str()?.to_owned(), d["generation"].as_i64()?)))
+        .collect()
+}
+
+#[test]
+fn failures_within_the_threshold_silence_joiners_and_resume() {
+    let mut f = Fleet::new();
+    f.set_env("MPFLEET_ROLLOUT_TICK", "200ms");
+    f.publish("app", "x = 1\n", &[]);
+    f.publish("sensorclass", "VALUE = 'one'\n", &[]);
+    f.publish("sensorclass", "VALUE = 'two'\n", &[]);
+    f.ok(&[
+        "group",
+        "create",
+        "greenhouse",
+        "--app",
+        "app",
+        "sensorclass=1",
+    ]);
+    for mac in MACS {
+        f.ok(&["device", "set", mac, "--group", "greenhouse"]);
+    }
+    // Its own pin holds this one at 1 whatever the rollout says.
+    const PINNED: &str = "0b0000000001";
+    f.ok(&[
+        "device",
+        "set",
+        PINNED,
+        "--group",
+        "greenhouse",
+        "sensorclass=1",
+    ]);
+    let s = f.serve();
+    let boards = Reporter {
+        f: &f,
+        s: &s,
+        n: 0.into(),
+    };
+    // Five boards: the first step moves two; one failure (20% of 5) is tolerated.
+    let out = f.ok(&[
+        "rollout",
+        "start",
+        "greenhouse",
+        "--to",
+        "sensorclass=2",
+        "--steps",
+        "40%,100%",
+        "--max-failures",
+        "20%",
+        "--healthy-after",
+        "1s",
+        "--deadline",
+        "8s",
+    ]);
+    assert!(out.contains("moved 2 board(s)"), "{out}");
+    let err = f.fails(&["rollout", "start", "greenhouse", "--to", "sensorclass=2"]);
+    assert!(err.contains("has rollout 1 under way"), "{err}");
+    let err = f.fails(&["group", "delete", "greenhouse"]);
+    assert!(err.contains("greenhouse has"), "{err}");
+
+    // Step 1: the first board to install fails, the other is updated: one failure is
+    // within the threshold, so the step advances once the other has been healthy for 1 s.
+    let r = rollout(&f);
+    let first = to_install(&r);
+    for (i, (mac, g)) in first.iter().enumerate() {
+        boards.send(mac, if i == 0 { "update_failed" } else { "updated" }, *g);
+    }
+    let failed_first = first[0].0.clone();
+    let r = at_step(&f, 2, 5);
+    assert!(
+        r["devices"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|d| d["mac"] == failed_first.as_str() && d["status"] == "failed: update_failed"),
+        "{r}"
+    );
+
+    // A board joining the group during the last step is moved too.
+    const JOINER: &str = "0c0000000001";
+    f.ok(&["device", "set", JOINER, "--group", "greenhouse"]);
+    let r = at_step(&f, 2, 6);
+    assert!(moved(&r).contains(JOINER), "{r}");
+    wait_served(&s, JOINER, "2");
+    assert_eq!(served(&s, PINNED), "1");
+
+    // Every new board but one reports `updated`; that one stays silent past the deadline:
+    // a second failure, more than 20% of six, pauses the rollout.
+    let done: BTreeSet<String> = first.iter().map(|(m, _)| m.clone()).collect();
+    let fresh: Vec<(String, i64)> = to_install(&r)
+        .into_iter()
+        .filter(|(m, _)| !done.contains(m))
+        .collect();
+    let (silent, _) = fresh[0].clone();
+    for (mac, g) in &fresh[1..] {
+        boards.send(mac, "updated", *g);
+    }
+    let r = eventually("the rollout paused", ENGINE, || {
+        let r = rollout(&f);
+        (r["state"] == "paused").then_some(r)
+    });
+    let reason = r["reason"].as_str().unwrap();
+    assert!(
+        reason.contains(&format!("{silent} no `updated` report within 8s"))
+            && reason.contains(&format!("{failed_first} update_failed"))
+            && reason.contains("2 failed, more than the 1 tolerated"),
+        "{r}"
+    );
+
+    // Resume forgives both: the rest are healthy, so it completes and the group takes 2.
+    let out = f.ok(&["rollout", "resume", "greenhouse"]);
+    assert!(out.contains("rollout 1"), "{out}");
+    let r = eventually("the rollout done", ENGINE, || {
+        let r = rollout(&f);
+        (r["state"] == "done").then_some(r)
+    });
+    assert_eq!(r["failed"], 2, "{r}");
+    let g = f.json(&["group", "show", "greenhouse", "--json"]);
+    assert_eq!(g["pins"]["sensorclass"], "2", "{g}");
+    assert_eq!(served(&s, PINNED), "1");
+    for mac in MACS.iter().chain([&JOINER]) {
+        assert_eq!(served(&s, mac), "2", "{mac}");
+    }
+    // Nothing left to pause, resume or abort.
+    let err = f.fails(&["rollout", "abort", "1"]);
+    assert!(err.contains("rollout 1 is done"), "{err}");
+    let err = f.fails(&["rollout", "show", "7"]);
+    assert!(err.contains("no rollout 7"), "{err}");
+}
+
+#[test]
+fn bad_rollout_input_is_refused() {
+    let f = Fleet::new();
+    f.publish("app", "x = 1\n", &[]);
+    f.ok(&["group", "create", "greenhouse", "--app", "app"]);
+    for (args, error) in [
+        (vec!["--to", "app=9"], "app has no version 9"),
+        (vec!["--to", "app=latest"], "not `latest`"),
+        (vec!["--to", "app"], "MODULE=VERSION"),
+        (
+            vec!["--to", "app=1", "--steps", "50%,25%,100%"],
+            "must grow",
+        ),
+        (
+            vec!["--to", "app=1", "--steps", "5%,25%"],
+            "the last step must be 100%",
+        ),
+        (
+            vec!["--to", "app=1", "--max-failures", "x"],
+            "invalid --max-failures",
+        ),
+        (
+            vec!["--to", "app=1", "--healthy-after", "soon"],
+            "invalid duration",
+        ),
+    ] {
+        let mut all = vec!["rollout", "start", "greenhouse"];
+        all.extend(args.iter().copied());
+        let err = f.fails(&all);
+        assert!(err.contains(error), "{args:?}: {err}");
+    }
+    let err = f.fails(&["rollout", "start", "nope", "--to", "app=1"]);
+    assert!(err.contains("unknown group nope"), "{err}");
+    assert_eq!(
+        f.json(&["rollout", "list", "--json"]),
+        serde_json::json!([])
+    );
+    let err = f.fails(&["rollout", "show", "greenhouse"]);
+    assert!(err.contains("group greenhouse has no rollout"), "{err}");
+}
