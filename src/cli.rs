@@ -47,7 +47,8 @@ pub enum Command {
     ///
     /// Prints the bound address on its first line. Boards GET their manifest from
     /// `v1/{mac}.json` and POST what they did to `v1/{mac}/report`. Changes made with other
-    /// mpfleet commands while it runs are served within a second.
+    /// mpfleet commands while it runs are served within a second. It also runs the rollouts
+    /// (`mpfleet rollout`): every 5 s (`MPFLEET_ROLLOUT_TICK`) and as reports arrive.
     ///
     /// Example: mpfleet serve --listen 127.0.0.1:0
     Serve {

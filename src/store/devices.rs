@@ -287,11 +287,14 @@ impl Store {
         Ok(counts)
     }
 
-    /// Forgets a device and its reports. Returns false if it was not known.
+    /// Forgets a device, its reports and which rollouts moved it. Returns false if it was
+    /// not known.
     pub fn remove_device(&mut self, mac: &Mac) -> Result<bool> {
         let tx = self.write()?;
         let n = tx.execute("DELETE FROM devices WHERE mac = ?1", [mac.as_str()])?;
         tx.execute("DELETE FROM reports WHERE mac = ?1", [mac.as_str()])?;
+        // A rollout has not moved a device added again later under the same MAC.
+        tx.execute("DELETE FROM rollout_devices WHERE mac = ?1", [mac.as_str()])?;
         if n > 0 {
             bump(&tx, "revision")?;
         }

@@ -141,8 +141,12 @@ fn moved(conn: &Connection, r: &RolloutRow) -> Result<Vec<(String, usize, Moved)
             r.get::<_, bool>(5)?,
         ))
     })?;
-    let mut reports =
-        conn.prepare("SELECT at, body FROM reports WHERE mac = ?1 AND id > ?2 ORDER BY id")?;
+    // After the move: a higher id than any report then, or (should the ids of deleted
+    // reports be handed out again: SQLite reuses the highest rowid once its row is gone) a
+    // later second.
+    let mut reports = conn.prepare(
+        "SELECT at, body FROM reports WHERE mac = ?1 AND (id > ?2 OR at > ?3) ORDER BY id",
+    )?;
     let mut out = Vec::new();
     for row in rows {
         let (mac, step, at, after, generation, forgiven) = row?;
@@ -150,7 +154,7 @@ fn moved(conn: &Connection, r: &RolloutRow) -> Result<Vec<(String, usize, Moved)
             continue;
         }
         let seen = reports
-            .query_map(rusqlite::params![mac, after], |r| {
+            .query_map(rusqlite::params![mac, after, at], |r| {
                 Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?))
             })?
             .map(|r| {
