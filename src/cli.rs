@@ -156,6 +156,7 @@ pub enum DeviceCommand {
     /// set` says everything about the device: without --group it leaves its group.
     ///
     /// Example: mpfleet device set DE:AD:BE:EF:12:34 --app smartcharger sensorclass=2 mqttclass=latest
+    ///
     /// Example: mpfleet device set DE:AD:BE:EF:12:34 --group greenhouse sensorclass=2
     Set {
         /// The device's Wi-Fi MAC, in any common form (deadbeef1234, DE:AD:BE:EF:12:34, ...).
