@@ -430,6 +430,16 @@ fn failures_within_the_threshold_silence_joiners_and_resume() {
         boards.send(mac, if i == 0 { "update_failed" } else { "updated" }, *g);
     }
     let failed_first = first[0].0.clone();
+    let show = f.json(&["device", "show", &failed_first, "--json"]);
+    assert_eq!(
+        show["rollout"],
+        serde_json::json!({"id": 1, "state": "running", "step": 1})
+    );
+    let text = f.ok(&["device", "show", &failed_first]);
+    assert!(
+        text.contains("rollout    1 (running) moved it at step 1"),
+        "{text}"
+    );
     let r = at_step(&f, 2, 5);
     assert!(
         r["devices"]
@@ -482,6 +492,8 @@ fn failures_within_the_threshold_silence_joiners_and_resume() {
     let g = f.json(&["group", "show", "greenhouse", "--json"]);
     assert_eq!(g["pins"]["sensorclass"], "2", "{g}");
     assert_eq!(served(&s, PINNED), "1");
+    let show = f.json(&["device", "show", &failed_first, "--json"]);
+    assert_eq!(show["rollout"], Value::Null);
     for mac in MACS.iter().chain([&JOINER]) {
         assert_eq!(served(&s, mac), "2", "{mac}");
     }

@@ -212,8 +212,12 @@ pub fn run(data: &Path, command: DeviceCommand) -> Result<()> {
                     let pins: Value = serde_json::from_str(&pins.to_json()).expect("JSON");
                     json!({"name": g.as_str(), "own_pins": pins})
                 });
+                let rollout = store
+                    .rollout_of(&m)?
+                    .map(|(id, state, step)| json!({"id": id, "state": state, "step": step + 1}));
                 print_json(&json!({
-                    "mac": m.as_str(), "group": group, "desired": desired, "resolved": resolved,
+                    "mac": m.as_str(), "group": group, "rollout": rollout,
+                    "desired": desired, "resolved": resolved,
                     "generation": d.generation, "last_seen": d.last_seen,
                     "last_report": d.last_report, "last_report_at": d.last_report_at,
                     "key": d.key.fingerprint(), "report_counter": d.report_counter,
@@ -227,6 +231,9 @@ pub fn run(data: &Path, command: DeviceCommand) -> Result<()> {
             outln!("app        {}", d.desired.app)?;
             if let Some((g, pins)) = &d.group {
                 outln!("group      {g} (own pins: {})", pins.describe())?;
+            }
+            if let Some((id, state, step)) = store.rollout_of(&m)? {
+                outln!("rollout    {id} ({state}) moved it at step {}", step + 1)?;
             }
             outln!("generation {}", d.generation)?;
             outln!("last seen  {}", ago(d.last_seen))?;

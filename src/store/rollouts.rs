@@ -426,6 +426,20 @@ impl Store {
         })
     }
 
+    /// The running or paused rollout that has moved `mac`, if any: its id, state and the
+    /// step (0-based) that moved it.
+    pub fn rollout_of(&self, mac: &crate::names::Mac) -> Result<Option<(i64, String, usize)>> {
+        let r: Option<(i64, String, i64)> = optional(self.conn.query_row(
+            "SELECT r.id, r.state, d.step FROM rollout_devices d
+             JOIN rollouts r ON r.id = d.rollout
+             JOIN devices v ON v.mac = d.mac AND v.grp = r.grp
+             WHERE d.mac = ?1 AND r.state IN ('running', 'paused')",
+            [mac.as_str()],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        ))?;
+        Ok(r.map(|(id, state, step)| (id, state, step as usize)))
+    }
+
     /// Pauses a running rollout: no more boards move until `resume`.
     pub fn pause_rollout(&mut self, id: i64) -> Result<RolloutRow> {
         self.change_rollout(id, |r| match r.state.as_str() {
