@@ -152,8 +152,8 @@ async fn main() {
     let store = Store::open_read_only(&args.data).expect("open the store");
     let mut fleet = Vec::new();
     store
-        .each_device_view(|bits, _, _, key| {
-            fleet.push((Mac::from_bits(bits), key));
+        .each_device_view(|v| {
+            fleet.push((Mac::from_bits(v.bits), v.key.clone()));
             Ok(())
         })
         .expect("read the devices");

@@ -10,7 +10,8 @@ use std::path::PathBuf;
 /// them to your boards over HTTP: they install only what changed, verify it, roll back by
 /// themselves when new code crashes, and report what they run.
 ///
-/// Commands that only read (`module list|show`, `device list|show|export`, `export`) write
+/// Commands that only read (`module list|show`, `device list|show|export`,
+/// `group list|show`, `rollout list|show`, `export`) write
 /// nothing in the data directory. `serve` and the commands that change the store publish the device
 /// runtime this binary carries when it is a newer release than the store runs (never an
 /// older one).
@@ -41,6 +42,9 @@ const EXAMPLES: &str = "Examples:
   mpfleet module publish sensorclass.py           publish the next version of sensorclass
   mpfleet device set DE:AD:BE:EF:12:34 --app smartcharger sensorclass=2
   mpfleet device import devices.csv               many devices at once (CSV or JSON lines)
+  mpfleet group create greenhouse --app smartcharger sensorclass=2
+  mpfleet device set DE:AD:BE:EF:12:34 --group greenhouse
+  mpfleet rollout start greenhouse --to sensorclass=3 --steps 10%,50%,100%
   mpfleet export /srv/www/ota                     the same tree as static files
   MPFLEET_TOKEN=... mpfleet --remote http://fleet.lan:8080 device list   the same, on a server
   mpfleet provision /dev/ttyUSB0 --server http://192.168.1.10:8080/ --app smartcharger";
@@ -51,7 +55,8 @@ pub enum Command {
     ///
     /// Prints the bound address on its first line. Boards GET their manifest from
     /// `v1/{mac}.json` and POST what they did to `v1/{mac}/report`. Changes made with other
-    /// mpfleet commands while it runs are served within a second.
+    /// mpfleet commands while it runs are served within a second. It also runs the rollouts
+    /// (`mpfleet rollout`): every 5 s (`MPFLEET_ROLLOUT_TICK`) and as reports arrive.
     ///
     /// On the same port, the admin API (`/admin/api/v1/`, what `--remote` uses) and
     /// `/metrics` (Prometheus) answer only requests carrying the admin token, which `serve`
@@ -82,6 +87,16 @@ pub enum Command {
     /// Say which device runs what, and see what each device reported.
     #[command(subcommand)]
     Device(DeviceCommand),
+    /// Groups of devices that run the same thing (a device's own pins win over its group's).
+    #[command(subcommand)]
+    Group(GroupCommand),
+    /// Move a group to new versions a few boards at a time, stopping by itself on failures.
+    ///
+    /// The rollout runs inside `mpfleet serve` (and carries on after a restart of it): each
+    /// step moves a share of the group, and the next starts once every board of the step
+    /// reported `updated` and stayed healthy for --healthy-after.
+    #[command(subcommand)]
+    Rollout(RolloutCommand),
     /// Write what `serve` serves to boards as static files in DIR.
     ///
     /// For nginx, Home Assistant's `www/` folder or any web server: boards read the same
@@ -187,18 +202,28 @@ pub enum ModuleCommand {
 
 #[derive(Debug, Subcommand)]
 pub enum DeviceCommand {
-    /// Set what a device runs: its app module and MODULE=VERSION pairs.
+    /// Set what a device runs: its app module and MODULE=VERSION pairs, or a group.
     ///
     /// VERSION is a published version or `latest`. The app is added at latest if not
     /// listed, and so are the runtime modules `config` and `updater`.
     ///
+    /// With --group the device runs its group's manifest, with the pairs given here (and
+    /// --app, if given) laid over it: a module named here keeps this version whatever the
+    /// group (or a rollout in it) says; every other module follows the group. Each `device
+    /// set` says everything about the device: without --group it leaves its group.
+    ///
     /// Example: mpfleet device set DE:AD:BE:EF:12:34 --app smartcharger sensorclass=2 mqttclass=latest
+    ///
+    /// Example: mpfleet device set DE:AD:BE:EF:12:34 --group greenhouse sensorclass=2
     Set {
         /// The device's Wi-Fi MAC, in any common form (deadbeef1234, DE:AD:BE:EF:12:34, ...).
         mac: String,
-        /// The application module the board runs at boot.
+        /// The application module the board runs at boot (with --group: instead of the group's).
+        #[arg(long, required_unless_present = "group")]
+        app: Option<String>,
+        /// The group the device belongs to (`mpfleet group create` makes one).
         #[arg(long)]
-        app: String,
+        group: Option<String>,
         /// MODULE=VERSION pairs (VERSION may be `latest`).
         modules: Vec<String>,
     },
@@ -208,9 +233,11 @@ pub enum DeviceCommand {
     /// is JSON, `{"mac": "deadbeef1234", "app": "smartcharger", "modules": {"sensorclass":
     /// "2"}}` ("modules" may be left out), as `device export` prints; otherwise the first line
     /// is the CSV header `mac,app,modules` and each line after it `MAC,APP,PAIRS`, where PAIRS
-    /// is space-separated MODULE=VERSION (may be empty). Every line is checked (MAC, names,
-    /// versions published, no MAC twice, at most 64 modules) before anything is written; an
-    /// error names its line and nothing is imported. Devices already in the store are updated
+    /// is space-separated MODULE=VERSION (may be empty). A device in a group: a "group" key,
+    /// or the header `mac,app,modules,group` and a fourth field; its app may then be empty and
+    /// its modules are its own pins over the group's. Every line is checked (MAC, names,
+    /// versions published, groups exist, no MAC twice, at most 64 modules) before anything is
+    /// written; an error names its line and nothing is imported. Devices already in the store are updated
     /// and keep their keys; new ones get a key each. One transaction, however many lines.
     ///
     /// Example: mpfleet device import devices.csv   (devices.csv: `mac,app,modules` then `DE:AD:BE:EF:12:34,smartcharger,sensorclass=2`)
@@ -271,6 +298,103 @@ pub enum DeviceCommand {
         #[arg(long)]
         rotate: bool,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum GroupCommand {
+    /// Create a group: the app and MODULE=VERSION pairs its devices run.
+    ///
+    /// Devices join with `mpfleet device set MAC --group NAME` (or a group column in
+    /// `device import`); a device's own pins win over the group's.
+    ///
+    /// Example: mpfleet group create greenhouse --app smartcharger sensorclass=2
+    Create {
+        /// The group's name (1 to 64 of A-Z a-z 0-9 . _ -, not only digits).
+        name: String,
+        /// The application module the group's boards run at boot.
+        #[arg(long)]
+        app: String,
+        /// MODULE=VERSION pairs (VERSION may be `latest`).
+        modules: Vec<String>,
+    },
+    /// Replace a group's MODULE=VERSION pairs (and its app, with --app).
+    ///
+    /// Every member whose resolved manifest changes gets a new generation, and only those: a
+    /// member that pins the module itself keeps its version.
+    ///
+    /// Example: mpfleet group set greenhouse sensorclass=3
+    Set {
+        name: String,
+        /// A new application module (default: keep the group's).
+        #[arg(long)]
+        app: Option<String>,
+        /// MODULE=VERSION pairs (VERSION may be `latest`); they replace the group's.
+        modules: Vec<String>,
+    },
+    /// Show a group: its pins, the desired manifest they make, and its devices.
+    Show {
+        name: String,
+        #[command(flatten)]
+        list: ListArgs,
+    },
+    /// List groups with their app, pins and number of devices.
+    List(ListArgs),
+    /// Delete a group that has no devices.
+    Delete { name: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RolloutCommand {
+    /// Start moving GROUP to the --to versions, step by step.
+    ///
+    /// Each step moves boards until that share of the group has been moved, always in the
+    /// same order (by a hash of the MAC). The next step starts when every moved board
+    /// reported `updated` for its new generation and then stayed healthy (no `rolled_back` or
+    /// `update_failed`) for --healthy-after. A board failing (`update_failed`, `rolled_back`,
+    /// or no `updated` within --deadline) counts against --max-failures: past it, the
+    /// rollout pauses by itself, says why, and moves no more boards. At the last step the
+    /// group itself takes the new versions. A device's own pins still win. Boards that join
+    /// the group while it runs are moved when the step's share needs them (every one at 100%).
+    ///
+    /// Example: mpfleet rollout start greenhouse --to sensorclass=3 --steps 10%,50%,100% --max-failures 1
+    Start {
+        /// The group to move.
+        group: String,
+        /// MODULE=VERSION: a published version (not `latest`). Repeat for several modules.
+        #[arg(long = "to", required = true, value_name = "MODULE=VERSION")]
+        to: Vec<String>,
+        /// Shares of the group, growing, the last 100%.
+        #[arg(long, default_value = "5%,25%,100%")]
+        steps: String,
+        /// Failed boards tolerated before the rollout pauses: a number or a share of the
+        /// group (10%).
+        #[arg(long, default_value = "0", value_name = "N|P%")]
+        max_failures: String,
+        /// How long a board must run its new versions, after reporting `updated`, without a
+        /// failure (30s, 10m, 2h, 1d).
+        #[arg(long, default_value = "10m", value_name = "DURATION")]
+        healthy_after: String,
+        /// How long a moved board has to report `updated` before it counts as failed.
+        #[arg(long, default_value = "1d", value_name = "DURATION")]
+        deadline: String,
+    },
+    /// List rollouts, newest first.
+    List(ListArgs),
+    /// Show a rollout: its step, its boards and how each is doing, why it paused.
+    ///
+    /// ROLLOUT is a rollout's number or a group's name (its latest rollout).
+    Show {
+        rollout: String,
+        #[command(flatten)]
+        list: ListArgs,
+    },
+    /// Pause a running rollout: no more boards move (the moved ones keep their versions).
+    Pause { rollout: String },
+    /// Resume a paused rollout; the boards that had failed are forgiven.
+    Resume { rollout: String },
+    /// Abort a rollout: every board it moved goes back to the group's versions, as a new
+    /// generation.
+    Abort { rollout: String },
 }
 
 #[derive(Debug, Args)]

@@ -12,6 +12,7 @@
 pub mod bulk;
 pub mod cli;
 mod commands;
+pub mod duration;
 pub mod export;
 pub mod http;
 mod logging;
@@ -23,6 +24,7 @@ pub mod out;
 pub mod push;
 pub use provision::repl;
 pub mod provision;
+pub mod rollout;
 pub mod runtime;
 pub mod sign;
 pub mod sim;

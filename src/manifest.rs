@@ -48,20 +48,7 @@ impl Desired {
     /// Builds a manifest from the app and `module=version` pairs: the app is added at `latest`
     /// if not listed, and so are the runtime modules.
     pub fn new(app: ModuleName, pairs: Vec<(ModuleName, Want)>) -> Result<Self> {
-        let mut modules: Vec<(ModuleName, Want)> = Vec::new();
-        for (name, want) in pairs {
-            if let Some((_, old)) = modules.iter().find(|(n, _)| *n == name) {
-                if *old != want {
-                    bail!(
-                        "module {name} is listed twice, as {} and as {}",
-                        old.as_str(),
-                        want.as_str()
-                    );
-                }
-                continue;
-            }
-            modules.push((name, want));
-        }
+        let mut modules = Pins::new(None, pairs)?.modules;
         if !modules.iter().any(|(n, _)| *n == app) {
             modules.insert(0, (app.clone(), Want::Latest));
         }
@@ -102,6 +89,114 @@ impl Desired {
             pairs.push((name, Want::parse(v).map_err(anyhow::Error::msg)?));
         }
         Self::new(app, pairs)
+    }
+}
+
+/// Module pins as the user gave them, without the defaults [`Desired::new`] adds: what a
+/// group asks of its devices, what a grouped device says on top of its group, and what a
+/// rollout moves boards to. Layers are laid over each other (the later wins) and only the
+/// result becomes a [`Desired`], so a device's pin overrides its group's but a module the
+/// device does not name follows the group.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Pins {
+    pub app: Option<ModuleName>,
+    pub modules: Vec<(ModuleName, Want)>,
+}
+
+impl Pins {
+    /// Pins from the app (if any) and `module=version` pairs; a module twice with two
+    /// versions is an error.
+    pub fn new(app: Option<ModuleName>, pairs: Vec<(ModuleName, Want)>) -> Result<Self> {
+        let mut modules: Vec<(ModuleName, Want)> = Vec::new();
+        for (name, want) in pairs {
+            if let Some((_, old)) = modules.iter().find(|(n, _)| *n == name) {
+                if *old != want {
+                    bail!(
+                        "module {name} is listed twice, as {} and as {}",
+                        old.as_str(),
+                        want.as_str()
+                    );
+                }
+                continue;
+            }
+            modules.push((name, want));
+        }
+        Ok(Self { app, modules })
+    }
+
+    /// `layer` laid over these pins: its app, if it names one, and its versions win.
+    pub fn overlay(&self, layer: &Pins) -> Pins {
+        let mut out = self.clone();
+        if let Some(app) = &layer.app {
+            out.app = Some(app.clone());
+        }
+        for (name, want) in &layer.modules {
+            match out.modules.iter_mut().find(|(n, _)| n == name) {
+                Some((_, w)) => *w = want.clone(),
+                None => out.modules.push((name.clone(), want.clone())),
+            }
+        }
+        out
+    }
+
+    /// The desired manifest these pins make, defaults added; they must name an app.
+    pub fn desired(&self) -> Result<Desired> {
+        let app = self
+            .app
+            .clone()
+            .context("no app: give one with --app (or the device's group names one)")?;
+        Desired::new(app, self.modules.clone())
+    }
+
+    /// The seed's format with `"name"` left out when there is no app.
+    pub fn to_json(&self) -> String {
+        let mut map = Map::new();
+        if let Some(app) = &self.app {
+            map.insert("name".into(), Value::String(app.to_string()));
+        }
+        for (name, want) in &self.modules {
+            map.insert(name.to_string(), Value::String(want.as_str().to_owned()));
+        }
+        Value::Object(map).to_string()
+    }
+
+    pub fn from_json(text: &str) -> Result<Self> {
+        let value: Value = serde_json::from_str(text).context("pins are not JSON")?;
+        let map = value.as_object().context("pins are not a JSON object")?;
+        let app = match map.get("name") {
+            None => None,
+            Some(v) => Some(
+                ModuleName::parse(v.as_str().context("\"name\" is not a string")?)
+                    .map_err(anyhow::Error::msg)?,
+            ),
+        };
+        let mut pairs = Vec::new();
+        for (k, v) in map.iter().filter(|(k, _)| *k != "name") {
+            let name = ModuleName::parse(k).map_err(anyhow::Error::msg)?;
+            let v = v
+                .as_str()
+                .with_context(|| format!("version of {k} is not a string"))?;
+            pairs.push((name, Want::parse(v).map_err(anyhow::Error::msg)?));
+        }
+        Self::new(app, pairs)
+    }
+
+    /// `MODULE=VERSION ...`, with `app APP` first when there is one ("-" for none at all).
+    pub fn describe(&self) -> String {
+        let mut parts: Vec<String> = Vec::new();
+        if let Some(app) = &self.app {
+            parts.push(format!("app {app}"));
+        }
+        parts.extend(
+            self.modules
+                .iter()
+                .map(|(n, w)| format!("{n}={}", w.as_str())),
+        );
+        if parts.is_empty() {
+            "-".into()
+        } else {
+            parts.join(" ")
+        }
     }
 }
 
@@ -349,6 +444,28 @@ mod tests {
             r#"{"name":"smartcharger","smartcharger":"1","sensorclass":"2","mqttclass":"latest","config":"latest","updater":"latest"}"#
         );
         assert_eq!(Desired::from_seed_json(&text).unwrap(), d);
+    }
+
+    #[test]
+    fn a_layer_overrides_only_what_it_names() {
+        let group = Pins::new(
+            Some(m("app")),
+            vec![(m("sensorclass"), Want::parse("1").unwrap())],
+        )
+        .unwrap();
+        let own = Pins::new(None, vec![(m("mqtt"), Want::parse("3").unwrap())]).unwrap();
+        let d = group.overlay(&own).desired().unwrap();
+        assert_eq!(
+            d.to_seed_json(),
+            r#"{"name":"app","app":"latest","sensorclass":"1","mqtt":"3","config":"latest","updater":"latest"}"#
+        );
+        let own = Pins::new(None, vec![(m("sensorclass"), Want::Latest)]).unwrap();
+        assert_eq!(
+            group.overlay(&own).modules,
+            vec![(m("sensorclass"), Want::Latest)]
+        );
+        assert_eq!(Pins::from_json(&own.to_json()).unwrap(), own);
+        assert!(Pins::default().desired().is_err());
     }
 
     #[test]

@@ -1,4 +1,4 @@
-//! Checked names: module names, versions and MAC addresses.
+//! Checked names: module names, versions, group names and MAC addresses.
 //!
 //! Everything a user or a board sends that ends up in a path or a key passes through here
 //! first, so a name like `../../x` is refused before it can touch the filesystem.
@@ -69,6 +69,38 @@ impl Version {
 }
 
 impl fmt::Display for Version {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A group's name: 1 to 64 of `A-Z a-z 0-9 . _ -`, not starting with `-` or `.`, and not
+/// only digits (a number names a rollout where both are accepted).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct GroupName(String);
+
+impl GroupName {
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let ok = (1..=64).contains(&s.len())
+            && s.chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+            && !s.starts_with(['-', '.'])
+            && !s.bytes().all(|b| b.is_ascii_digit());
+        if !ok {
+            return Err(format!(
+                "invalid group name {s:?}: a group name is 1 to 64 of A-Z a-z 0-9 . _ - \
+                 (not starting with - or ., and not only digits)"
+            ));
+        }
+        Ok(Self(s.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for GroupName {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
     }

@@ -12,7 +12,7 @@
 //! device instead of a sealed copy of its manifest (BENCHMARKS.md, "A fleet of 100,000").
 //! The keys, kept to check reports, are never part of a served path.
 
-use crate::manifest::{mpy_path, version_path, Desired, Resolved};
+use crate::manifest::{mpy_path, version_path, Resolved};
 use crate::names::{Mac, ModuleName};
 use crate::store::{DeviceKey, Store};
 use anyhow::Result;
@@ -178,17 +178,17 @@ impl Snapshot {
             files.insert("latestversions".into(), entry(latest.into(), JSON, false));
 
             // Devices that want the same (most of a fleet) share one seed and one resolution:
-            // each distinct desired manifest is parsed and resolved once.
+            // each distinct desired manifest is worked out and resolved once.
             let mut shared: HashMap<String, (Arc<Entry>, Option<Arc<Shared>>)> = HashMap::new();
             let mut devices = HashMap::with_capacity_and_hasher(
                 previous.map_or(0, |p| p.devices.len()),
                 BuildMacHasher::default(),
             );
-            store.each_device_view(|mac, desired, generation, key| {
-                let (seed, resolved) = match shared.get(desired) {
+            store.each_device_view(|v| {
+                let (seed, resolved) = match shared.get(&v.memo) {
                     Some(s) => s.clone(),
                     None => {
-                        let d = Desired::from_seed_json(desired)?;
+                        let d = v.desired()?;
                         let resolved = catalog.resolve(&d).ok().map(|r: Resolved| {
                             Arc::new(Shared {
                                 tail: r.tail(),
@@ -196,15 +196,15 @@ impl Snapshot {
                             })
                         });
                         let seed = Arc::new(entry(d.to_seed_json().into(), JSON, false));
-                        shared.insert(desired.to_owned(), (seed.clone(), resolved.clone()));
+                        shared.insert(v.memo.clone(), (seed.clone(), resolved.clone()));
                         (seed, resolved)
                     }
                 };
                 devices.insert(
-                    mac,
+                    v.bits,
                     DeviceFiles {
-                        generation,
-                        key,
+                        generation: v.generation,
+                        key: v.key.clone(),
                         seed,
                         resolved,
                     },
@@ -293,7 +293,8 @@ impl Snapshot {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::manifest::Want;
+    use crate::manifest::{Desired, Want};
+    use crate::store::Assignment;
 
     /// A store with `app` and `lib` published and `n` devices running `app`, every other one
     /// pinning `lib` 1 (so two distinct desired manifests).
@@ -305,11 +306,12 @@ mod tests {
             .unwrap();
         store.publish(&name("lib"), None, b"x = 1\n", true).unwrap();
         store.publish(&name("lib"), None, b"x = 2\n", true).unwrap();
-        let devices: Vec<(Mac, Desired)> = (0..n)
+        let devices: Vec<(Mac, Assignment)> = (0..n)
             .map(|i| {
                 let want = if i % 2 == 0 { "1" } else { "latest" };
                 let pairs = vec![(name("lib"), Want::parse(want).unwrap())];
-                (Mac::from_bits(i), Desired::new(name("app"), pairs).unwrap())
+                let d = Desired::new(name("app"), pairs).unwrap();
+                (Mac::from_bits(i), Assignment::Own(d))
             })
             .collect();
         store.set_devices(&devices).unwrap();

@@ -540,3 +540,69 @@ fn versions_neither_configuration_names_are_removed() {
         "2"
     );
 }
+
+/// A board in a group runs the group's version; its own pin overrides the group's, and a
+/// later change of the group leaves the pinned board alone.
+#[test]
+fn a_board_in_a_group_takes_the_group_s_version_and_its_own_pin_wins() {
+    let f = fleet_with_board(MAC, &[]);
+    f.publish("sensorclass", "VALUE = 'two'\n", &[]);
+    f.publish("sensorclass", "VALUE = 'three'\n", &[]);
+    f.ok(&[
+        "group",
+        "create",
+        "greenhouse",
+        "--app",
+        "app",
+        "sensorclass=2",
+    ]);
+    f.ok(&["device", "set", MAC, "--group", "greenhouse"]);
+    let s = f.serve();
+    let b = SimBoard::new(&f, MAC);
+    let run = b.boot(&s.base, 6);
+    assert!(run.settled(), "{}", run.out);
+    assert!(
+        run.last_app_line().starts_with("APP two primary"),
+        "{}",
+        run.out
+    );
+
+    // The device's own pin wins over the group's.
+    f.ok(&[
+        "device",
+        "set",
+        MAC,
+        "--group",
+        "greenhouse",
+        "sensorclass=3",
+    ]);
+    s.wait_get(&format!("v1/{MAC}.json"), |r| {
+        r.json()["modules"]["sensorclass"]["version"] == "3"
+    });
+    b.ask_for_update();
+    let run = b.boot(&s.base, 6);
+    assert!(run.settled(), "{}", run.out);
+    assert!(
+        run.last_app_line().starts_with("APP three primary"),
+        "{}",
+        run.out
+    );
+    let generation = f.json(&["device", "show", MAC, "--json"])["generation"].clone();
+    let report = eventually("an updated report", Duration::from_secs(10), || {
+        reports(&f)
+            .into_iter()
+            .find(|r| r["event"] == "updated" && r["generation"] == generation)
+    });
+    assert_eq!(report["modules"]["sensorclass"], "3");
+
+    // The group moves on; the pinned board does not.
+    f.ok(&["group", "set", "greenhouse", "sensorclass=1"]);
+    assert_eq!(
+        f.json(&["device", "show", MAC, "--json"])["generation"],
+        generation
+    );
+    assert_eq!(
+        s.get(&format!("v1/{MAC}.json")).json()["modules"]["sensorclass"]["version"],
+        "3"
+    );
+}

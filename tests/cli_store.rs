@@ -268,9 +268,11 @@ fn read_only_commands_write_nothing() {
     );
     let before = files(&f.data());
     let out = f.dir.path().join("www/ota");
-    let read: [&[&str]; 9] = [
+    let read: [&[&str]; 11] = [
         &["module", "list"],
         &["module", "list", "--json"],
+        &["group", "list"],
+        &["group", "list", "--json"],
         &["module", "show", "sensorclass"],
         &["module", "show", "app", "--json"],
         &["device", "list"],
@@ -310,6 +312,8 @@ fn read_only_commands_without_a_store_say_so_and_create_nothing() {
         &["module", "show", "app"],
         &["device", "list", "--unknown"],
         &["device", "show", MAC],
+        &["group", "list"],
+        &["group", "show", "greenhouse"],
         &["export", out.to_str().unwrap()],
     ] {
         let err = f.fails(args);
@@ -331,7 +335,12 @@ fn a_store_with_an_older_schema_is_read_by_no_one_and_upgraded_by_a_write() {
     {
         let db = db(&f);
         db.execute_batch(
-            "DROP TABLE meta;
+            "DROP TABLE rollouts;
+             DROP TABLE rollout_devices;
+             DROP INDEX devices_by_group;
+             ALTER TABLE devices DROP COLUMN grp;
+             DROP TABLE groups;
+             DROP TABLE meta;
              ALTER TABLE devices DROP COLUMN key;
              ALTER TABLE devices DROP COLUMN report_counter;
              ALTER TABLE devices DROP COLUMN forged_reports;

@@ -20,13 +20,17 @@ pub fn run(backend: &Backend, command: DeviceCommand) -> Result<()> {
         DeviceCommand::Set {
             mac: m,
             app,
+            group,
             modules,
         } => {
             let m = mac(&m)?;
-            let desired = desired(&app, &modules)?;
-            let set = backend.call(op::Set::new(&m, &desired))?;
+            let set = backend.call(op::Set::new(&m, app, group, &modules)?)?;
+            let group = match &set.group {
+                Some((group, pins)) => format!(" group {group}, own pins: {pins};"),
+                None => String::new(),
+            };
             outln!(
-                "device {}: {} (generation {})",
+                "device {}:{group} {} (generation {})",
                 set.mac,
                 set.desired,
                 set.generation
@@ -98,6 +102,7 @@ pub fn run(backend: &Backend, command: DeviceCommand) -> Result<()> {
                     vec![
                         d.mac.clone(),
                         d.app.clone(),
+                        d.group.clone().unwrap_or_else(|| "-".into()),
                         d.generation.to_string(),
                         running,
                         event,
@@ -109,6 +114,7 @@ pub fn run(backend: &Backend, command: DeviceCommand) -> Result<()> {
                 &[
                     "MAC",
                     "APP",
+                    "GROUP",
                     "GENERATION",
                     "RUNNING",
                     "LAST EVENT",
@@ -126,6 +132,22 @@ pub fn run(backend: &Backend, command: DeviceCommand) -> Result<()> {
             }
             outln!("device     {}", d.mac)?;
             outln!("app        {}", d.desired["name"].as_str().unwrap_or("?"))?;
+            if let Some(g) = &d.group {
+                let pins = crate::manifest::Pins::from_json(&g["own_pins"].to_string())?;
+                outln!(
+                    "group      {} (own pins: {})",
+                    g["name"].as_str().unwrap_or("?"),
+                    pins.describe()
+                )?;
+            }
+            if let Some(r) = &d.rollout {
+                outln!(
+                    "rollout    {} ({}) moved it at step {}",
+                    r["id"],
+                    r["state"].as_str().unwrap_or("?"),
+                    r["step"]
+                )?;
+            }
             outln!("generation {}", d.generation)?;
             outln!("last seen  {}", ago(d.last_seen))?;
             outln!("key        {} (fingerprint)", d.key)?;

@@ -2,16 +2,19 @@
 //! operations (`crate::ops`) on a backend (the data dir, or with `--remote` a running `serve`
 //! through its admin API), print a table (or JSON with `--json`).
 //!
-//! A command that only reads (`module list|show`, `device list|show|export`, `export`) opens the
+//! A command that only reads (`module list|show`, `device list|show|export`,
+//! `group list|show`, `rollout list|show`, `export`) opens the
 //! store with `Store::open_read_only` and writes nothing in the data directory; the others
 //! (and `serve`) open it with `Store::open`, which may publish the runtime this binary
 //! carries (see `crate::runtime`).
 
 mod device;
+mod group;
 mod install;
 mod module;
 mod progress;
 mod provision;
+mod rollout;
 mod terminal;
 mod token;
 
@@ -49,6 +52,14 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Token(c) => {
             local_only("token")?;
             token::run(&cli.data, c)
+        }
+        Command::Group(c) => {
+            local_only("group")?;
+            group::run(&cli.data, c)
+        }
+        Command::Rollout(c) => {
+            local_only("rollout")?;
+            rollout::run(&cli.data, c)
         }
         Command::Export { dir } => {
             local_only("export")?;

@@ -67,7 +67,7 @@ pub fn run(data: &Path, a: ProvisionArgs) -> Result<()> {
         ),
         (_, Some(d)) => {
             store
-                .set_device(&mac, d)
+                .set_device(&mac, &crate::store::Assignment::Own(d.clone()))
                 .with_context(|| format!("cannot set device {mac}"))?;
             match &before {
                 None => "created",

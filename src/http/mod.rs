@@ -2,13 +2,15 @@
 //!
 //! One shared state: the current snapshot (swapped whole when the store changes, polled from
 //! its `revision` counter so CLI commands run beside a live server take effect) and the
-//! recorder that writes what boards report. Every connection is bounded in time and number
+//! recorder that writes what boards report; beside them, the rollout engine (`engine`), woken
+//! by the recorder when reports are written. Every connection is bounded in time and number
 //! (`limits`), so hostile clients cannot wear the server down.
 
 mod admin;
 mod auth;
 mod body_deadline;
 mod device;
+mod engine;
 mod error;
 mod limits;
 mod metrics;
@@ -197,7 +199,10 @@ pub fn serve(data: PathBuf, listen: String, mqtt: Option<String>) -> Result<()> 
     }
     let snapshot = Arc::new(ArcSwap::from_pointee(first));
     spawn_refresher(store, snapshot.clone(), push.clone())?;
-    let (recorder, writer) = Recorder::start(data.clone())?;
+    let wake = Arc::new(tokio::sync::Notify::new());
+    let engine_store = engine::open(&data)?;
+    let tick = engine::tick_from_env()?;
+    let (recorder, writer) = Recorder::start(data.clone(), wake.clone())?;
     let token = Arc::new(crate::token::Live::new(&data));
     let app = App {
         snapshot,
@@ -211,6 +216,7 @@ pub fn serve(data: PathBuf, listen: String, mqtt: Option<String>) -> Result<()> 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
+    runtime.spawn(engine::run(engine_store, wake, tick));
     runtime.block_on(async move {
         let listener = tokio::net::TcpListener::bind(&listen)
             .await

@@ -15,7 +15,7 @@ use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, Notify};
 
 /// Largest number of reports written in one transaction.
 const BATCH: usize = 512;
@@ -87,8 +87,10 @@ pub struct Recorder {
 
 impl Recorder {
     /// Starts the writer thread. Once every clone of the recorder is dropped, it writes what
-    /// is still pending and ends: join the handle to know that nothing was lost.
-    pub fn start(data: PathBuf) -> anyhow::Result<(Self, JoinHandle<()>)> {
+    /// is still pending and ends: join the handle to know that nothing was lost. `written`
+    /// is notified after each batch holding reports is committed (the rollout engine reads
+    /// them).
+    pub fn start(data: PathBuf, written: Arc<Notify>) -> anyhow::Result<(Self, JoinHandle<()>)> {
         let mut store = Store::open_plain(&data)?;
         let (tx, rx) = mpsc::sync_channel::<Job>(QUEUE);
         let pending = Arc::new(Mutex::new(Pending::default()));
@@ -118,6 +120,8 @@ impl Recorder {
                     let result = store.record(&batch).map_err(|e| format!("{e:#}"));
                     if let Err(e) = &result {
                         tracing::error!("recording {} sightings failed: {e}", batch.len());
+                    } else if !jobs.is_empty() {
+                        written.notify_one();
                     }
                     for (i, job) in jobs.into_iter().enumerate() {
                         let taken = result.as_ref().map(|t| t[first_job + i]);

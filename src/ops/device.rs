@@ -2,9 +2,9 @@
 //! key fingerprint and rotation.
 
 use super::{NotFound, Operation, Verb};
-use crate::manifest::{Desired, Want};
-use crate::names::{Mac, ModuleName};
-use crate::store::Store;
+use crate::manifest::{Desired, Pins, Want};
+use crate::names::{GroupName, Mac, ModuleName};
+use crate::store::{Assignment, Store};
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -29,19 +29,28 @@ fn unknown(m: &Mac, hint: &str) -> anyhow::Error {
 }
 
 /// `PUT /devices/{mac}`: what a device runs, `{"app": "smartcharger", "modules":
-/// {"sensorclass": "2"}}` (the app and the runtime modules are added at `latest` if missing).
+/// {"sensorclass": "2"}}` (the app and the runtime modules are added at `latest` if missing),
+/// or `{"group": "greenhouse", "modules": {...}}`: its group's, with its own pins over it
+/// (`app` optional then).
 #[derive(Debug, Serialize, Deserialize)]
 pub struct Set {
     pub mac: String,
-    pub app: String,
+    #[serde(default)]
+    pub app: Option<String>,
+    #[serde(default)]
+    pub group: Option<String>,
     #[serde(default)]
     pub modules: Map<String, Value>,
 }
 
 impl Set {
-    /// The checked manifest it asks for.
-    pub fn desired(&self) -> Result<Desired> {
-        let app = ModuleName::parse(&self.app).map_err(anyhow::Error::msg)?;
+    /// The checked assignment it asks for.
+    pub fn assignment(&self) -> Result<Assignment> {
+        let app = self
+            .app
+            .as_deref()
+            .map(|a| ModuleName::parse(a).map_err(anyhow::Error::msg))
+            .transpose()?;
         let mut pairs = Vec::new();
         for (m, v) in &self.modules {
             let v = v
@@ -49,20 +58,36 @@ impl Set {
                 .with_context(|| format!("version of {m} is not a string"))?;
             pairs.push(pair(&format!("{m}={v}"))?);
         }
-        Desired::new(app, pairs)
+        Ok(match &self.group {
+            Some(g) => Assignment::Group {
+                group: GroupName::parse(g).map_err(anyhow::Error::msg)?,
+                pins: Pins::new(app, pairs)?,
+            },
+            None => Assignment::Own(Desired::new(
+                app.context("give --app APP, or --group GROUP")?,
+                pairs,
+            )?),
+        })
     }
 
-    /// The operation for a checked manifest.
-    pub fn new(m: &Mac, desired: &Desired) -> Self {
-        Self {
-            mac: m.to_string(),
-            app: desired.app.to_string(),
-            modules: desired
-                .modules
-                .iter()
-                .map(|(n, w)| (n.to_string(), Value::String(w.as_str().to_owned())))
-                .collect(),
+    /// The operation for `device set MAC [--app APP] [--group GROUP] MODULE=VERSION...`.
+    pub fn new(
+        m: &Mac,
+        app: Option<String>,
+        group: Option<String>,
+        modules: &[String],
+    ) -> Result<Self> {
+        let mut map = Map::new();
+        for s in modules {
+            let (name, want) = pair(s)?;
+            map.insert(name.to_string(), Value::String(want.as_str().to_owned()));
         }
+        Ok(Self {
+            mac: m.to_string(),
+            app,
+            group,
+            modules: map,
+        })
     }
 }
 
@@ -71,6 +96,9 @@ pub struct DeviceSet {
     pub mac: String,
     /// The desired manifest, in the seed's format.
     pub desired: Value,
+    /// Its group and its own pins over the group's, described (`sensorclass=2`), if any.
+    #[serde(default)]
+    pub group: Option<(String, String)>,
     pub generation: i64,
 }
 
@@ -81,13 +109,17 @@ impl Operation for Set {
     const WRITES: bool = true;
     fn run(self, store: &mut Store) -> Result<Self::Output> {
         let m = mac(&self.mac)?;
-        let desired = self.desired()?;
-        let generation = store
-            .set_device(&m, &desired)
+        let assignment = self.assignment()?;
+        let (desired, generation) = store
+            .set_device(&m, &assignment)
             .with_context(|| format!("cannot set device {m}"))?;
         Ok(DeviceSet {
             mac: m.to_string(),
             desired: serde_json::from_str(&desired.to_seed_json())?,
+            group: match &assignment {
+                Assignment::Group { group, pins } => Some((group.to_string(), pins.describe())),
+                Assignment::Own(_) => None,
+            },
             generation,
         })
     }
@@ -119,15 +151,16 @@ impl Operation for Import {
         let name = self.source;
         let nothing = || format!("{name}: nothing imported");
         let entries = crate::bulk::parse(&self.text).with_context(nothing)?;
-        // Name the line of a module or version that does not exist; `set_devices` checks
-        // again inside its transaction (versions are never deleted, so this one decides).
-        let cat = store.catalog()?;
+        // Name the line of a group, module or version that does not exist; `set_devices`
+        // checks again inside its transaction.
+        let resolver = store.resolver()?;
         for e in &entries {
-            cat.resolve(&e.desired)
+            resolver
+                .desired(&e.mac, &e.assignment)
                 .with_context(|| format!("line {}: device {}", e.line, e.mac))
                 .with_context(nothing)?;
         }
-        let devices: Vec<_> = entries.into_iter().map(|e| (e.mac, e.desired)).collect();
+        let devices: Vec<_> = entries.into_iter().map(|e| (e.mac, e.assignment)).collect();
         let counts = store.set_devices(&devices).with_context(nothing)?;
         Ok(Imported {
             devices: devices.len(),
@@ -154,7 +187,8 @@ impl Operation for Export {
             .iter()
             .map(|d| {
                 Ok(serde_json::from_str(&crate::bulk::export_line(
-                    &d.mac, &d.desired,
+                    &d.mac,
+                    &d.assignment(),
                 ))?)
             })
             .collect()
@@ -169,6 +203,7 @@ pub struct List {}
 pub struct DeviceSummary {
     pub mac: String,
     pub app: String,
+    pub group: Option<String>,
     pub generation: i64,
     pub last_seen: Option<i64>,
     pub last_report: Option<Value>,
@@ -186,6 +221,7 @@ impl Operation for List {
             .map(|d| DeviceSummary {
                 mac: d.mac.to_string(),
                 app: d.desired.app.to_string(),
+                group: d.group.as_ref().map(|(g, _)| g.to_string()),
                 generation: d.generation,
                 last_seen: d.last_seen,
                 last_report: d.last_report,
@@ -235,6 +271,10 @@ pub struct Show {
 #[derive(Debug, Serialize, Deserialize)]
 pub struct DeviceDetail {
     pub mac: String,
+    /// `{"name": GROUP, "own_pins": {...}}` for a device in a group.
+    pub group: Option<Value>,
+    /// `{"id", "state", "step"}` of the rollout that moved it, if one did and is under way.
+    pub rollout: Option<Value>,
     pub desired: Value,
     pub resolved: Value,
     pub generation: i64,
@@ -273,8 +313,20 @@ impl Operation for Show {
         let resolved: Value =
             serde_json::from_str(&resolved.to_json(&m, &store.store_id()?, d.generation))?;
         let reports = store.reports(&m, 10)?;
+        let group = match &d.group {
+            Some((g, pins)) => Some(serde_json::json!({
+                "name": g.as_str(),
+                "own_pins": serde_json::from_str::<Value>(&pins.to_json())?,
+            })),
+            None => None,
+        };
+        let rollout = store.rollout_of(&m)?.map(
+            |(id, state, step)| serde_json::json!({"id": id, "state": state, "step": step + 1}),
+        );
         Ok(DeviceDetail {
             mac: m.to_string(),
+            group,
+            rollout,
             desired: serde_json::from_str(&d.desired.to_seed_json())?,
             resolved,
             generation: d.generation,

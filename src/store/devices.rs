@@ -1,12 +1,36 @@
 //! Devices: their desired manifests, generations and what they last reported.
 
+use super::groups::{Assignment, Layers};
 use super::{bump, catalog, commit_change, now, optional, DeviceKey, Store};
-use crate::manifest::{Catalog, Desired};
-use crate::names::Mac;
+use crate::manifest::{Catalog, Desired, Pins};
+use crate::names::{GroupName, Mac};
 use anyhow::{Context, Result};
 use rusqlite::Transaction;
 use serde_json::Value;
 use std::collections::HashMap;
+
+/// One device as the served tree sees it ([`Store::each_device_view`]).
+pub struct DeviceView<'a> {
+    /// Its MAC's 48 bits ([`Mac::bits`]).
+    pub bits: u64,
+    /// Devices with the same `memo` have the same desired manifest.
+    pub memo: String,
+    pub generation: i64,
+    pub key: DeviceKey,
+    layers: &'a Layers,
+    mac: &'a str,
+    group: Option<&'a str>,
+    stored: &'a str,
+}
+
+impl DeviceView<'_> {
+    /// What it runs: its own manifest, or its group's (and rollout's) with its pins over it.
+    pub fn desired(&self) -> Result<Desired> {
+        self.layers
+            .desired(self.mac, self.group, self.stored)
+            .with_context(|| format!("stored manifest of {}", self.mac))
+    }
+}
 
 /// What [`Store::set_devices`] did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -19,7 +43,10 @@ pub struct BulkCounts {
 #[derive(Debug, Clone)]
 pub struct DeviceRow {
     pub mac: Mac,
+    /// What it runs: its own manifest, or its group's with its own pins over it.
     pub desired: Desired,
+    /// Its group, and its own pins laid over the group's.
+    pub group: Option<(GroupName, Pins)>,
     pub generation: i64,
     pub created_at: i64,
     pub last_seen: Option<i64>,
@@ -33,14 +60,27 @@ pub struct DeviceRow {
     pub replayed_reports: i64,
 }
 
+impl DeviceRow {
+    /// What the device was told to run, as `device set` or `device import` takes it.
+    pub fn assignment(&self) -> Assignment {
+        match &self.group {
+            Some((group, pins)) => Assignment::Group {
+                group: group.clone(),
+                pins: pins.clone(),
+            },
+            None => Assignment::Own(self.desired.clone()),
+        }
+    }
+}
+
 const SELECT: &str = "SELECT mac, desired, generation, created_at, last_seen, last_report,
                              last_report_at, key, report_counter, forged_reports,
-                             replayed_reports FROM devices";
+                             replayed_reports, grp FROM devices";
 
 /// A devices row as stored, before parsing.
 type RawDevice = (
     (String, String, i64, i64, Option<i64>, Option<String>),
-    (Option<i64>, String, i64, i64, i64),
+    (Option<i64>, String, i64, i64, i64, Option<String>),
 );
 
 fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RawDevice> {
@@ -53,22 +93,38 @@ fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RawDevice> {
             r.get(4)?,
             r.get(5)?,
         ),
-        (r.get(6)?, r.get(7)?, r.get(8)?, r.get(9)?, r.get(10)?),
+        (
+            r.get(6)?,
+            r.get(7)?,
+            r.get(8)?,
+            r.get(9)?,
+            r.get(10)?,
+            r.get(11)?,
+        ),
     ))
 }
 
-fn to_device(raw: RawDevice) -> Result<DeviceRow> {
+fn to_device(layers: &Layers, raw: RawDevice) -> Result<DeviceRow> {
     let (
         (mac, desired, generation, created_at, last_seen, last_report),
-        (last_report_at, key, report_counter, forged_reports, replayed_reports),
+        (last_report_at, key, report_counter, forged_reports, replayed_reports, grp),
     ) = raw;
+    let group = match &grp {
+        Some(g) => Some((
+            GroupName::parse(g).map_err(anyhow::Error::msg)?,
+            Pins::from_json(&desired).with_context(|| format!("stored pins of {mac}"))?,
+        )),
+        None => None,
+    };
     Ok(DeviceRow {
+        group,
         key: DeviceKey::from_hex(&key).with_context(|| format!("stored key of {mac}"))?,
         report_counter,
         forged_reports,
         replayed_reports,
         mac: Mac::parse(&mac).map_err(anyhow::Error::msg)?,
-        desired: Desired::from_seed_json(&desired)
+        desired: layers
+            .desired(&mac, grp.as_deref(), &desired)
             .with_context(|| format!("stored manifest of {mac}"))?,
         generation,
         created_at,
@@ -81,26 +137,28 @@ fn to_device(raw: RawDevice) -> Result<DeviceRow> {
 /// Gives every device whose resolved content changed a new generation.
 pub(super) fn refresh_generations(tx: &Transaction<'_>) -> Result<()> {
     let cat = catalog(tx)?;
-    let rows: Vec<(String, String, String)> = {
-        let mut stmt = tx.prepare("SELECT mac, desired, resolved_hash FROM devices")?;
-        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+    let layers = Layers::load(tx)?;
+    let rows: Vec<(String, String, Option<String>, String)> = {
+        let mut stmt = tx.prepare("SELECT mac, desired, grp, resolved_hash FROM devices")?;
+        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?;
         rows.collect::<rusqlite::Result<_>>()?
     };
-    // Devices that want the same resolve the same: each distinct desired manifest is
-    // resolved once (a fleet of 100,000 has a handful).
+    // Devices that want the same resolve the same: each distinct (group, rollout-moved,
+    // stored manifest) is resolved once (a fleet of 100,000 has a handful).
     let mut hashes: HashMap<String, Option<String>> = HashMap::new();
     let mut changed = Vec::new();
-    for (mac, desired, old_hash) in rows {
-        if !hashes.contains_key(&desired) {
+    for (mac, desired, grp, old_hash) in rows {
+        let memo = layers.memo_key(&mac, grp.as_deref(), &desired);
+        if !hashes.contains_key(&memo) {
             // A manifest that no longer resolves keeps its last generation; it cannot happen
             // while versions are immutable and never deleted.
             let hash = cat
-                .resolve(&Desired::from_seed_json(&desired)?)
+                .resolve(&layers.desired(&mac, grp.as_deref(), &desired)?)
                 .ok()
                 .map(|r| r.content_hash());
-            hashes.insert(desired.clone(), hash);
+            hashes.insert(memo.clone(), hash);
         }
-        if let Some(hash) = &hashes[&desired] {
+        if let Some(hash) = &hashes[&memo] {
             if *hash != old_hash {
                 changed.push((mac, hash.clone()));
             }
@@ -125,30 +183,35 @@ pub(super) fn refresh_generations(tx: &Transaction<'_>) -> Result<()> {
 }
 
 impl Store {
-    /// Stores the desired manifest of `mac`; returns its generation afterwards.
-    pub fn set_device(&mut self, mac: &Mac, desired: &Desired) -> Result<i64> {
+    /// Stores what `mac` runs (its own manifest, or a group and its own pins); returns the
+    /// desired manifest that makes and its generation afterwards.
+    pub fn set_device(&mut self, mac: &Mac, assignment: &Assignment) -> Result<(Desired, i64)> {
         let tx = self.write()?;
-        // Refuse a manifest naming a module or version that does not exist.
+        // Refuse a manifest naming a group, module or version that does not exist.
         let cat: Catalog = catalog(&tx)?;
-        cat.resolve(desired)?;
-        let text = desired.to_seed_json();
-        let old: Option<String> = optional(tx.query_row(
-            "SELECT desired FROM devices WHERE mac = ?1",
+        let desired = Layers::load(&tx)?.assigned(mac.as_str(), assignment)?;
+        cat.resolve(&desired)?;
+        let (text, grp) = assignment.stored();
+        let old: Option<(String, Option<String>)> = optional(tx.query_row(
+            "SELECT desired, grp FROM devices WHERE mac = ?1",
             [mac.as_str()],
-            |r| r.get(0),
+            |r| Ok((r.get(0)?, r.get(1)?)),
         ))?;
-        if old.as_deref() != Some(text.as_str()) {
+        let same = old
+            .as_ref()
+            .is_some_and(|(t, g)| *t == text && g.as_deref() == grp);
+        if !same {
             if old.is_none() {
                 let key = DeviceKey::random()?;
                 tx.execute(
-                    "INSERT INTO devices (mac, desired, generation, resolved_hash, created_at, key)
-                     VALUES (?1, ?2, 0, '', ?3, ?4)",
-                    rusqlite::params![mac.as_str(), text, now(), key.to_hex()],
+                    "INSERT INTO devices (mac, desired, generation, resolved_hash, created_at, key, grp)
+                     VALUES (?1, ?2, 0, '', ?3, ?4, ?5)",
+                    rusqlite::params![mac.as_str(), text, now(), key.to_hex(), grp],
                 )?;
             } else {
                 tx.execute(
-                    "UPDATE devices SET desired = ?2 WHERE mac = ?1",
-                    [mac.as_str(), text.as_str()],
+                    "UPDATE devices SET desired = ?2, grp = ?3 WHERE mac = ?1",
+                    rusqlite::params![mac.as_str(), text, grp],
                 )?;
             }
             tx.execute("DELETE FROM unknown_devices WHERE mac = ?1", [mac.as_str()])?;
@@ -156,11 +219,12 @@ impl Store {
         } else {
             tx.commit()?;
         }
-        Ok(self.conn.query_row(
+        let generation = self.conn.query_row(
             "SELECT generation FROM devices WHERE mac = ?1",
             [mac.as_str()],
             |r| r.get(0),
-        )?)
+        )?;
+        Ok((desired, generation))
     }
 
     /// Stores the desired manifests of many devices in one transaction (`device import`):
@@ -172,21 +236,27 @@ impl Store {
     /// change in this transaction, so only the devices written here can resolve to new
     /// content, and resolving the other devices of a large fleet again would be most of the
     /// time of an import.
-    pub fn set_devices(&mut self, devices: &[(Mac, Desired)]) -> Result<BulkCounts> {
+    pub fn set_devices(&mut self, devices: &[(Mac, Assignment)]) -> Result<BulkCounts> {
         let tx = self.write()?;
         let cat: Catalog = catalog(&tx)?;
+        let layers = Layers::load(&tx)?;
         let hashes = devices
             .iter()
-            .map(|(mac, desired)| {
+            .map(|(mac, assignment)| {
+                let desired = layers
+                    .assigned(mac.as_str(), assignment)
+                    .with_context(|| format!("device {mac}"))?;
                 let resolved = cat
-                    .resolve(desired)
+                    .resolve(&desired)
                     .with_context(|| format!("device {mac}"))?;
                 Ok(resolved.content_hash())
             })
             .collect::<Result<Vec<_>>>()?;
-        let old: HashMap<String, (String, String)> = {
-            let mut stmt = tx.prepare("SELECT mac, desired, resolved_hash FROM devices")?;
-            let rows = stmt.query_map([], |r| Ok((r.get(0)?, (r.get(1)?, r.get(2)?))))?;
+        type Old = ((String, Option<String>), String);
+        let old: HashMap<String, Old> = {
+            let mut stmt = tx.prepare("SELECT mac, desired, grp, resolved_hash FROM devices")?;
+            let rows =
+                stmt.query_map([], |r| Ok((r.get(0)?, ((r.get(1)?, r.get(2)?), r.get(3)?))))?;
             rows.collect::<rusqlite::Result<_>>()?
         };
         let last: i64 = tx.query_row(
@@ -198,25 +268,26 @@ impl Store {
         let mut counts = BulkCounts::default();
         {
             let mut insert = tx.prepare(
-                "INSERT INTO devices (mac, desired, generation, resolved_hash, created_at, key)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                "INSERT INTO devices (mac, desired, generation, resolved_hash, created_at, key, grp)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
             )?;
-            let mut update = tx.prepare("UPDATE devices SET desired = ?2 WHERE mac = ?1")?;
+            let mut update =
+                tx.prepare("UPDATE devices SET desired = ?2, grp = ?3 WHERE mac = ?1")?;
             let mut regenerate = tx.prepare(
-                "UPDATE devices SET desired = ?2, generation = ?3, resolved_hash = ?4
+                "UPDATE devices SET desired = ?2, grp = ?5, generation = ?3, resolved_hash = ?4
                  WHERE mac = ?1",
             )?;
             let mut forget = tx.prepare("DELETE FROM unknown_devices WHERE mac = ?1")?;
             let at = now();
-            for ((mac, desired), hash) in devices.iter().zip(&hashes) {
-                let text = desired.to_seed_json();
+            for ((mac, assignment), hash) in devices.iter().zip(&hashes) {
+                let (text, grp) = assignment.stored();
                 match old.get(mac.as_str()) {
-                    Some((o, _)) if *o == text => {
+                    Some(((o, g), _)) if *o == text && g.as_deref() == grp => {
                         counts.unchanged += 1;
                         continue;
                     }
                     Some((_, old_hash)) if old_hash == hash => {
-                        update.execute([mac.as_str(), text.as_str()])?;
+                        update.execute(rusqlite::params![mac.as_str(), text, grp])?;
                         counts.updated += 1;
                     }
                     Some(_) => {
@@ -225,7 +296,8 @@ impl Store {
                             mac.as_str(),
                             text,
                             generation,
-                            hash
+                            hash,
+                            grp
                         ])?;
                         counts.updated += 1;
                     }
@@ -238,7 +310,8 @@ impl Store {
                             generation,
                             hash,
                             at,
-                            key.to_hex()
+                            key.to_hex(),
+                            grp
                         ])?;
                         counts.created += 1;
                     }
@@ -257,11 +330,14 @@ impl Store {
         Ok(counts)
     }
 
-    /// Forgets a device and its reports. Returns false if it was not known.
+    /// Forgets a device, its reports and which rollouts moved it. Returns false if it was
+    /// not known.
     pub fn remove_device(&mut self, mac: &Mac) -> Result<bool> {
         let tx = self.write()?;
         let n = tx.execute("DELETE FROM devices WHERE mac = ?1", [mac.as_str()])?;
         tx.execute("DELETE FROM reports WHERE mac = ?1", [mac.as_str()])?;
+        // A rollout has not moved a device added again later under the same MAC.
+        tx.execute("DELETE FROM rollout_devices WHERE mac = ?1", [mac.as_str()])?;
         if n > 0 {
             bump(&tx, "revision")?;
         }
@@ -270,16 +346,17 @@ impl Store {
     }
 
     /// What the served tree needs of every device, in no order, without the rest of its
-    /// row (reports, counters): its MAC (as [`Mac::bits`]), desired manifest as stored,
-    /// generation and key. Calls `each` per device, so that a fleet of 100,000 is never a
-    /// vector of rows, and parses only what it must (stored MACs are canonical).
+    /// row (reports, counters): see [`DeviceView`]. Calls `each` per device, so that a fleet
+    /// of 100,000 is never a vector of rows, and parses only what it must (stored MACs are
+    /// canonical; a desired manifest is worked out only when the caller asks).
     pub fn each_device_view(
         &self,
-        mut each: impl FnMut(u64, &str, i64, DeviceKey) -> Result<()>,
+        mut each: impl FnMut(&DeviceView<'_>) -> Result<()>,
     ) -> Result<()> {
+        let layers = Layers::load(&self.conn)?;
         let mut stmt = self
             .conn
-            .prepare("SELECT mac, desired, generation, key FROM devices")?;
+            .prepare("SELECT mac, desired, grp, generation, key FROM devices")?;
         let mut rows = stmt.query([])?;
         while let Some(r) = rows.next()? {
             let mac = r.get_ref(0)?.as_str()?;
@@ -287,17 +364,29 @@ impl Store {
                 .ok()
                 .filter(|_| mac.len() == 12)
                 .with_context(|| format!("stored MAC {mac:?}"))?;
-            let key = DeviceKey::from_hex(r.get_ref(3)?.as_str()?)
+            let key = DeviceKey::from_hex(r.get_ref(4)?.as_str()?)
                 .with_context(|| format!("stored key of {mac}"))?;
-            each(bits, r.get_ref(1)?.as_str()?, r.get(2)?, key)?;
+            let stored = r.get_ref(1)?.as_str()?;
+            let group = r.get_ref(2)?.as_str_or_null()?;
+            each(&DeviceView {
+                bits,
+                memo: layers.memo_key(mac, group, stored),
+                generation: r.get(3)?,
+                key,
+                layers: &layers,
+                mac,
+                group,
+                stored,
+            })?;
         }
         Ok(())
     }
 
     pub fn devices(&self) -> Result<Vec<DeviceRow>> {
+        let layers = Layers::load(&self.conn)?;
         let mut stmt = self.conn.prepare(&format!("{SELECT} ORDER BY mac"))?;
         let rows = stmt.query_map([], row)?;
-        rows.map(|r| to_device(r?)).collect()
+        rows.map(|r| to_device(&layers, r?)).collect()
     }
 
     pub fn device(&self, mac: &Mac) -> Result<Option<DeviceRow>> {
@@ -306,7 +395,8 @@ impl Store {
             [mac.as_str()],
             row,
         ))?;
-        r.map(to_device).transpose()
+        let layers = Layers::load(&self.conn)?;
+        r.map(|r| to_device(&layers, r)).transpose()
     }
 
     /// How many devices last reported each event (`None`: no report yet), for `/metrics`.

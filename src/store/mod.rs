@@ -11,17 +11,21 @@
 
 mod blobs;
 mod devices;
+mod groups;
 mod keys;
 mod modules;
 mod release;
 mod reports;
+mod rollouts;
 mod schema;
 
 pub use blobs::sha256_hex;
-pub use devices::{BulkCounts, DeviceRow};
+pub use devices::{BulkCounts, DeviceRow, DeviceView};
+pub use groups::{unknown_group, Assignment, GroupRow, Resolver};
 pub use keys::DeviceKey;
 pub use modules::{check_module, NewVersion, Published, VersionRow};
 pub use reports::{Report, Sighting, UnknownDevice, REPORT_HISTORY};
+pub use rollouts::{MovedBoard, NewRollout, RolloutRow, RolloutView};
 
 use crate::manifest::{Catalog, ModuleInfo, MpyInfo, VersionInfo};
 use crate::names::{ModuleName, Version};

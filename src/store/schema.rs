@@ -75,6 +75,49 @@ const MIGRATIONS: &[&str] = &[
      ALTER TABLE devices ADD COLUMN report_counter INTEGER NOT NULL DEFAULT 0;
      ALTER TABLE devices ADD COLUMN forged_reports INTEGER NOT NULL DEFAULT 0;
      ALTER TABLE devices ADD COLUMN replayed_reports INTEGER NOT NULL DEFAULT 0;",
+    // 4: groups. A group's `pins` are what it asks of its devices (`Pins::to_json`: an app
+    // and module versions). A device in a group (`grp`) keeps in `desired` only its own pins,
+    // laid over the group's; a device in none keeps its whole desired manifest there, as before.
+    // `grp` names a group (checked by the code that writes it; no REFERENCES, so a test can
+    // take this migration back to make an older store).
+    "CREATE TABLE groups (
+        name       TEXT PRIMARY KEY,
+        pins       TEXT NOT NULL,
+        created_at INTEGER NOT NULL
+     );
+     ALTER TABLE devices ADD COLUMN grp TEXT;
+     CREATE INDEX devices_by_group ON devices (grp);",
+    // 5: rollouts (`crate::rollout`). A rollout moves its group's boards to `pins` step by
+    // step (`steps`: a JSON array of percentages); `state` is running, paused, done or
+    // aborted, `step` the index of the current step, `reason` why it paused or stopped.
+    // Durations are seconds. `rollout_devices` are the boards it has moved: when (`moved_at`),
+    // the last report id before that (`after_report`: only later reports count), and the
+    // generation that gave them (NULL: their own pins left nothing to move).
+    "CREATE TABLE rollouts (
+        id            INTEGER PRIMARY KEY,
+        grp           TEXT NOT NULL,
+        pins          TEXT NOT NULL,
+        steps         TEXT NOT NULL,
+        max_failures  TEXT NOT NULL,
+        healthy_after INTEGER NOT NULL,
+        deadline      INTEGER NOT NULL,
+        state         TEXT NOT NULL,
+        step          INTEGER NOT NULL,
+        reason        TEXT,
+        created_at    INTEGER NOT NULL,
+        updated_at    INTEGER NOT NULL
+     );
+     CREATE INDEX rollouts_by_group ON rollouts (grp, state);
+     CREATE TABLE rollout_devices (
+        rollout      INTEGER NOT NULL,
+        mac          TEXT NOT NULL,
+        step         INTEGER NOT NULL,
+        moved_at     INTEGER NOT NULL,
+        after_report INTEGER NOT NULL,
+        generation   INTEGER,
+        forgiven     INTEGER NOT NULL DEFAULT 0,
+        PRIMARY KEY (rollout, mac)
+     );",
 ];
 
 /// The schema version this binary writes: how many migrations it knows.
