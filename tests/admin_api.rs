@@ -299,6 +299,15 @@ fn the_remote_cli_prints_what_the_local_cli_prints() {
     // One store with a device that reported and an unknown MAC that asked...
     let local = Fleet::smartcharger();
     local.ok(&["device", "set", "deadbeef1234", "--app", "smartcharger"]);
+    // A group (its commands are local only), so that devices in groups go through the API.
+    local.ok(&[
+        "group",
+        "create",
+        "greenhouse",
+        "--app",
+        "smartcharger",
+        "sensorclass=1",
+    ]);
     {
         let server = local.serve();
         let key = local.key("deadbeef1234");
@@ -331,12 +340,17 @@ fn the_remote_cli_prints_what_the_local_cli_prints() {
         "mac,app,modules\naa:bb:cc:dd:ee:02,smartcharger,sensorclass=1\ndeadbeef1234,smartcharger,\n",
     );
     let bad_csv = local.file("bad.csv", "mac,app,modules\nzz,smartcharger,\n");
+    let group_csv = local.file(
+        "group.csv",
+        "mac,app,modules,group\naabbccddee05,,sensorclass=2,greenhouse\naabbccddee06,smartcharger,,\n",
+    );
     let secrets = local.file("secrets.json", r#"{"wifi": "pw"}"#);
-    let (good, bad, csv, bad_csv, secrets) = (
+    let (good, bad, csv, bad_csv, group_csv, secrets) = (
         good.to_str().unwrap(),
         bad.to_str().unwrap(),
         csv.to_str().unwrap(),
         bad_csv.to_str().unwrap(),
+        group_csv.to_str().unwrap(),
         secrets.to_str().unwrap(),
     );
     let commands: Vec<Vec<&str>> = vec![
@@ -398,8 +412,23 @@ fn the_remote_cli_prints_what_the_local_cli_prints() {
             "smartcharger",
             "sensorclass",
         ],
+        vec!["device", "set", "aabbccddee03", "--group", "greenhouse"],
+        vec![
+            "device",
+            "set",
+            "aabbccddee03",
+            "--group",
+            "greenhouse",
+            "sensorclass=2",
+        ],
+        vec!["device", "set", "aabbccddee04", "--group", "nosuch"],
+        vec!["device", "set", "aabbccddee04"],
+        vec!["device", "show", "aabbccddee03"],
+        vec!["device", "show", "aabbccddee03", "--json"],
         vec!["device", "import", csv],
+        vec!["device", "import", group_csv],
         vec!["device", "import", bad_csv],
+        vec!["device", "list"],
         vec!["device", "export"],
         vec![
             "device",
