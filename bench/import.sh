@@ -18,18 +18,10 @@ bin=$PWD/target/release/mpfleet
 tmp=$(mktemp -d /tmp/mpfleet-import.XXXXXX)
 trap 'rm -rf "$tmp"' EXIT
 export MPFLEET_DATA=$tmp/data MPFLEET_MPY_CROSS="" RUST_LOG=warn
+. bench/fleet.sh
 cd "$tmp"
-echo 'import sensorclass' > smartcharger.py
-echo 'x = 1' > sensorclass.py
-"$bin" module publish smartcharger.py sensorclass.py > /dev/null
-
-{
-  echo "mac,app,modules"
-  for ((i = 0; i < n; i++)); do
-    if ((i % 3 == 0)); then m="sensorclass=1"; else m=""; fi
-    printf '02%010x,smartcharger,%s\n' "$i" "$m"
-  done
-} > devices.csv
+fleet_store
+fleet_csv "$n" thirds > devices.csv
 
 secs() { local t0=$1 t1; t1=$(date +%s.%N); echo "$t1 - $t0" | bc; }
 

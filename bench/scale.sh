@@ -27,27 +27,17 @@ cleanup() {
 }
 trap cleanup EXIT
 export MPFLEET_MPY_CROSS="" RUST_LOG=warn
+. bench/fleet.sh
 rss() { awk '/^VmRSS/ {printf "%.1f MB", $2 / 1024}' "/proc/$1/status"; }
 
 printf '%-8s %-14s %-14s %-10s %-22s %-14s\n' devices "RSS listening" "RSS read all" publish "rebuild wall / cpu" "RSS after"
 for n in "${sizes[@]}"; do
   export MPFLEET_DATA=$tmp/data-$n
   cd "$tmp"
-  echo 'import sensorclass' > smartcharger.py
-  echo 'x = 1' > sensorclass.py
-  "$bin" module publish smartcharger.py sensorclass.py > /dev/null
-  {
-    echo "mac,app,modules"
-    for ((i = 0; i < n; i++)); do
-      if ((i % 3 == 0)); then m="sensorclass=1"; else m=""; fi
-      printf '02%010x,smartcharger,%s\n' "$i" "$m"
-    done
-  } > devices.csv
+  fleet_store
+  fleet_csv "$n" thirds > devices.csv
   "$bin" device import devices.csv > /dev/null
-  RUST_LOG=info "$bin" serve --listen 127.0.0.1:0 > "serve-$n.log" 2>&1 &
-  pid=$!
-  for _ in $(seq 600); do grep -q "listening on" "serve-$n.log" && break; sleep 0.1; done
-  base=$(grep -o 'http://[0-9.:]*/' "serve-$n.log" | head -1)
+  SERVE_LOG=info serve_start "serve-$n.log"
   listening=$(rss "$pid")
   # Every manifest once (rendered on demand: RSS must not grow with what was read).
   python3 - "$base" "$n" <<'PY'

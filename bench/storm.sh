@@ -28,6 +28,7 @@ trap cleanup EXIT
 export MPFLEET_MPY_CROSS="" RUST_LOG=warn
 ulimit -n 65536 2>/dev/null || true
 
+. bench/fleet.sh
 rows() {
   python3 -c 'import sqlite3, sys; print(sqlite3.connect(sys.argv[1]).execute("select count(*) from reports").fetchone()[0])' "$1"
 }
@@ -38,18 +39,10 @@ while [ $# -ge 2 ]; do
   shift 2
   export MPFLEET_DATA=$tmp/data-$n
   cd "$tmp"
-  echo 'import sensorclass' > smartcharger.py
-  echo 'x = 1' > sensorclass.py
-  "$bin" module publish smartcharger.py sensorclass.py > /dev/null
-  {
-    echo "mac,app,modules"
-    for ((i = 0; i < n; i++)); do printf '02%010x,smartcharger,sensorclass=latest\n' "$i"; done
-  } > devices.csv
+  fleet_store
+  fleet_csv "$n" latest > devices.csv
   "$bin" device import devices.csv > /dev/null
-  "$bin" serve --listen 127.0.0.1:0 > "serve-$n.log" 2>&1 &
-  pid=$!
-  for _ in $(seq 600); do grep -q "listening on" "serve-$n.log" && break; sleep 0.1; done
-  base=$(grep -o 'http://[0-9.:]*/' "serve-$n.log" | head -1)
+  serve_start "serve-$n.log"
   echo "== $n boards at $rate/s"
   status=0
   "$storm" --server "$base" --data "$MPFLEET_DATA" --boards "$n" --rate "$rate" || status=$?
