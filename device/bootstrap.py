@@ -3,8 +3,9 @@
 #   mpfleet device bootstrap MAC --server http://HOST:8080/ > bootstrap.py
 #   mpremote run bootstrap.py      (or copy it over and `import bootstrap`)
 # It writes /ota.json (server, key, store), fetches this board's signed
-# manifest, checks its HMAC under the key, fetches the `updater` it names
-# into /ota/tmp (checked by size and SHA-256), and hands over to it: it
+# manifest, checks its HMAC under the key, fetches the updater it names
+# (`updater`, `reporter`, `updater_io`, `installer`) into /ota/tmp (checked by size and
+# SHA-256), and hands over to it: it
 # installs the first stage (/ota/mpfleet.mpy, /ota/mpfleet_boot.mpy, and last
 # the /main.py that imports them) and the rest of the manifest, every file
 # checked, then resets into your app. Running it again is safe: it updates the board
@@ -173,8 +174,8 @@ def bootstrap():
         return
 
     # The manifest is sealed: an HMAC line, then one file per line. Keep only
-    # the updater's line, and use it once the HMAC of every line checks.
-    m = None
+    # the updater's lines, and use them once the HMAC of every line checks.
+    parts = {}
     try:
         seal = sock.readline(76)
         if not (seal.startswith(b'{"hmac":"') and seal.endswith(b'"}\n')):
@@ -187,46 +188,55 @@ def bootstrap():
                 break
             got += len(line)
             h.update(line)
-            if m is None and line.startswith(b'"updater"'):
-                m = json.loads(b"{" + line.strip().rstrip(b",") + b"}")["updater"]
+            for name in (b'"updater"', b'"reporter"', b'"updater_io"', b'"installer"'):
+                if line.startswith(name):
+                    parts.update(json.loads(b"{" + line.strip().rstrip(b",") + b"}"))
     finally:
         sock.close()
     if binascii.hexlify(hashlib.sha256(k + h.digest()).digest()) != seal[9:73]:
         raise ValueError("the manifest is not signed with this board's key: refused")
-    if m is None:
-        raise ValueError("the manifest names no updater")
-    mpy = m.get("mpy")
-    if isinstance(mpy, dict) and mpy.get("version") == getattr(sys.implementation, "_mpy", -1) & 0xFF:
-        m = mpy  # precompiled bytecode this port loads
-    print("mpfleet: fetching", m["url"])
-    fetched = "/ota/tmp/updater" + (".mpy" if m["url"].endswith(".mpy") else ".py")
-    _save(server + m["url"], fetched, m["size"], m["sha256"])
+    if len(parts) != 4:
+        raise ValueError("the manifest names no updater (updater, reporter, updater_io, installer)")
+    fetched = []
+    for name, m in parts.items():
+        mpy = m.get("mpy")
+        if isinstance(mpy, dict) and mpy.get("version") == getattr(sys.implementation, "_mpy", -1) & 0xFF:
+            m = mpy  # precompiled bytecode this port loads
+        print("mpfleet: fetching", m["url"])
+        fetched.append("/ota/tmp/" + name + (".mpy" if m["url"].endswith(".mpy") else ".py"))
+        _save(server + m["url"], fetched[-1], m["size"], m["sha256"])
+    parts = m = None
     sys.path.insert(0, "/ota/tmp")
+    import installer
+    import reporter
     import updater
+    import updater_io
 
     # From here on the updater's own code: the first stage, then the rest.
-    try:
-        updater.running()  # run again on a working board: update from what it runs
+    try:  # run again on a working board: update from what it runs
+        with open("/ota/primary.json") as f:
+            updater_io.now = ("primary", json.loads(f.readline() + "}}"), None)
     except (OSError, ValueError):
         pass  # a new board (or one from an older mpfleet): install everything
     updater.manifest(server)
     boot = {}
-    for name, m in updater._lines("/ota/tmp/manifest.json", "boot"):
-        boot[name] = updater.entry(name, m)
+    for name, m in installer.lines("/ota/tmp/manifest.json", "boot"):
+        boot[name] = installer.entry(name, m)
     for name in ("mpfleet_boot", "mpfleet"):  # the first stage
         e = boot[name]
         ext = e[1][e[1].rfind(".") :]
-        updater.install(server, e, "/ota/" + name + ext)
-        updater.remove("/ota/%s.%s" % (name, "py" if ext == ".mpy" else "mpy"))
+        installer.install(server, e, "/ota/" + name + ext)
+        updater_io.remove("/ota/%s.%s" % (name, "py" if ext == ".mpy" else "mpy"))
     stub = boot["main"]
-    updater.remove("/ota/tmp/manifest.json")
+    updater_io.remove("/ota/tmp/manifest.json")
 
     def main_py():  # last: a board with /main.py has everything it needs
-        updater.remove(fetched)  # loaded: its file can go
-        updater.install(server, stub, "/main.py")
+        for path in fetched:  # loaded: their files can go
+            updater_io.remove(path)
+        installer.install(server, stub, "/main.py")
 
-    updater.run(updater._run, done=main_py)
-    if updater._gen() is None:
+    updater.run(updater_io.now, done=main_py)
+    if reporter.gen() is None:
         raise OSError("the update failed (above)")
     main_py()
     machine.reset()

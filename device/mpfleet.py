@@ -79,17 +79,18 @@ def _boot():
 
 
 def _update(now, todo):
-    # The updater, likewise only inside a function, and dropped afterwards.
+    # The updater or the installer, likewise only inside a function, and
+    # dropped afterwards. todo: [module, function, arguments...]; the function
+    # may reset into the next one (the `next` bootflag).
     try:
-        import updater
-
-        updater.run(now, *todo)  # resets after an update
+        m = __import__(todo[0])
+        getattr(m, todo[1])(now, *todo[2:])
     except Exception as e:
         import mpfleet_boot
 
         mpfleet_boot.failed(e, now[0])
-    sys.modules.pop("updater", None)
-    sys.modules.pop("mpfleet_boot", None)
+    for name in (todo[0], "updater_io", "reporter", "installer", "mpfleet_boot"):
+        sys.modules.pop(name, None)
 
 
 try:

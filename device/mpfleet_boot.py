@@ -14,14 +14,17 @@
 #     is stuck (the configuration it runs loops too and there is nothing to
 #     fall back to). A stuck board asks the server for a fix at boots 5, 10,
 #     20, 40, 80 and then every 64 boots, and installs the first new
-#     generation it gets;
+#     generation it gets. Or what the last boot asked for (the `next` flag,
+#     [module, function, arguments...], used once): an update is three boots,
+#     the updater's check, the installer's downloads, the updater's report;
 #  5. mpfleet.py then imports the application module the configuration names.
 # An exception out of any of it is kept short in the bootflags (`error`) and
 # the board resets, so `reboots` climbs.
 #
-# failed(): the updater could not be imported or raised. The generation is
-# blamed (it rolls back) only when that was a code error (not MemoryError, not
-# OSError) in an updater this generation changed; otherwise the update is
+# failed(): the updater (or the installer) could not be imported or raised.
+# The generation is blamed (it rolls back) only when that was a code error (not
+# MemoryError, not OSError) in an updater this generation changed (any of
+# updater, reporter, installer, updater_io); otherwise the update is
 # retried twice after a reset (a fresh heap), then left until the next
 # request, with `update_failed` set.
 #
@@ -157,9 +160,12 @@ def _blamed(e, which):
     if which != "primary" or isinstance(e, (MemoryError, OSError)):
         return False
     try:
-        return _file("alternate", "updater") != _file("primary", "updater")
+        for m in ("updater", "reporter", "installer", "updater_io"):
+            if _file("alternate", m) != _file("primary", m):
+                return True
     except OSError:  # no alternate
-        return False
+        pass
+    return False
 
 
 def failed(e, which):
@@ -206,10 +212,12 @@ def _watch(watch):
 def boot(importer, watch):
     # Mounts importer (mpfleet.py's Importer) for the chosen configuration and
     # starts the watchdog (mpfleet.py's Watch). Returns (the app to import or
-    # None, what runs: (which, head, watch), the updater's run()
-    # arguments after that or None). Imports nothing versioned.
+    # None, what runs: (which, head, watch), what to call before the app:
+    # [module, function, arguments after `now`...] or None). Imports nothing
+    # versioned.
     flags = _flags()
     flags["reboots"] = flags.get("reboots", 0) + 1
+    after = flags.pop("next", None)
     _empty_tmp()
     which, head, failed = _choose(flags)
     if head is None:
@@ -231,8 +239,11 @@ def boot(importer, watch):
     if failed is not None:
         print("mpfleet: rolled back from generation", failed)
         failed = "generation %s: %s" % (failed, flags.get("error"))
+    if failed is None and isinstance(after, list) and len(after) > 1:
+        return head["app"], now, after
     if flags.get("update") or check or failed:
-        return head["app"], now, (flags.get("update") or check, check, failed)
+        # phased (True): this first stage knows `next`
+        return head["app"], now, ["updater", "run", flags.get("update") or check, check, failed, None, True]
     return head["app"], now, None
 
 

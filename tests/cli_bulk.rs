@@ -71,7 +71,8 @@ fn csv_import_creates_devices_with_generations_and_keys() {
     assert_eq!(
         show["desired"],
         json!({"name": "smartcharger", "smartcharger": "latest", "sensorclass": "1",
-               "config": "latest", "updater": "latest"})
+               "config": "latest", "updater": "latest", "reporter": "latest",
+               "updater_io": "latest", "installer": "latest"})
     );
     assert_eq!(show["resolved"]["modules"]["sensorclass"]["version"], "1");
     let show = f.json(&["device", "show", "a0b1c2d3e4f5", "--json"]);
@@ -228,7 +229,8 @@ fn export_round_trips_through_import() {
         first,
         json!({"mac": "020000000001", "app": "smartcharger",
                "modules": {"smartcharger": "latest", "sensorclass": "1", "config": "latest",
-                           "updater": "latest"}})
+                           "updater": "latest", "reporter": "latest", "updater_io": "latest",
+                           "installer": "latest"}})
     );
     let (code, out, err) = import_stdin(&f, &export);
     assert_eq!(code, 0, "{err}");

@@ -52,7 +52,8 @@ fn set_adds_app_and_runtime_and_names_missing_modules() {
     assert_eq!(
         show["desired"],
         json!({"name": "smartcharger", "smartcharger": "latest", "sensorclass": "1",
-               "config": "latest", "updater": "latest"})
+               "config": "latest", "updater": "latest", "reporter": "latest",
+               "updater_io": "latest", "installer": "latest"})
     );
     assert_eq!(show["resolved"]["modules"]["sensorclass"]["version"], "1");
     for (pair, error) in [

@@ -8,7 +8,16 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
-const RUNTIME: [&str; 5] = ["config", "main", "mpfleet", "mpfleet_boot", "updater"];
+const RUNTIME: [&str; 8] = [
+    "config",
+    "installer",
+    "main",
+    "mpfleet",
+    "mpfleet_boot",
+    "reporter",
+    "updater",
+    "updater_io",
+];
 const MAC: &str = "deadbeef1234";
 const OTHER: &str = "aabbccddeeff";
 /// A release no binary carries: the store of a much newer mpfleet.

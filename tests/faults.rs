@@ -150,7 +150,7 @@ fn random_faults(port: &str, default_seed: u64) {
     b.data = Some(f.data());
     b.port = Some(port.to_owned());
     b.heap = String::new(); // the port's default heap, as a user runs it
-    b.flash_blocks = 64; // 256 KiB: room for the runtime and a few versions, not much more
+    b.flash_blocks = 72; // 288 KiB: room for the runtime and a few versions, not much more
     b.timeout = timeout;
     if let Some(settle) = settle {
         b.settle = settle;

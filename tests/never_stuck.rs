@@ -166,9 +166,9 @@ fn only_a_confirmed_configuration_becomes_the_alternate() {
     let (f, s, b) = installed(&app(true));
     let good = generation(&s, MAC);
     // Generation 2's app runs but never says it is healthy: the watchdog resets it at its
-    // boot deadline (two boots: the update, then the app once).
+    // boot deadline (four boots: the update's three, then the app once).
     let unconfirmed = publish(&f, &s, MAC, "app", &app(false));
-    let run = b.boot_with(&s.base, 2, true, None);
+    let run = b.boot_with(&s.base, 4, true, None);
     assert!(run.out.contains("ended: Watchdog"), "{}", run.out);
     assert!(
         run.last_app_line()
@@ -265,7 +265,7 @@ fn newcomer_path_without_mpy_cross_reaches_the_app_and_updates() {
         run.out
     );
     // The runtime came precompiled all the same: the binary carries it.
-    for m in ["config", "updater"] {
+    for m in ["config", "updater", "reporter", "updater_io", "installer"] {
         let files = b.ls(&format!("ota/m/{m}"));
         assert!(
             files.len() == 1 && files[0].ends_with(".mpy"),
@@ -293,8 +293,9 @@ fn a_manifest_of_64_modules_installs_and_65_is_refused() {
     let f = Fleet::new();
     f.publish("app", &app(true), &[]);
     f.publish("sensorclass", "VALUE = 'one'\n", &[]);
-    // 60 more modules, published at once: with app, sensorclass, config and updater, 64.
-    let files: Vec<String> = (0..61)
+    // 57 more modules, published at once: with app, sensorclass and the runtime's five
+    // (config, updater, reporter, updater_io, installer), 64.
+    let files: Vec<String> = (0..58)
         .map(|i| {
             f.file(&format!("extra{i:02}.py"), &format!("N = {i}\n"))
                 .to_string_lossy()
@@ -305,12 +306,12 @@ fn a_manifest_of_64_modules_installs_and_65_is_refused() {
     args.extend(files.iter().map(String::as_str));
     f.ok(&args);
     let mut set = vec!["device", "set", MAC, "--app", "app", "sensorclass=latest"];
-    let pins: Vec<String> = (0..61).map(|i| format!("extra{i:02}=latest")).collect();
-    set.extend(pins[..60].iter().map(String::as_str));
+    let pins: Vec<String> = (0..58).map(|i| format!("extra{i:02}=latest")).collect();
+    set.extend(pins[..57].iter().map(String::as_str));
     f.ok(&set);
     // One more is more than a board takes: refused, and the device is as it was.
     let mut too_many = set.clone();
-    too_many.push(&pins[60]);
+    too_many.push(&pins[57]);
     let err = f.fails(&too_many);
     assert!(err.contains("at most 64"), "{err}");
     let s = f.serve();

@@ -393,10 +393,10 @@ fn a_new_data_directory_is_readable_by_its_owner_only() {
     assert_eq!(mode & 0o777, 0o700, "{mode:o}");
 }
 
-/// The board asks for an update, then boots (at most 4 boots) from `base`.
+/// The board asks for an update, then boots (at most 6 boots: the update takes three) from `base`.
 fn update(b: &SimBoard, base: &str) -> crate::harness::SimRun {
     b.ask_for_update();
-    b.boot(base, 4)
+    b.boot(base, 6)
 }
 
 /// The run ended in the app, saying `prefix` first.

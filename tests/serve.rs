@@ -32,7 +32,7 @@ fn seed_example_is_served_in_the_seed_format() {
     assert_eq!(r.status, 200);
     assert_eq!(
         r.text(),
-        r#"{"name":"smartcharger","smartcharger":"1","sensorclass":"2","testmain":"latest","mqttclass":"latest","updater":"latest","config":"latest"}"#
+        r#"{"name":"smartcharger","smartcharger":"1","sensorclass":"2","testmain":"latest","mqttclass":"latest","updater":"latest","config":"latest","reporter":"latest","updater_io":"latest","installer":"latest"}"#
     );
     let latest = s.get("latestversions").json();
     assert_eq!(latest["sensorclass"], "2");
@@ -59,11 +59,14 @@ fn resolved_manifest_has_sizes_hashes_and_urls() {
         names,
         [
             "config",
+            "installer",
             "mqttclass",
+            "reporter",
             "sensorclass",
             "smartcharger",
             "testmain",
-            "updater"
+            "updater",
+            "updater_io"
         ]
     );
     for (name, entry) in modules {

@@ -1,0 +1,179 @@
+# mpfleet reporter: tells the server what this board did and runs, signed.
+# The updater reports through it after a check; the installer resets into
+# finish() here after an install (the `next` bootflag), so that boot has only
+# this module and updater_io on the heap. The HMAC and /ota/trust.json are
+# here too: the updater checks the manifest with them.
+#
+# A report is POSTed to {server}v1/{mac}/report: JSON with a counter "n"
+# (/ota/trust.json "n", written before it is used, so never reused), its
+# HMAC-SHA256 under this board's key in the X-Mpfleet-Hmac header
+# (docs/security.md). Its body is made twice, piece by piece, once for its
+# length and HMAC and once to send, so a board with 64 modules needs no more
+# heap to report than one with 3.
+import binascii
+import gc
+import json
+import sys
+
+import updater_io as io
+
+_OTA = "/ota/"
+
+
+def gen():
+    return io.now[1]["generation"] if io.now else None
+
+
+def hmac(h=None, k=None):
+    # HMAC-SHA256 under this board's key. Without h: (inner hash to feed, outer
+    # key pad); with them: the HMAC of what h was fed, in hex.
+    import hashlib
+
+    if h:
+        k = hashlib.sha256(k)
+        k.update(h.digest())
+        return binascii.hexlify(k.digest())
+    k = io.settings().get("key") or ""
+    if len(k) != 64:
+        raise ValueError("no key: run `mpfleet device bootstrap`")
+    k = bytearray(binascii.unhexlify(k) + bytes(32))
+    for i in range(64):
+        k[i] ^= 0x36
+    h = hashlib.sha256(k)
+    for i in range(64):
+        k[i] ^= 0x6A  # 0x36 ^ 0x5C: the outer pad
+    return h, k
+
+
+def trust(t=None):
+    # /ota/trust.json, {"gen": highest generation accepted, "n": last report
+    # counter}: read it (t None) or write t in its place, atomically.
+    if t is not None:
+        with open(_OTA + "tmp/trust.json", "w") as f:
+            json.dump(t, f)
+        return io.replace(_OTA + "tmp/trust.json", _OTA + "trust.json")
+    try:
+        with open(_OTA + "trust.json") as f:
+            t = json.load(f)
+    except (OSError, ValueError):
+        pass
+    return t if isinstance(t, dict) else {}
+
+
+def mac():
+    import network
+
+    return binascii.hexlify(network.WLAN(network.STA_IF).config("mac")).decode()
+
+
+def _body(head):
+    # The report's JSON in pieces: head, then {name: version} of the running
+    # configuration, read line by line from flash.
+    yield head
+    sep = ""
+    if io.now:
+        with open(_OTA + io.now[0] + ".json") as f:
+            for line in f:  # "name":["version","file","sha256"],
+                if line.startswith('"'):
+                    line = line.split('"', 4)
+                    yield '%s"%s":"%s"' % (sep, line[1], line[3])
+                    sep = ","
+    yield "}}"
+
+
+def report(event, error=None):
+    # POST what happened, signed. Never raises.
+    try:
+        t = trust()
+        t["n"] = t.get("n", 0) + 1
+        trust(t)  # on flash before it is used: never used twice
+        head = json.dumps(
+            {
+                "n": t["n"],
+                "high": t.get("gen"),
+                "event": event,
+                "generation": gen(),
+                "config": io.now and io.now[0],
+                "flags": io.flags(),
+                "error": error,
+                "mem_free": gc.mem_free(),
+                "micropython": "%d.%d.%d" % sys.implementation.version[:3],
+                "mpy": getattr(sys.implementation, "_mpy", None),
+            }
+        )[:-1] + ',"modules":{'
+        t = None
+        h, k = hmac()
+        n = 0
+        for piece in _body(head):
+            h.update(piece)
+            n += len(piece)
+        k = hmac(h, k)
+        def send(sock):
+            sock.write("Content-Type: application/json\r\nContent-Length: %d\r\nX-Mpfleet-Hmac: " % n)
+            sock.write(k)
+            sock.write("\r\n\r\n")
+            for piece in _body(head):
+                sock.write(piece)
+
+        status, sock, _ = io.request("POST", "%sv1/%s/report" % (io.settings()["server"], mac()), 3, send)
+        sock.close()
+        if status not in (200, 204):
+            print("mpfleet: report got HTTP", status)
+    except Exception as e:
+        print("mpfleet: report failed:", e)
+
+
+def _file(c, name):
+    # The file configuration c names for module `name`, or None.
+    key = '"%s":' % name
+    try:
+        with open(_OTA + c + ".json") as f:
+            for line in f:  # "name":["version","file","sha256"],
+                if line.startswith(key):
+                    return line.split('"', 6)[5]
+    except OSError:
+        pass
+
+
+def tidy():
+    # Delete installed files that neither configuration names: what the last
+    # install replaced, or added before it failed. One module at a time, and
+    # the directories as iterators: the same heap for 64 modules as for 3.
+    import os
+
+    for e in os.ilistdir(_OTA + "m"):
+        d = _OTA + "m/" + e[0]
+        keep = (_file("primary", e[0]), _file("alternate", e[0]))
+        n = 0
+        for x in os.ilistdir(d):
+            n += 1
+            if x[0] not in keep:
+                os.remove(d + "/" + x[0])
+                n -= 1
+        if not n:
+            os.rmdir(d)
+
+
+def finish(now, event, error=None, done=None, reset=False):
+    # Report how an update ended (the installer resets into this; the updater
+    # calls it); after an update, reset into what was installed. done: the
+    # bootstrap's, called before that reset.
+    io.now = now
+    if event != "server_failed":
+        try:
+            tidy()
+        except OSError as e:  # tidying only
+            print("mpfleet: cleanup:", e)
+    gc.collect()
+    print("mpfleet:", event, error or gen())
+    report(event, error)
+    if event == "updated":
+        f = io.flags()
+        f["reboots"] = 0  # this boot ran the new configuration's updater: not a failure
+        io.save(f)
+        if done:
+            done()
+    if event == "updated" or reset:
+        import machine
+
+        machine.reset()
