@@ -22,6 +22,7 @@ mod mqtt;
 mod never_stuck;
 mod ports;
 mod provision;
+mod readme;
 mod repl;
 mod rollout;
 mod security;
