@@ -112,7 +112,14 @@ APP
     while read -r mac; do
       [ -n "${at[$mac]:-}" ] || at[$mac]=$(echo "$t - $t0" | bc)
     done < <(grep '] APP two' sim.log | sed 's/^\[\([0-9a-f]*\) .*/\1/' | sort -u)
-    if [ "$(echo "$t - $t0 > $poll * 3 + 120" | bc)" = 1 ]; then echo "$mode: only ${#at[@]} of $n boards updated" >&2; exit 1; fi
+    if [ "$(echo "$t - $t0 > $poll * 3 + 120" | bc)" = 1 ]; then
+      echo "$mode: only ${#at[@]} of $n boards updated; the others' last lines:" >&2
+      for ((i = 1; i <= n; i++)); do
+        local m; m=$(printf '02000000%04x' "$i")
+        [ -n "${at[$m]:-}" ] || grep "^\[$m" sim.log | tail -25 >&2
+      done
+      exit 1
+    fi
     sleep 0.1
   done
   local sorted; sorted=$(printf '%s\n' "${at[@]}" | sort -n)
