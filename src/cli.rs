@@ -29,8 +29,8 @@ pub struct Cli {
 
     /// Run `module`, `device`, `group` and `rollout` commands on a running `mpfleet serve` at
     /// URL, through its admin API, instead of on the data directory: same commands, same
-    /// output. The admin
-    /// token comes from MPFLEET_TOKEN (`mpfleet token show` on the server prints it).
+    /// output. The admin token comes from MPFLEET_TOKEN (`mpfleet token show` on the server
+    /// prints it).
     #[arg(long, global = true, env = "MPFLEET_REMOTE", value_name = "URL")]
     pub remote: Option<String>,
 
