@@ -27,9 +27,10 @@ pub struct Cli {
     )]
     pub data: PathBuf,
 
-    /// Run `module` and `device` commands on a running `mpfleet serve` at URL, through its
-    /// admin API, instead of on the data directory: same commands, same output. The admin
-    /// token comes from MPFLEET_TOKEN (`mpfleet token show` on the server prints it).
+    /// Run `module`, `device`, `group` and `rollout` commands on a running `mpfleet serve` at
+    /// URL, through its admin API, instead of on the data directory: same commands, same
+    /// output. The admin token comes from MPFLEET_TOKEN (`mpfleet token show` on the server
+    /// prints it).
     #[arg(long, global = true, env = "MPFLEET_REMOTE", value_name = "URL")]
     pub remote: Option<String>,
 
@@ -364,18 +365,18 @@ pub enum RolloutCommand {
         #[arg(long = "to", required = true, value_name = "MODULE=VERSION")]
         to: Vec<String>,
         /// Shares of the group, growing, the last 100%.
-        #[arg(long, default_value = "5%,25%,100%")]
+        #[arg(long, default_value = crate::ops::rollout::DEFAULT_STEPS)]
         steps: String,
         /// Failed boards tolerated before the rollout pauses: a number or a share of the
         /// group (10%).
-        #[arg(long, default_value = "0", value_name = "N|P%")]
+        #[arg(long, default_value = crate::ops::rollout::DEFAULT_MAX_FAILURES, value_name = "N|P%")]
         max_failures: String,
         /// How long a board must run its new versions, after reporting `updated`, without a
         /// failure (30s, 10m, 2h, 1d).
-        #[arg(long, default_value = "10m", value_name = "DURATION")]
+        #[arg(long, default_value = crate::ops::rollout::DEFAULT_HEALTHY_AFTER, value_name = "DURATION")]
         healthy_after: String,
         /// How long a moved board has to report `updated` before it counts as failed.
-        #[arg(long, default_value = "1d", value_name = "DURATION")]
+        #[arg(long, default_value = crate::ops::rollout::DEFAULT_DEADLINE, value_name = "DURATION")]
         deadline: String,
     },
     /// List rollouts, newest first.

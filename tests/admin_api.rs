@@ -1,9 +1,12 @@
 //! The admin side of `serve`: the admin token (created on first start, private, rotated
 //! without a restart), the admin API (`/admin/api/v1/`, 401 without the token, device paths
-//! still open), the CLI against a remote server giving the same output as on the local data
-//! dir, and `/metrics`.
+//! still open; groups and rollouts over HTTP), the CLI against a remote server giving the
+//! same output as on the local data dir (rollouts started remotely run by `serve`'s engine),
+//! and `/metrics`.
 
-use crate::harness::Fleet;
+use crate::harness::{eventually, Fleet, Server};
+use serde_json::{json, Value};
+use std::time::Duration;
 
 fn token_file(f: &Fleet) -> std::path::PathBuf {
     f.data().join("admin-token")
@@ -65,9 +68,9 @@ fn token_show_and_rotate() {
     assert!(err.contains("token rotate"), "{err}");
 }
 
-/// Every route of the admin API with its path fields filled in (`{mac}` and `{name}` with
-/// what the test fleet has; any other field with `x`), and whether those fields name
-/// something that exists.
+/// Every route of the admin API with its path fields filled in (`{mac}`, `{name}`, `{group}`
+/// and `{rollout}` with what the test fleet has; any other field with `x`), and whether those
+/// fields name something that exists.
 fn admin_routes() -> Vec<(&'static str, String, bool)> {
     mpfleet::ops::routes()
         .into_iter()
@@ -75,7 +78,9 @@ fn admin_routes() -> Vec<(&'static str, String, bool)> {
             let mut path = r
                 .path
                 .replace("{mac}", "deadbeef1234")
-                .replace("{name}", "sensorclass");
+                .replace("{name}", "sensorclass")
+                .replace("{group}", "greenhouse")
+                .replace("{rollout}", "greenhouse");
             let known = !path.contains('{');
             while let (Some(a), Some(b)) = (path.find('{'), path.find('}')) {
                 path.replace_range(a..=b, "x");
@@ -86,9 +91,37 @@ fn admin_routes() -> Vec<(&'static str, String, bool)> {
 }
 
 #[test]
+fn the_docs_list_every_route() {
+    let docs = include_str!("../docs/admin-api.md");
+    for r in mpfleet::ops::routes() {
+        let row = format!("| {} | `{}` |", r.verb.as_str(), r.path);
+        assert!(docs.contains(&row), "docs/admin-api.md has no row {row}");
+    }
+}
+
+#[test]
 fn every_admin_request_needs_the_token_and_device_paths_do_not() {
     let f = Fleet::smartcharger();
     f.ok(&["device", "set", "deadbeef1234", "--app", "smartcharger"]);
+    f.ok(&[
+        "group",
+        "create",
+        "greenhouse",
+        "--app",
+        "smartcharger",
+        "sensorclass=1",
+    ]);
+    f.ok(&["device", "set", "deadbeef5678", "--group", "greenhouse"]);
+    f.ok(&["rollout", "start", "greenhouse", "--to", "sensorclass=2"]);
+    let groups_and_rollouts = |f: &Fleet| {
+        (
+            f.json(&["group", "list", "--json"]),
+            f.json(&["group", "show", "greenhouse", "--json"]),
+            f.json(&["rollout", "show", "greenhouse", "--json"]),
+        )
+    };
+    let before = groups_and_rollouts(&f);
+    assert_eq!(before.2["state"], "running");
     let server = f.serve();
     let token = server.token();
     let wrong = "0".repeat(64);
@@ -130,6 +163,7 @@ fn every_admin_request_needs_the_token_and_device_paths_do_not() {
     }
     // Nothing was changed by the refused writes.
     assert!(f.ok(&["device", "list"]).contains("deadbeef1234"));
+    assert_eq!(groups_and_rollouts(&f), before);
     assert_eq!(
         f.ok(&["module", "show", "sensorclass", "--json"])
             .matches("\"version\"")
@@ -279,7 +313,9 @@ fn normalize(s: &str) -> String {
     let mut s = mask(s, "key ", hex);
     s = mask(&s, "key        ", hex);
     s = mask(&s, "\"key\": \"", hex);
-    s = mask(&s, "\"published_at\": ", digits);
+    for field in ["published_at", "created_at", "updated_at"] {
+        s = mask(&s, &format!("\"{field}\": "), digits);
+    }
     // "12s ago" -> "#s ago": the digits before "s ago".
     let mut masked = String::new();
     let mut chunks = s.split("s ago").peekable();
@@ -294,12 +330,57 @@ fn normalize(s: &str) -> String {
     masked
 }
 
+/// A new fleet with a copy of `f`'s store.
+fn copy(f: &Fleet) -> Fleet {
+    let copy = Fleet::new();
+    let copied = std::process::Command::new("cp")
+        .args(["-a"])
+        .arg(f.data())
+        .arg(copy.data())
+        .status()
+        .unwrap();
+    assert!(copied.success());
+    copy
+}
+
+/// Runs each command on `local`'s data dir and, with `--remote`, on `server` (serving
+/// `remote`'s): same exit code, stdout and stderr (up to keys and times), no panic.
+fn same_output(local: &Fleet, remote: &Fleet, server: &Server, commands: &[Vec<&str>]) {
+    let token = server.token();
+    for args in commands {
+        let here = local.run(args);
+        let mut remote_args = vec!["--remote", server.base.as_str()];
+        remote_args.extend_from_slice(args);
+        let there = remote.run_env(&remote_args, &[("MPFLEET_TOKEN", &token)]);
+        assert_eq!(
+            here.code, there.code,
+            "exit code of {args:?}\nlocal: {}\nremote: {}",
+            here.stderr, there.stderr
+        );
+        assert_eq!(
+            normalize(&here.stdout),
+            normalize(&there.stdout),
+            "stdout of {args:?}"
+        );
+        assert_eq!(
+            normalize(&here.stderr),
+            normalize(&there.stderr),
+            "stderr of {args:?}"
+        );
+        assert!(
+            !there.stderr.contains("panicked"),
+            "{args:?}: {}",
+            there.stderr
+        );
+    }
+}
+
 #[test]
 fn the_remote_cli_prints_what_the_local_cli_prints() {
     // One store with a device that reported and an unknown MAC that asked...
     let local = Fleet::smartcharger();
     local.ok(&["device", "set", "deadbeef1234", "--app", "smartcharger"]);
-    // A group (its commands are local only), so that devices in groups go through the API.
+    // A group, so that devices in groups go through the API.
     local.ok(&[
         "group",
         "create",
@@ -322,16 +403,8 @@ fn the_remote_cli_prints_what_the_local_cli_prints() {
     }
     // ...and its copy, served: every command runs on the first locally and on the copy
     // through the admin API.
-    let remote = Fleet::new();
-    let copied = std::process::Command::new("cp")
-        .args(["-a"])
-        .arg(local.data())
-        .arg(remote.data())
-        .status()
-        .unwrap();
-    assert!(copied.success());
+    let remote = copy(&local);
     let server = remote.serve();
-    let token = server.token();
     let good = local.file("mqttclass.py", "y = 1\n");
     let bad = local.dir.path().join("src/binary.py");
     std::fs::write(&bad, b"\xff\xfe").unwrap();
@@ -464,37 +537,572 @@ fn the_remote_cli_prints_what_the_local_cli_prints() {
         vec!["module", "show", "sensorclass"],
         vec!["module", "show", "mqttclass", "--json"],
     ];
-    for args in &commands {
-        let here = local.run(args);
-        let mut remote_args = vec!["--remote", server.base.as_str()];
-        remote_args.extend_from_slice(args);
-        let there = remote.run_env(&remote_args, &[("MPFLEET_TOKEN", &token)]);
-        assert_eq!(
-            here.code, there.code,
-            "exit code of {args:?}\nlocal: {}\nremote: {}",
-            here.stderr, there.stderr
-        );
-        assert_eq!(
-            normalize(&here.stdout),
-            normalize(&there.stdout),
-            "stdout of {args:?}"
-        );
-        assert_eq!(
-            normalize(&here.stderr),
-            normalize(&there.stderr),
-            "stderr of {args:?}"
-        );
-        assert!(
-            !there.stderr.contains("panicked"),
-            "{args:?}: {}",
-            there.stderr
-        );
-    }
+    same_output(&local, &remote, &server, &commands);
     // The same commands changed the two stores the same way.
     assert_eq!(
         local.ok(&["device", "export"]),
         remote.ok(&["device", "export"])
     );
+}
+
+/// Four MACs for the group `greenhouse`.
+const GREENHOUSE: [&str; 4] = [
+    "aabbccddee01",
+    "aabbccddee02",
+    "aabbccddee03",
+    "aabbccddee04",
+];
+
+#[test]
+fn group_and_rollout_commands_print_the_same_remotely() {
+    // Two copies of one store: every command runs on the first locally and on the second
+    // through the admin API (whose `serve` also runs its rollout engine: nothing here waits
+    // on time or reports, so it has nothing to do that the local side would not).
+    let local = Fleet::smartcharger();
+    let remote = copy(&local);
+    let server = remote.serve();
+    let mut commands: Vec<Vec<&str>> = vec![
+        vec!["group", "list"],
+        vec!["group", "list", "--json"],
+        vec![
+            "group",
+            "create",
+            "greenhouse",
+            "--app",
+            "smartcharger",
+            "sensorclass=1",
+        ],
+        vec!["group", "create", "greenhouse", "--app", "smartcharger"],
+        vec!["group", "create", "new", "--app", "nothere"],
+        vec!["group", "create", "123", "--app", "smartcharger"],
+        vec![
+            "group",
+            "create",
+            "new",
+            "--app",
+            "smartcharger",
+            "sensorclass=1",
+            "sensorclass=2",
+        ],
+        vec![
+            "group",
+            "create",
+            "new",
+            "--app",
+            "smartcharger",
+            "sensorclass",
+        ],
+        vec!["group", "create", "empty", "--app", "smartcharger"],
+    ];
+    for mac in GREENHOUSE {
+        commands.push(vec!["device", "set", mac, "--group", "greenhouse"]);
+    }
+    commands.extend([
+        vec![
+            "device",
+            "set",
+            GREENHOUSE[1],
+            "--group",
+            "greenhouse",
+            "sensorclass=2",
+        ],
+        vec!["group", "show", "greenhouse"],
+        vec!["group", "show", "greenhouse", "--json"],
+        vec!["group", "show", "nosuch"],
+        vec!["group", "show", "../x"],
+        vec!["group", "set", "greenhouse", "sensorclass=2"],
+        vec!["group", "set", "greenhouse", "sensorclass=1"],
+        vec!["group", "set", "greenhouse", "--app", "nosuch"],
+        vec!["group", "set", "greenhouse", "sensorclass=9"],
+        vec!["group", "set", "nope", "sensorclass=1"],
+        vec!["group", "list"],
+        vec!["group", "list", "--json"],
+        vec!["group", "delete", "empty"],
+        vec!["group", "delete", "empty"],
+        vec!["group", "delete", "greenhouse"],
+        vec!["rollout", "list"],
+        vec!["rollout", "list", "--json"],
+        vec!["rollout", "show", "greenhouse"],
+        vec!["rollout", "start", "nope", "--to", "sensorclass=2"],
+        vec!["rollout", "start", "greenhouse", "--to", "sensorclass=9"],
+        vec![
+            "rollout",
+            "start",
+            "greenhouse",
+            "--to",
+            "sensorclass=latest",
+        ],
+        vec!["rollout", "start", "greenhouse", "--to", "sensorclass"],
+        vec![
+            "rollout",
+            "start",
+            "greenhouse",
+            "--to",
+            "sensorclass=2",
+            "--steps",
+            "50%,25%,100%",
+        ],
+        vec![
+            "rollout",
+            "start",
+            "greenhouse",
+            "--to",
+            "sensorclass=2",
+            "--max-failures",
+            "x",
+        ],
+        vec![
+            "rollout",
+            "start",
+            "greenhouse",
+            "--to",
+            "sensorclass=2",
+            "--healthy-after",
+            "soon",
+        ],
+        vec![
+            "rollout",
+            "start",
+            "greenhouse",
+            "--to",
+            "sensorclass=2",
+            "--steps",
+            "25%,100%",
+            "--max-failures",
+            "1",
+        ],
+        vec!["rollout", "start", "greenhouse", "--to", "sensorclass=2"],
+        vec!["rollout", "list"],
+        vec!["rollout", "list", "--json"],
+        vec!["rollout", "show", "1"],
+        vec!["rollout", "show", "greenhouse", "--json"],
+        vec!["rollout", "show", "7"],
+        vec!["rollout", "show", "../x"],
+        vec!["device", "show", GREENHOUSE[0]],
+        vec!["device", "list"],
+        vec!["group", "delete", "greenhouse"],
+        vec!["rollout", "pause", "1"],
+        vec!["rollout", "pause", "1"],
+        vec!["rollout", "show", "1"],
+        vec!["rollout", "resume", "greenhouse"],
+        vec!["rollout", "resume", "greenhouse"],
+        vec!["rollout", "abort", "1"],
+        vec!["rollout", "abort", "1"],
+        vec!["rollout", "pause", "7"],
+        vec!["rollout", "show", "1", "--json"],
+        vec![
+            "rollout",
+            "start",
+            "greenhouse",
+            "--to",
+            "sensorclass=2",
+            "--steps",
+            "100%",
+        ],
+        vec!["rollout", "list"],
+        vec!["rollout", "show", "greenhouse"],
+        vec!["group", "show", "greenhouse"],
+        vec!["device", "list"],
+    ]);
+    same_output(&local, &remote, &server, &commands);
+    // The same commands changed the two stores the same way.
+    assert_eq!(
+        local.ok(&["device", "export"]),
+        remote.ok(&["device", "export"])
+    );
+    for args in [
+        ["group", "list", "--json"].as_slice(),
+        &["group", "show", "greenhouse", "--json"],
+        &["rollout", "list", "--json"],
+    ] {
+        assert_eq!(
+            normalize(&local.ok(args)),
+            normalize(&remote.ok(args)),
+            "{args:?}"
+        );
+    }
+    let rollouts = remote.json(&["rollout", "list", "--json"]);
+    let states: Vec<&str> = rollouts
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["state"].as_str().unwrap())
+        .collect();
+    assert_eq!(states, ["running", "aborted"], "{rollouts}");
+}
+
+#[test]
+fn the_group_and_rollout_api_speaks_json_and_refuses_bad_input() {
+    let f = Fleet::smartcharger();
+    let server = f.serve();
+    let token = server.token();
+    let t = Some(token.as_str());
+    let ok = |method: &str, path: &str, body: Option<&str>| -> Value {
+        let r = server.admin(method, &format!("admin/api/v1/{path}"), t, body);
+        assert_eq!(r.status, 200, "{method} {path}: {}", r.text());
+        r.json()
+    };
+    let g = ok(
+        "POST",
+        "groups",
+        Some(r#"{"name": "greenhouse", "app": "smartcharger", "modules": {"sensorclass": "1"}}"#),
+    );
+    assert_eq!(g["name"], "greenhouse");
+    assert_eq!(g["desired"]["name"], "smartcharger");
+    assert_eq!(g["desired"]["sensorclass"], "1");
+    for mac in &GREENHOUSE[..2] {
+        ok(
+            "PUT",
+            &format!("devices/{mac}"),
+            Some(r#"{"group": "greenhouse"}"#),
+        );
+    }
+    let list = ok("GET", "groups", None);
+    assert_eq!(list[0]["name"], "greenhouse");
+    assert_eq!(list[0]["devices"], 2);
+    // `set` keeps the app when it names none.
+    let g = ok(
+        "PUT",
+        "groups/greenhouse",
+        Some(r#"{"modules": {"sensorclass": "2"}}"#),
+    );
+    assert_eq!(g["desired"]["name"], "smartcharger", "{g}");
+    assert_eq!(g["desired"]["sensorclass"], "2");
+    ok(
+        "PUT",
+        "groups/greenhouse",
+        Some(r#"{"modules": {"sensorclass": "1"}}"#),
+    );
+    let g = ok("GET", "groups/greenhouse", None);
+    assert_eq!(
+        g["pins"],
+        json!({"name": "smartcharger", "sensorclass": "1"})
+    );
+    assert_eq!(g["devices"].as_array().unwrap().len(), 2);
+
+    // A rollout over HTTP, the defaults filled in.
+    let started = ok(
+        "POST",
+        "rollouts",
+        Some(r#"{"group": "greenhouse", "to": {"sensorclass": "2"}, "steps": "50%,100%"}"#),
+    );
+    let r = &started["rollout"];
+    assert_eq!(r["id"], 1, "{started}");
+    assert_eq!(r["state"], "running");
+    assert_eq!(r["step"], 1);
+    assert_eq!(r["steps"], json!([50, 100]));
+    assert_eq!(r["to"], json!({"sensorclass": "2"}));
+    assert_eq!(r["max_failures"], "0");
+    assert_eq!(r["healthy_after"], 600);
+    assert_eq!(r["deadline"], 86400);
+    assert!(
+        started["said"][0]
+            .as_str()
+            .unwrap()
+            .contains("moved 1 board(s)"),
+        "{started}"
+    );
+    let shown = ok("GET", "rollouts/1", None);
+    assert_eq!(shown["boards"], 2, "{shown}");
+    assert_eq!(shown["moved"], 1);
+    assert_eq!(shown["waiting"], 1);
+    assert_eq!(shown["devices"][0]["status"], "waiting");
+    assert_eq!(ok("GET", "rollouts/greenhouse", None)["id"], 1);
+
+    // Bad input: a clear JSON error with the right status, and nothing changed.
+    let state = || {
+        [
+            "groups",
+            "groups/greenhouse",
+            "rollouts",
+            "rollouts/1",
+            "devices/export",
+        ]
+        .map(|p| ok("GET", p, None))
+    };
+    let before = state();
+    let rollout =
+        |extra: &str| format!(r#"{{"group": "greenhouse", "to": {{"sensorclass": "2"}}{extra}}}"#);
+    for (method, path, body, status, error) in [
+        (
+            "POST",
+            "groups",
+            Some(r#"{"name": "new"}"#.to_owned()),
+            400,
+            "missing field `app`",
+        ),
+        (
+            "POST",
+            "groups",
+            Some(r#"{"name": "greenhouse", "app": "smartcharger"}"#.into()),
+            400,
+            "group greenhouse already exists",
+        ),
+        (
+            "POST",
+            "groups",
+            Some(
+                r#"{"name": "new", "app": "smartcharger", "modules": {"sensorclass": "9"}}"#.into(),
+            ),
+            400,
+            "no version 9",
+        ),
+        (
+            "POST",
+            "groups",
+            Some(r#"{"name": "new", "app": "smartcharger", "modules": {"sensorclass": 2}}"#.into()),
+            400,
+            "version of sensorclass is not a string",
+        ),
+        (
+            "POST",
+            "groups",
+            Some(r#"{"name": "../x", "app": "smartcharger"}"#.into()),
+            400,
+            "invalid group name",
+        ),
+        (
+            "POST",
+            "groups",
+            Some("[]".into()),
+            400,
+            "not a JSON object",
+        ),
+        (
+            "PUT",
+            "groups/nope",
+            Some(r#"{"modules": {}}"#.into()),
+            404,
+            "cannot set group nope: unknown group nope",
+        ),
+        (
+            "PUT",
+            "groups/greenhouse",
+            Some(r#"{"modules": {"sensorclass": "9"}}"#.into()),
+            400,
+            "no version 9",
+        ),
+        (
+            "PUT",
+            "groups/greenhouse",
+            Some(r#"{"app": "nosuch"}"#.into()),
+            400,
+            "module nosuch is not published",
+        ),
+        ("GET", "groups/nope", None, 404, "unknown group nope"),
+        ("GET", "groups/..%2Fx", None, 400, "invalid group name"),
+        ("DELETE", "groups/nope", None, 404, "unknown group nope"),
+        (
+            "DELETE",
+            "groups/greenhouse",
+            None,
+            400,
+            "group greenhouse has 2 device(s)",
+        ),
+        (
+            "POST",
+            "rollouts",
+            Some(r#"{"group": "nope", "to": {"sensorclass": "2"}}"#.into()),
+            404,
+            "unknown group nope",
+        ),
+        (
+            "POST",
+            "rollouts",
+            Some(rollout("")),
+            400,
+            "has rollout 1 under way",
+        ),
+        (
+            "POST",
+            "rollouts",
+            Some(rollout(r#", "steps": "50%""#)),
+            400,
+            "the last step must be 100%",
+        ),
+        (
+            "POST",
+            "rollouts",
+            Some(rollout(r#", "steps": "150%,100%""#)),
+            400,
+            "a percentage from 1% to 100%",
+        ),
+        (
+            "POST",
+            "rollouts",
+            Some(rollout(r#", "max_failures": "lots""#)),
+            400,
+            "invalid --max-failures",
+        ),
+        (
+            "POST",
+            "rollouts",
+            Some(rollout(r#", "healthy_after": "soon""#)),
+            400,
+            "invalid duration",
+        ),
+        (
+            "POST",
+            "rollouts",
+            Some(r#"{"group": "greenhouse"}"#.into()),
+            400,
+            "missing field `to`",
+        ),
+        (
+            "POST",
+            "rollouts",
+            Some(r#"{"group": "greenhouse", "to": {}}"#.into()),
+            400,
+            "nothing to roll out",
+        ),
+        (
+            "POST",
+            "rollouts",
+            Some(r#"{"group": "greenhouse", "to": {"sensorclass": "latest"}}"#.into()),
+            400,
+            "not `latest`",
+        ),
+        ("GET", "rollouts/7", None, 404, "no rollout 7"),
+        (
+            "GET",
+            "rollouts/nope",
+            None,
+            404,
+            "group nope has no rollout",
+        ),
+        (
+            "GET",
+            "rollouts/..%2Fx",
+            None,
+            400,
+            "is neither a rollout number nor a group",
+        ),
+        ("POST", "rollouts/7/pause", None, 404, "no rollout 7"),
+        (
+            "POST",
+            "rollouts/1/resume",
+            None,
+            400,
+            "only a paused rollout can be resumed",
+        ),
+        ("POST", "rollouts/7/abort", None, 404, "no rollout 7"),
+    ] {
+        let r = server.admin(method, &format!("admin/api/v1/{path}"), t, body.as_deref());
+        assert_eq!(r.status, status, "{method} {path}: {}", r.text());
+        let message = r.json()["error"].as_str().unwrap_or_default().to_owned();
+        assert!(message.contains(error), "{method} {path}: {message}");
+        assert!(!message.contains("panicked"), "{message}");
+    }
+    assert_eq!(state(), before);
+
+    // Pause, resume (by the group's name), abort.
+    let r = ok("POST", "rollouts/1/pause", None);
+    assert_eq!(
+        (r["state"].as_str(), r["reason"].as_str()),
+        (Some("paused"), Some("paused by the user"))
+    );
+    let r = ok("POST", "rollouts/greenhouse/resume", None);
+    assert_eq!(r["rollout"]["state"], "running", "{r}");
+    let r = ok("POST", "rollouts/1/abort", None);
+    assert_eq!(r["state"], "aborted");
+    assert_eq!(r["reason"], "aborted by the user");
+    assert_eq!(ok("GET", "rollouts", None)[0]["state"], "aborted");
+    // The group goes when its devices have left.
+    for mac in &GREENHOUSE[..2] {
+        ok("DELETE", &format!("devices/{mac}"), None);
+    }
+    assert_eq!(
+        ok("DELETE", "groups/greenhouse", None),
+        json!({"name": "greenhouse"})
+    );
+    assert_eq!(ok("GET", "groups", None), json!([]));
+    assert!(server.log().iter().all(|l| !l.contains("panicked")));
+}
+
+#[test]
+fn a_rollout_started_remotely_is_run_by_serve() {
+    let mut f = Fleet::smartcharger();
+    f.set_env("MPFLEET_ROLLOUT_TICK", "200ms");
+    f.ok(&[
+        "group",
+        "create",
+        "greenhouse",
+        "--app",
+        "smartcharger",
+        "sensorclass=1",
+    ]);
+    for mac in GREENHOUSE {
+        f.ok(&["device", "set", mac, "--group", "greenhouse"]);
+    }
+    let keys: Vec<_> = GREENHOUSE.iter().map(|m| (*m, f.key(m))).collect();
+    let server = f.serve();
+    let token = server.token();
+    let remote = |args: &[&str]| {
+        let mut all = vec!["--remote", server.base.as_str()];
+        all.extend_from_slice(args);
+        let r = f.run_env(&all, &[("MPFLEET_TOKEN", &token)]);
+        assert_eq!(r.code, 0, "{args:?}: {}", r.stderr);
+        r.stdout
+    };
+    let out = remote(&[
+        "rollout",
+        "start",
+        "greenhouse",
+        "--to",
+        "sensorclass=2",
+        "--steps",
+        "50%,100%",
+        "--healthy-after",
+        "1s",
+    ]);
+    assert!(out.contains("moved 2 board(s)"), "{out}");
+    // The boards play their part: each moved board reports `updated` for its new
+    // generation, once. Only the engine of `serve` moves the rollout on from here.
+    let mut reported = std::collections::BTreeSet::new();
+    let done = eventually(
+        "the remotely started rollout done",
+        Duration::from_secs(30),
+        || {
+            let r: Value =
+                serde_json::from_str(&remote(&["rollout", "show", "greenhouse", "--json"]))
+                    .unwrap();
+            for d in r["devices"].as_array().unwrap() {
+                let mac = d["mac"].as_str().unwrap();
+                if reported.insert(mac.to_owned()) {
+                    let body = json!({"n": 1, "event": "updated", "config": "primary",
+                                      "generation": d["generation"]});
+                    let (_, key) = keys.iter().find(|(m, _)| *m == mac).unwrap();
+                    let rep = server.report(mac, key, body.to_string().as_bytes());
+                    assert_eq!(rep.status, 200, "{}", rep.text());
+                }
+            }
+            (r["state"] == "done").then_some(r)
+        },
+    );
+    assert_eq!(done["healthy"], 4, "{done}");
+    let steps: Vec<i64> = done["devices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["step"].as_i64().unwrap())
+        .collect();
+    assert_eq!(steps, [1, 1, 2, 2], "{done}");
+    // What the remote CLI shows is what the local one shows on the server's store.
+    for args in [
+        ["rollout", "show", "greenhouse"].as_slice(),
+        &["rollout", "show", "1", "--json"],
+        &["rollout", "list"],
+        &["group", "show", "greenhouse", "--json"],
+    ] {
+        assert_eq!(normalize(&remote(args)), normalize(&f.ok(args)), "{args:?}");
+    }
+    let g = f.json(&["group", "show", "greenhouse", "--json"]);
+    assert_eq!(g["pins"]["sensorclass"], "2", "{g}");
+    for mac in GREENHOUSE {
+        server.wait_get(&format!("v1/{mac}.json"), |r| {
+            r.json()["modules"]["sensorclass"]["version"] == "2"
+        });
+    }
 }
 
 #[test]
@@ -512,6 +1120,14 @@ fn remote_needs_a_token_and_a_reachable_server() {
     );
     assert_ne!(r.code, 0);
     assert!(r.stderr.contains("cannot reach"), "{}", r.stderr);
+    // `group` and `rollout` go to the server too; the others refuse --remote.
+    for args in [["group", "list"], ["rollout", "list"]] {
+        let mut all = vec!["--remote", "http://127.0.0.1:9/"];
+        all.extend(args);
+        let r = f.run_env(&all, &[("MPFLEET_TOKEN", "x")]);
+        assert_ne!(r.code, 0, "{args:?}");
+        assert!(r.stderr.contains("cannot reach"), "{args:?}: {}", r.stderr);
+    }
     for args in [vec!["serve"], vec!["export", "out"], vec!["token", "show"]] {
         let mut all = vec!["--remote", "http://127.0.0.1:9/"];
         all.extend(args.iter());

@@ -1,163 +1,111 @@
-//! `mpfleet group ...`: create, set, show, list, delete. `show` and `list` only read the
-//! store; the others change it.
+//! `mpfleet group ...`: create, set, show, list, delete, each as an operation
+//! (`crate::ops::group`) run by a backend (the data dir or a remote server), printed here.
+//! `show` and `list` only read the store; the others change it.
 
 use super::{ago, print_json, table};
 use crate::cli::GroupCommand;
 use crate::manifest::Pins;
-use crate::names::{GroupName, ModuleName};
-use crate::ops::device::pair;
+use crate::ops::group::{self as op, group_name, modules};
+use crate::ops::Backend;
 use crate::out::outln;
-use crate::store::Store;
-use anyhow::{bail, Context, Result};
-use serde_json::{json, Value};
-use std::path::Path;
+use anyhow::Result;
 
-fn name(s: &str) -> Result<GroupName> {
-    GroupName::parse(s).map_err(anyhow::Error::msg)
+/// The module pins of a group's `pins` (its app left out), described.
+fn module_pins(pins: &serde_json::Value) -> Result<String> {
+    let mut p = Pins::from_json(&pins.to_string())?;
+    p.app = None;
+    Ok(p.describe())
 }
 
-fn pins(app: Option<String>, modules: &[String]) -> Result<Pins> {
-    let app = app
-        .map(|a| ModuleName::parse(&a).map_err(anyhow::Error::msg))
-        .transpose()?;
-    let pairs = modules
-        .iter()
-        .map(|s| pair(s))
-        .collect::<Result<Vec<_>>>()?;
-    Pins::new(app, pairs)
-}
-
-fn pins_json(p: &Pins) -> Value {
-    serde_json::from_str(&p.to_json()).expect("pins are JSON")
-}
-
-pub fn run(data: &Path, command: GroupCommand) -> Result<()> {
+pub fn run(backend: &Backend, command: GroupCommand) -> Result<()> {
     match command {
         GroupCommand::Create {
-            name: n,
+            name,
             app,
-            modules,
+            modules: words,
         } => {
-            let n = name(&n)?;
-            let p = pins(Some(app), &modules)?;
-            let mut store = Store::open(data)?;
-            store
-                .create_group(&n, &p)
-                .with_context(|| format!("cannot create group {n}"))?;
-            outln!("group {n}: {}", p.desired()?.to_seed_json())?;
-            Ok(())
+            let name = group_name(&name)?.to_string();
+            let set = backend.call(op::Create {
+                name,
+                app,
+                modules: modules(&words)?,
+            })?;
+            outln!("group {}: {}", set.name, set.desired)
         }
         GroupCommand::Set {
-            name: n,
+            name,
             app,
-            modules,
+            modules: words,
         } => {
-            let n = name(&n)?;
-            let p = pins(app, &modules)?;
-            let mut store = Store::open(data)?;
-            let p = store
-                .set_group(&n, &p)
-                .with_context(|| format!("cannot set group {n}"))?;
-            outln!("group {n}: {}", p.desired()?.to_seed_json())?;
-            Ok(())
+            let group = group_name(&name)?.to_string();
+            let set = backend.call(op::Set {
+                group,
+                app,
+                modules: modules(&words)?,
+            })?;
+            outln!("group {}: {}", set.name, set.desired)
         }
-        GroupCommand::Delete { name: n } => {
-            let n = name(&n)?;
-            let mut store = Store::open(data)?;
-            store
-                .delete_group(&n)
-                .with_context(|| format!("cannot delete group {n}"))?;
-            outln!("deleted group {n}")?;
-            Ok(())
+        GroupCommand::Delete { name } => {
+            let deleted = backend.call(op::Delete {
+                group: group_name(&name)?.to_string(),
+            })?;
+            outln!("deleted group {}", deleted.name)
         }
         GroupCommand::List(list) => {
-            let store = Store::open_read_only(data)?;
-            let groups = store.groups()?;
+            let groups = backend.call(op::List {})?;
             if list.json {
-                let v: Vec<_> = groups
-                    .iter()
-                    .map(|g| {
-                        json!({"name": g.name.as_str(), "pins": pins_json(&g.pins),
-                               "devices": g.members, "created_at": g.created_at})
-                    })
-                    .collect();
-                return print_json(&json!(v));
+                return print_json(&serde_json::to_value(&groups)?);
             }
-            let rows: Vec<Vec<String>> = groups
+            let rows = groups
                 .iter()
                 .map(|g| {
-                    vec![
-                        g.name.to_string(),
-                        g.pins.app.as_ref().map_or("-".into(), ToString::to_string),
-                        g.members.to_string(),
-                        Pins {
-                            app: None,
-                            modules: g.pins.modules.clone(),
-                        }
-                        .describe(),
-                    ]
+                    Ok(vec![
+                        g.name.clone(),
+                        g.pins["name"].as_str().unwrap_or("-").to_owned(),
+                        g.devices.to_string(),
+                        module_pins(&g.pins)?,
+                    ])
                 })
-                .collect();
+                .collect::<Result<Vec<_>>>()?;
             table(&["GROUP", "APP", "DEVICES", "PINS"], &rows)
         }
-        GroupCommand::Show { name: n, list } => {
-            let n = name(&n)?;
-            let store = Store::open_read_only(data)?;
-            let Some(g) = store.group(&n)? else {
-                bail!("{}", crate::store::unknown_group(&n));
-            };
-            let desired = g.pins.desired()?;
-            let members: Vec<_> = store
-                .devices()?
-                .into_iter()
-                .filter(|d| d.group.as_ref().is_some_and(|(name, _)| *name == n))
-                .collect();
+        GroupCommand::Show { name, list } => {
+            let g = backend.call(op::Show {
+                group: group_name(&name)?.to_string(),
+            })?;
             if list.json {
-                let ms: Vec<_> = members
-                    .iter()
-                    .map(|d| {
-                        let own = d.group.as_ref().map(|(_, p)| pins_json(p));
-                        json!({"mac": d.mac.as_str(), "own_pins": own,
-                               "generation": d.generation, "last_seen": d.last_seen,
-                               "last_report": d.last_report})
-                    })
-                    .collect();
-                let desired: Value = serde_json::from_str(&desired.to_seed_json())?;
-                return print_json(&json!({
-                    "name": n.as_str(), "pins": pins_json(&g.pins), "desired": desired,
-                    "created_at": g.created_at, "devices": ms,
-                }));
+                return print_json(&serde_json::to_value(&g)?);
             }
-            outln!("group    {n}")?;
-            outln!("app      {}", desired.app)?;
-            let own = Pins {
-                app: None,
-                modules: g.pins.modules.clone(),
-            };
-            outln!("pins     {}", own.describe())?;
-            outln!("desired  {}", desired.to_seed_json())?;
-            outln!("devices  {}", members.len())?;
-            if !members.is_empty() {
+            outln!("group    {}", g.name)?;
+            outln!("app      {}", g.desired["name"].as_str().unwrap_or("?"))?;
+            outln!("pins     {}", module_pins(&g.pins)?)?;
+            outln!("desired  {}", g.desired)?;
+            outln!("devices  {}", g.devices.len())?;
+            if !g.devices.is_empty() {
                 outln!()?;
-                let rows: Vec<Vec<String>> = members
+                let rows = g
+                    .devices
                     .iter()
                     .map(|d| {
-                        let own = d.group.as_ref().map_or("-".into(), |(_, p)| p.describe());
+                        let own = match &d.own_pins {
+                            Some(p) => Pins::from_json(&p.to_string())?.describe(),
+                            None => "-".into(),
+                        };
                         let event = d
                             .last_report
                             .as_ref()
                             .and_then(|r| r["event"].as_str())
                             .unwrap_or("-")
                             .to_owned();
-                        vec![
-                            d.mac.to_string(),
+                        Ok(vec![
+                            d.mac.clone(),
                             own,
                             d.generation.to_string(),
                             event,
                             ago(d.last_seen),
-                        ]
+                        ])
                     })
-                    .collect();
+                    .collect::<Result<Vec<_>>>()?;
                 table(
                     &["MAC", "OWN PINS", "GENERATION", "LAST EVENT", "LAST SEEN"],
                     &rows,

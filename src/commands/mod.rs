@@ -23,7 +23,7 @@ use crate::ops::Backend;
 use crate::out::outln;
 use anyhow::{bail, Result};
 
-/// The backend `module` and `device` commands run on.
+/// The backend `module`, `device`, `group` and `rollout` commands run on.
 fn backend(data: &std::path::Path, remote: &Option<String>) -> Result<Backend> {
     Ok(match remote {
         None => Backend::Local(data.to_owned()),
@@ -53,14 +53,8 @@ pub fn run(cli: Cli) -> Result<()> {
             local_only("token")?;
             token::run(&cli.data, c)
         }
-        Command::Group(c) => {
-            local_only("group")?;
-            group::run(&cli.data, c)
-        }
-        Command::Rollout(c) => {
-            local_only("rollout")?;
-            rollout::run(&cli.data, c)
-        }
+        Command::Group(c) => group::run(&backend(&cli.data, &cli.remote)?, c),
+        Command::Rollout(c) => rollout::run(&backend(&cli.data, &cli.remote)?, c),
         Command::Export { dir } => {
             local_only("export")?;
             let mut store = crate::store::Store::open_read_only(&cli.data)?;

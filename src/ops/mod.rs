@@ -8,13 +8,15 @@
 //! data dir, or a remote server), and prints the output; so a command prints the same on
 //! either side, errors included (a remote error is the server's `{e:#}` of the same error).
 //!
-//! Adding an operation (e.g. the `group` and `rollout` commands) is: its struct and `impl
-//! Operation` in a file of this module, and one `.op::<...>()` line in [`register`], which
-//! both the admin API router and the docs' route list are built from.
+//! Adding an operation is: its struct and `impl Operation` in a file of this module, and one
+//! `.op::<...>()` line in [`register`], which both the admin API router and the docs' route
+//! list are built from.
 
 pub mod device;
+pub mod group;
 pub mod module;
 mod remote;
+pub mod rollout;
 
 pub use remote::Remote;
 
@@ -118,6 +120,17 @@ pub fn register<R: Registry>(r: R) -> R {
         .op::<device::Bootstrap>()
         .op::<device::Key>()
         .op::<device::RotateKey>()
+        .op::<group::List>()
+        .op::<group::Create>()
+        .op::<group::Show>()
+        .op::<group::Set>()
+        .op::<group::Delete>()
+        .op::<rollout::List>()
+        .op::<rollout::Start>()
+        .op::<rollout::Show>()
+        .op::<rollout::Pause>()
+        .op::<rollout::Resume>()
+        .op::<rollout::Abort>()
 }
 
 /// An error that means "no such thing": the admin API answers it with 404.
