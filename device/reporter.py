@@ -159,7 +159,7 @@ def finish(now, event, error=None, done=None, reset=False):
     # calls it); after an update, reset into what was installed. done: the
     # bootstrap's, called before that reset.
     io.now = now
-    if event != "server_failed":
+    if event in ("updated", "update_failed"):  # a check that found nothing new installed nothing
         try:
             tidy()
         except OSError as e:  # tidying only

@@ -6,9 +6,9 @@
 # yet. run() streams {server}v1/{mac}.json to /ota/tmp/manifest.json and
 # checks it (below). With a new generation it moves the manifest to
 # /ota/next.json and resets into the installer (installer.py: downloads, swap),
-# which resets into finish() here, to report: an update is three boots, each
-# with only its own code on the heap (docs/board.md). The bootstrap, and a
-# first stage from before mpfleet 0.5 (it knows no `next` bootflag), run the
+# which resets into reporter.finish(), to report: an update is three boots,
+# each with only its own code on the heap (docs/board.md). The bootstrap, and a
+# first stage from before runtime release 5 (it knows no `next` bootflag), run the
 # installer in the same boot instead. An error leaves the configuration as it
 # was and sets a bootflag:
 #   server_failed  the manifest could not be fetched: no connection, timeout, 5xx

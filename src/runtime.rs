@@ -194,7 +194,7 @@ mod tests {
         // code on the heap: the updater split into updater, reporter, installer, updater_io.
         (
             5,
-            "89d62fbe7a24df0158df63bdfc3abdbb80ffd063bfd97ed0df79a4ea7b5ac901",
+            "e34bb8315c209a34ec341568da1fc1a529a2db0c78385024f968327e437cb2fa",
         ),
     ];
 
