@@ -23,6 +23,7 @@ import updater_io as io
 
 _MARGIN = const(4)  # flash blocks kept free
 _RETRIES = const(2)
+_GZ_FREE = const(8192)  # heap free, at least, to inflate a download
 _OTA = "/ota/"
 _TMP = "/ota/tmp/"
 NEXT = "/ota/next.json"  # the manifest the updater checked, for run()
@@ -77,14 +78,16 @@ def _ok(s, size, extra):
 
 
 def entry(name, m):
-    # What to install for manifest entry m of module `name`:
-    # (version, file name on flash, size, sha256, url). Checks every field
-    # that becomes part of a path or a request.
+    # What to install for manifest entry m of module `name`: (version, file
+    # name on flash, size, sha256, url, url of its gzip copy or None). Checks
+    # every field that becomes part of a path or a request.
     v = m["version"]
     x = m.get("mpy")
     if _MPY is not None and isinstance(x, dict) and x.get("version") == _MPY:
         m = x  # precompiled bytecode this port loads
     sha, size, url = m["sha256"], m["size"], m["url"]
+    gz = m.get("gz")
+    gz = gz.get("url") if isinstance(gz, dict) else None
     if not (
         _ok(name, 64, "_")
         and name[0] > "9"
@@ -94,21 +97,45 @@ def entry(name, m):
         and len(sha) == 64
         and _ok(url, 200, "._-/")
         and ".." not in url
+        and (gz is None or _ok(gz, 200, "._-/") and ".." not in gz)
     ):
         raise ValueError("bad manifest entry: " + name)
-    return v, "%s-%s%s" % (v, sha[:12], ".mpy" if url.endswith(".mpy") else ".py"), size, sha, url
+    return v, "%s-%s%s" % (v, sha[:12], ".mpy" if url.endswith(".mpy") else ".py"), size, sha, url, gz
+
+
+def _inflater():
+    # How to read a gzip copy (docs/protocol.md): a 1 KiB window and about
+    # 1.3 KB of decoder state. None, and the plain file is fetched, on a port
+    # without `deflate` (before 1.21), when the heap is short, or on a retry
+    # after running out of memory.
+    try:
+        from deflate import GZIP, DeflateIO
+    except ImportError:
+        return None
+    gc.collect()
+    if gc.mem_free() < _GZ_FREE or io.flags().get("retry"):
+        return None
+    return lambda sock: DeflateIO(sock, GZIP, 10)
 
 
 def install(server, e, path):
-    # Download a manifest entry to /ota/tmp, check it, move it to path.
+    # Download a manifest entry to /ota/tmp (its gzip copy if it has one and
+    # this board can inflate it), check it, move it to path.
     import binascii
     import hashlib
 
-    print("mpfleet: downloading", e[4])
+    z = e[5] and _inflater()
+    url = e[5] if z else e[4]
+    print("mpfleet: downloading", url)
     h = hashlib.sha256()
-    io.get(server + e[4], _TMP + "dl", h, e[2])
+    try:
+        io.get(server + url, _TMP + "dl", h, e[2], False, z)
+    except (OSError, EOFError) as x:
+        if not z:
+            raise
+        raise ValueError("%s: cannot inflate (%s: %s)" % (url, type(x).__name__, x))
     if binascii.hexlify(h.digest()).decode() != e[3]:
-        raise ValueError(e[4] + ": sha256 mismatch")
+        raise ValueError(url + ": sha256 mismatch")
     io.replace(_TMP + "dl", path)
 
 

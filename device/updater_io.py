@@ -93,10 +93,11 @@ def request(method, url, timeout=None, send=None):
         raise
 
 
-def get(url, path, h, size, sealed=False):
+def get(url, path, h, size, sealed=False, wrap=None):
     # Stream url's body into path, feeding hash h; raise unless it is `size`
     # bytes. sealed: at most `size` bytes, after a first line, the envelope
-    # {"hmac":"<64 hex>"}, which is not written and is returned.
+    # {"hmac":"<64 hex>"}, which is not written and is returned. wrap(sock):
+    # the stream to read instead (an inflater); `size` is then what it gives.
     status, sock, length = request("GET", url)
     seal = None
     got = 0
@@ -109,9 +110,13 @@ def get(url, path, h, size, sealed=False):
             got = len(seal)
             if not (got == 76 and seal.startswith(b'{"hmac":"') and seal.endswith(b'"}\n')):
                 raise ValueError("manifest is not signed: refused")
+        src = sock
+        if wrap:
+            src = wrap(sock)
+            length = size
         with open(path, "wb") as f:
             while length is None or got < length:
-                n = sock.readinto(buf, 128 if length is None else min(128, length - got))
+                n = src.readinto(buf, 128 if length is None else min(128, length - got))
                 if not n:
                     if length is not None:
                         raise OSError("connection closed mid-body")

@@ -62,3 +62,13 @@ class _Sys:
 
 
 _sys.modules["sys"] = _Sys()
+
+
+class _Absent:
+    # A module the simulated version does not have: `from m import x` raises
+    # ImportError, as on the board (a plain `import m` does not: use `from`).
+    pass
+
+
+if version < (1, 21):  # deflate came in 1.21 (§9)
+    _sys.modules["deflate"] = _Absent()

@@ -12,6 +12,7 @@
 pub mod bulk;
 pub mod cli;
 mod commands;
+pub mod compress;
 pub mod duration;
 pub mod export;
 pub mod http;

@@ -340,16 +340,22 @@ impl Resolved {
     /// Everything of [`Self::to_json`] after the head: the same for every device that
     /// resolves to the same files, so the served tree keeps it once for all of them.
     pub fn tail(&self) -> String {
-        let mut out = String::with_capacity(320 * (self.modules.len() + 3));
+        self.tail_with(&|_| None)
+    }
+
+    /// [`Self::tail`], with each file's compressed copy where `gz` (a file's SHA-256 to the
+    /// size of its copy) has one: what `serve` and `export` hand out (`crate::compress`).
+    pub fn tail_with(&self, gz: &dyn Fn(&str) -> Option<u64>) -> String {
+        let mut out = String::with_capacity(400 * (self.modules.len() + 3));
         lines(
             &mut out,
-            self.modules.iter().map(|(n, m)| (n, file_entry(n, m))),
+            self.modules.iter().map(|(n, m)| (n, file_entry(n, m, gz))),
         );
         out.push_str("\n},\"boot\":{");
         lines(
             &mut out,
             self.boot.iter().map(|(name, m)| {
-                let mut e = file_entry(name, m);
+                let mut e = file_entry(name, m, gz);
                 if name.as_str() == "main" {
                     // /main.py runs as source, whatever the port.
                     e.as_object_mut()
@@ -390,21 +396,34 @@ fn lines<'a>(out: &mut String, entries: impl Iterator<Item = (&'a ModuleName, Va
     }
 }
 
-/// One file of a resolved manifest: its version, size, SHA-256, URL, and precompiled variant.
-fn file_entry(name: &ModuleName, m: &ResolvedModule) -> Value {
+/// One file of a resolved manifest: its version, size, SHA-256, URL, its compressed copy if
+/// `gz` knows one, and its precompiled variant (with its own copy).
+fn file_entry(name: &ModuleName, m: &ResolvedModule, gz: &dyn Fn(&str) -> Option<u64>) -> Value {
+    let copy = |sha: &str, url: &str| {
+        gz(sha).map(|size| json!({"size": size, "url": crate::compress::path(url)}))
+    };
+    let url = version_path(name, &m.version);
     let mut entry = json!({
         "version": m.version.as_str(),
         "size": m.info.size,
         "sha256": m.info.sha256,
-        "url": version_path(name, &m.version),
+        "url": url,
     });
+    if let Some(c) = copy(&m.info.sha256, &url) {
+        entry["gz"] = c;
+    }
     if let Some(mpy) = &m.info.mpy {
-        entry["mpy"] = json!({
+        let url = mpy_path(name, &m.version);
+        let mut variant = json!({
             "version": mpy.version,
             "size": mpy.size,
             "sha256": mpy.sha256,
-            "url": mpy_path(name, &m.version),
+            "url": url,
         });
+        if let Some(c) = copy(&mpy.sha256, &url) {
+            variant["gz"] = c;
+        }
+        entry["mpy"] = variant;
     }
     entry
 }

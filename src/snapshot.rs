@@ -41,6 +41,9 @@ pub struct Snapshot {
     files: BTreeMap<String, Entry>,
     /// Blob bytes by SHA-256, reused by the next build so only new blobs are read.
     blobs: HashMap<String, Bytes>,
+    /// Compressed copies of the blobs some device's manifest names, by the blob's SHA-256
+    /// (None: not worth it), reused by the next build so each is compressed once.
+    gz: HashMap<String, Option<Entry>>,
     /// What each device's `{mac}` and `v1/{mac}.json` are made from, by [`Mac::bits`].
     devices: HashMap<u64, DeviceFiles, BuildMacHasher>,
     /// The store's identity, named in every manifest.
@@ -70,6 +73,7 @@ struct Shared {
 const JSON: &str = "application/json";
 const PYTHON: &str = "text/x-python; charset=utf-8";
 const MPY: &str = "application/octet-stream";
+const GZIP: &str = "application/gzip";
 
 fn entry(body: Bytes, content_type: &'static str, immutable: bool) -> Entry {
     let sha256 = crate::store::sha256_hex(&body);
@@ -86,6 +90,38 @@ fn hashed(body: Bytes, sha256: &str, content_type: &'static str, immutable: bool
         etag,
         content_type,
         immutable,
+    }
+}
+
+/// Adds to `files` the compressed copy of every file `r` names that is worth one, making
+/// each copy once (`gz`, by the plain file's SHA-256, or the previous tree's).
+fn copies(
+    r: &Resolved,
+    gz: &mut HashMap<String, Option<Entry>>,
+    blobs: &HashMap<String, Bytes>,
+    previous: Option<&Snapshot>,
+    files: &mut BTreeMap<String, Entry>,
+) {
+    let each = r.modules.iter().chain(r.boot.iter().map(|(n, m)| (n, m)));
+    for (name, m) in each {
+        let mut plain = vec![(&m.info.sha256, version_path(name, &m.version))];
+        if let Some(mpy) = &m.info.mpy {
+            plain.push((&mpy.sha256, mpy_path(name, &m.version)));
+        }
+        for (sha, path) in plain {
+            let copy = gz.entry(sha.clone()).or_insert_with(|| {
+                match previous.and_then(|p| p.gz.get(sha)) {
+                    Some(c) => c.clone(),
+                    None => blobs.get(sha).and_then(|b| {
+                        let z = crate::compress::gzip(b)?;
+                        Some(entry(z.into(), GZIP, true))
+                    }),
+                }
+            });
+            if let Some(c) = copy {
+                files.insert(crate::compress::path(&path), c.clone());
+            }
+        }
     }
 }
 
@@ -177,6 +213,9 @@ impl Snapshot {
             let latest = Value::Object(latest).to_string();
             files.insert("latestversions".into(), entry(latest.into(), JSON, false));
 
+            // The compressed copy of every file a manifest names, made once per blob.
+            let mut gz: HashMap<String, Option<Entry>> = HashMap::new();
+
             // Devices that want the same (most of a fleet) share one seed and one resolution:
             // each distinct desired manifest is worked out and resolved once.
             let mut shared: HashMap<String, (Arc<Entry>, Option<Arc<Shared>>)> = HashMap::new();
@@ -190,8 +229,13 @@ impl Snapshot {
                     None => {
                         let d = v.desired()?;
                         let resolved = catalog.resolve(&d).ok().map(|r: Resolved| {
+                            copies(&r, &mut gz, &blobs, previous, &mut files);
+                            let gz_size = |sha: &str| {
+                                let c = gz.get(sha)?.as_ref()?;
+                                Some(c.body.len() as u64)
+                            };
                             Arc::new(Shared {
-                                tail: r.tail(),
+                                tail: r.tail_with(&gz_size),
                                 app: r.app,
                             })
                         });
@@ -215,6 +259,7 @@ impl Snapshot {
                 revision,
                 files,
                 blobs,
+                gz,
                 devices,
                 store_id,
             })
@@ -318,11 +363,18 @@ mod tests {
         store
     }
 
-    /// What `v1/{mac}.json` held when the tree kept every device's sealed manifest.
+    /// What `v1/{mac}.json` held when the tree kept every device's sealed manifest (with
+    /// the compressed copies, made the same way from each file's bytes).
     fn sealed_whole(store: &Store, mac: &Mac) -> String {
         let d = store.device(mac).unwrap().unwrap();
         let resolved = store.catalog().unwrap().resolve(&d.desired).unwrap();
-        let manifest = resolved.to_json(mac, &store.store_id().unwrap(), d.generation);
+        let gz = |sha: &str| {
+            let z = crate::compress::gzip(&store.blob(sha).unwrap())?;
+            Some(z.len() as u64)
+        };
+        let mut manifest =
+            crate::manifest::head(mac, &store.store_id().unwrap(), &resolved.app, d.generation);
+        manifest.push_str(&resolved.tail_with(&gz));
         crate::sign::seal(&d.key, &manifest)
     }
 
@@ -361,6 +413,26 @@ mod tests {
         ] {
             assert!(snapshot.get(path).is_none(), "{path}");
         }
+        // Every copy a manifest names is in the tree, and is the file compressed.
+        let manifest = snapshot.get("v1/000000000000.json").unwrap().body.clone();
+        let mut named = 0;
+        for line in std::str::from_utf8(&manifest).unwrap().lines().skip(2) {
+            let Some(i) = line.find(":{").filter(|_| line.starts_with('"')) else {
+                continue;
+            };
+            let entry: Value = serde_json::from_str(line[i + 1..].trim_end_matches(',')).unwrap();
+            for e in [&entry, &entry["mpy"]] {
+                let Some(url) = e["gz"]["url"].as_str() else {
+                    continue;
+                };
+                let copy = snapshot.get(url).unwrap();
+                assert_eq!(copy.body.len() as u64, e["gz"]["size"].as_u64().unwrap());
+                let plain = snapshot.get(e["url"].as_str().unwrap()).unwrap();
+                assert_eq!(*copy.body, *crate::compress::gzip(&plain.body).unwrap());
+                named += 1;
+            }
+        }
+        assert!(named >= 8, "the runtime's files have copies: {named}");
         // Export sees the same files serve answers with.
         let exported: HashMap<String, Bytes> = snapshot
             .files()

@@ -20,11 +20,18 @@ fn reports(f: &Fleet) -> Vec<Value> {
         .collect()
 }
 
-/// Module files the server sent since `from`, as `/m/{module}/{version}` (source or .mpy).
+/// Module files the server sent since `from`, as `/m/{module}/{version}` (source or .mpy,
+/// plain or its gzip copy).
 fn downloads(s: &Server, from: usize) -> Vec<String> {
     raw_downloads(s, from)
         .into_iter()
-        .map(|p| p.rsplit_once('.').unwrap().0.to_owned())
+        .map(|p| {
+            p.trim_end_matches(".gz")
+                .rsplit_once('.')
+                .unwrap()
+                .0
+                .to_owned()
+        })
         .collect()
 }
 

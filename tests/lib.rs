@@ -13,6 +13,7 @@ mod cli_install;
 mod cli_module;
 mod cli_pipe;
 mod cli_store;
+mod compression;
 mod crash;
 mod export;
 mod faults;
