@@ -9,7 +9,9 @@
 # starts `serve`, runs examples/storm.rs (latency from when each request was due, percentiles
 # as HdrHistogram prints them), then waits for every report to be stored and counts the rows.
 # Issue 10's goal: 10,000 boards within 10 s and 100,000 within 100 s, no errors, p99 < 20 ms,
-# every report stored. Needs python3 (its sqlite3 module counts the rows).
+# every report stored. It also prints how much the database grew per stored report (what the
+# 50 reports kept per device cost on disk: docs/scaling.md). Needs python3 (its sqlite3
+# module counts the rows).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 pairs=("$@")
@@ -42,6 +44,7 @@ while [ $# -ge 2 ]; do
   fleet_store
   fleet_csv "$n" latest > devices.csv
   "$bin" device import devices.csv > /dev/null
+  db_before=$(du -b "$MPFLEET_DATA/mpfleet.db" | cut -f1)
   serve_start "serve-$n.log"
   echo "== $n boards at $rate/s"
   status=0
@@ -51,6 +54,8 @@ while [ $# -ge 2 ]; do
   kill "$pid"; wait "$pid" 2>/dev/null || true; pid=
   stored=$(rows "$MPFLEET_DATA/mpfleet.db")
   echo "reports stored: $stored of $n"
+  db_after=$(du -b "$MPFLEET_DATA/mpfleet.db" | cut -f1)
+  echo "database: $((db_before / 1024)) KiB before, $((db_after / 1024)) KiB after: $(( (db_after - db_before) / (stored > 0 ? stored : 1) )) bytes per stored report"
   [ "$status" = 0 ] && [ "$stored" = "$n" ] || echo "storm: NOT MET (errors or reports missing)"
   cd - > /dev/null
 done
