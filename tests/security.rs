@@ -122,8 +122,17 @@ fn a_tampered_main_py_at_bootstrap_is_not_installed() {
     let s = f.serve();
     let t = Tamper::start(&s.base);
     t.set("m/main/", |body| {
+        // The gzip copy is tampered with as a whole: valid gzip of other bytes.
+        let gz = body.starts_with(&[0x1f, 0x8b]);
         let mut b = body.to_vec();
+        if gz {
+            b.clear();
+            std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(body), &mut b).unwrap();
+        }
         b[0] ^= 0x20;
+        if gz {
+            b = mpfleet::compress::gzip(&b).unwrap();
+        }
         b
     });
     let b = SimBoard::new(&f, MAC);
