@@ -8,7 +8,8 @@
 //!
 //! - one cut (`power_cut_at_every_write_of_*`): for every k in 1..=N, power fails during write
 //!   k (that write torn, the process killed, RTC memory lost), the board boots on normally
-//!   until it settles;
+//!   until it settles (once per write by default; every write with both tears:
+//!   `MPFLEET_CRASH_TEAR=both`);
 //! - two cuts (`second_power_cut_during_recovery_from_*`): for sampled k (evenly spaced over
 //!   1..=N, about one in ten drawn at random), the run stops with the boot the cut ends; a
 //!   clean recovery from that image (checked) counts its own writes M; then for sampled j
@@ -26,9 +27,10 @@
 //!
 //! The boards share one store and server: a `Router` serves each simulated board the manifest
 //! of the device standing for the step it is at. Iterations run in parallel threads
-//! (`MPFLEET_CRASH_THREADS`, default 4). Every single cut runs twice: with the write in flight
-//! half written, and lost; each cut of a pair draws its tear (`MPFLEET_CRASH_TEAR=half|lost`
-//! for one only; `alternate`: single cuts once each, half at odd writes and lost at even ones). Knobs: `MPFLEET_CRASH_ONLY=k` runs just single cut k;
+//! (`MPFLEET_CRASH_THREADS`, default 4). A single cut leaves the write in flight half written
+//! at odd writes and lost at even ones (`MPFLEET_CRASH_TEAR=both`: every write both ways;
+//! `half|lost`: that tear only); each cut of a pair draws its tear. Knobs:
+//! `MPFLEET_CRASH_ONLY=k` runs just single cut k;
 //! `MPFLEET_CRASH_PAIRS` (default 12) is the number of pairs per scenario (first cuts: a
 //! third of it), `MPFLEET_CRASH_SEED` (default 1) draws them, `MPFLEET_CRASH_PAIR=K:T,J:T`
 //! runs just one pair; `MPFLEET_CRASH_ALL=1` goes on after a broken board and lists every
@@ -348,13 +350,25 @@ fn keep_going() -> bool {
     std::env::var("MPFLEET_CRASH_ALL").is_ok_and(|v| v == "1")
 }
 
-/// The tears to try (`MPFLEET_CRASH_TEAR=half|lost` for one only).
+/// The tears a pair draws from (`MPFLEET_CRASH_TEAR=half|lost` for one only).
 fn tears() -> &'static [&'static str] {
-    // `alternate` (single cuts: one pass, half at odd writes, lost at even ones) draws both.
     match std::env::var("MPFLEET_CRASH_TEAR").as_deref() {
         Ok("half") => &["half"],
         Ok("lost") => &["lost"],
         _ => &["half", "lost"],
+    }
+}
+
+/// The passes over every write of a scenario. By default one (`alternate`): each write cut
+/// once, torn in half at odd writes and lost at even ones, so both tears are tried and the
+/// suite stays short; `MPFLEET_CRASH_TEAR=both`: each write twice, once with each tear (the
+/// full sweep whose figures docs/reliability.md gives); `half` or `lost`: that tear only.
+fn passes() -> &'static [&'static str] {
+    match std::env::var("MPFLEET_CRASH_TEAR").as_deref() {
+        Ok("both") => &["half", "lost"],
+        Ok("half") => &["half"],
+        Ok("lost") => &["lost"],
+        _ => &["alternate"],
     }
 }
 
@@ -625,10 +639,7 @@ fn every_write(sc: &Scenario) -> Figures {
         None => (1..=n).collect(),
     };
     let mut broken = Vec::new();
-    // MPFLEET_CRASH_TEAR=alternate: every write cut once, half the runs.
-    let alternate = std::env::var("MPFLEET_CRASH_TEAR").is_ok_and(|v| v == "alternate");
-    let passes: &[&str] = if alternate { &["alternate"] } else { tears() };
-    for pass in passes {
+    for pass in passes() {
         let results = pool(&cuts, |&k| {
             let tear = tear_of(pass, k);
             let b = sc.board(sc.start, tear, tear);
