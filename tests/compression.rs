@@ -67,6 +67,22 @@ fn installed_plain(b: &SimBoard, s: &Server) {
     assert_eq!(on_flash, version_two().as_bytes());
 }
 
+/// The board asked for an update boots until it runs sensorclass 2, having fetched `file`
+/// through `base` (the server, or a proxy in front of it), with the plain bytes on flash.
+fn updates_fetching(b: &SimBoard, s: &Server, base: &str, file: &str) {
+    let mark = s.mark();
+    b.ask_for_update();
+    let run = b.boot(base, 6);
+    assert!(run.settled(), "{}", run.out);
+    assert!(
+        run.last_app_line().starts_with("APP two primary"),
+        "{}",
+        run.out
+    );
+    assert_eq!(downloads(s, mark), [file]);
+    installed_plain(b, s);
+}
+
 #[test]
 fn an_update_fetches_the_gzip_copy_and_installs_the_plain_bytes() {
     let f = fleet_with_board(MAC, &[]);
@@ -86,18 +102,7 @@ fn an_update_fetches_the_gzip_copy_and_installs_the_plain_bytes() {
         "{} of {plain} bytes",
         copy.body.len()
     );
-
-    let mark = s.mark();
-    b.ask_for_update();
-    let run = b.boot(&s.base, 6);
-    assert!(run.settled(), "{}", run.out);
-    assert!(
-        run.last_app_line().starts_with("APP two primary"),
-        "{}",
-        run.out
-    );
-    assert_eq!(downloads(&s, mark), ["/m/sensorclass/2.py.gz"]);
-    installed_plain(&b, &s);
+    updates_fetching(&b, &s, &s.base, "/m/sensorclass/2.py.gz");
 }
 
 #[test]
@@ -109,17 +114,7 @@ fn a_board_short_of_heap_fetches_the_plain_file() {
     // The heap the update budget allows: too little to spare 1 KiB of window and the
     // decoder's state, so the board asks for the plain file, and still updates.
     b.heap = format!("{}k", crate::heap::floor() + crate::heap::UPDATE_MPY_BUDGET);
-    let mark = s.mark();
-    b.ask_for_update();
-    let run = b.boot(&s.base, 6);
-    assert!(run.settled(), "{}", run.out);
-    assert!(
-        run.last_app_line().starts_with("APP two primary"),
-        "{}",
-        run.out
-    );
-    assert_eq!(downloads(&s, mark), ["/m/sensorclass/2.py"]);
-    installed_plain(&b, &s);
+    updates_fetching(&b, &s, &s.base, "/m/sensorclass/2.py");
 }
 
 /// A copy that breaks off, or has a byte changed, is refused: the configuration stays, the
@@ -156,15 +151,7 @@ fn refused(fault: Fault, error: &str) {
     assert_eq!(b.rtc()["update_failed"], true);
 
     proxy.set(Fault::None, "");
-    b.ask_for_update();
-    let run = b.boot(&proxy.base, 6);
-    assert!(run.settled(), "{}", run.out);
-    assert!(
-        run.last_app_line().starts_with("APP two primary"),
-        "{}",
-        run.out
-    );
-    installed_plain(&b, &s);
+    updates_fetching(&b, &s, &proxy.base, "/m/sensorclass/2.py.gz");
 }
 
 #[test]
