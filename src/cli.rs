@@ -1,6 +1,10 @@
-//! The command line, as the user types it (clap derive). Values are checked into the
-//! project's own types (`Mac`, `ModuleName`, `Version`) by the commands that use them.
+//! The command line, as the user types it (clap derive). Clap parses values straight into
+//! the project's checked types (`Mac`, `ModuleName`, `Version`, `GroupName`, `Pair`,
+//! `ListenAddr`, through their `FromStr`), so a bad one is a usage error before any command
+//! runs.
 
+use crate::manifest::Pair;
+use crate::names::{GroupName, ListenAddr, Mac, ModuleName, Version};
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
 
@@ -75,7 +79,7 @@ pub enum Command {
     Serve {
         /// Address and port to listen on (`127.0.0.1:0` picks a free port).
         #[arg(long, env = "MPFLEET_LISTEN", default_value = "0.0.0.0:8080")]
-        listen: String,
+        listen: ListenAddr,
         /// Push to this MQTT broker: mqtt://[user[:password]@]host[:port] (port 1883 if left
         /// out; plain MQTT 3.1.1, no TLS). Set MPFLEET_MQTT instead to keep the password out
         /// of the process list.
@@ -177,10 +181,10 @@ pub enum ModuleCommand {
         files: Vec<PathBuf>,
         /// Module name (a Python identifier); only with a single file.
         #[arg(long)]
-        name: Option<String>,
+        name: Option<ModuleName>,
         /// Version to publish as (1 to 32 of A-Z a-z 0-9 . _ -).
         #[arg(long)]
-        version: Option<String>,
+        version: Option<Version>,
         /// Keep `latest` where it is.
         #[arg(long)]
         no_latest: bool,
@@ -191,14 +195,14 @@ pub enum ModuleCommand {
     ///
     /// Example: mpfleet module show sensorclass
     Show {
-        name: String,
+        name: ModuleName,
         #[command(flatten)]
         list: ListArgs,
     },
     /// Point a module's `latest` at one of its versions (every device tracking latest follows).
     ///
     /// Example: mpfleet module latest sensorclass 2
-    Latest { name: String, version: String },
+    Latest { name: ModuleName, version: Version },
 }
 
 #[derive(Debug, Subcommand)]
@@ -218,15 +222,15 @@ pub enum DeviceCommand {
     /// Example: mpfleet device set DE:AD:BE:EF:12:34 --group greenhouse sensorclass=2
     Set {
         /// The device's Wi-Fi MAC, in any common form (deadbeef1234, DE:AD:BE:EF:12:34, ...).
-        mac: String,
+        mac: Mac,
         /// The application module the board runs at boot (with --group: instead of the group's).
         #[arg(long, required_unless_present = "group")]
-        app: Option<String>,
+        app: Option<ModuleName>,
         /// The group the device belongs to (`mpfleet group create` makes one).
         #[arg(long)]
-        group: Option<String>,
+        group: Option<GroupName>,
         /// MODULE=VERSION pairs (VERSION may be `latest`).
-        modules: Vec<String>,
+        modules: Vec<Pair>,
     },
     /// Set many devices at once from FILE (`-` for stdin): all of them, or none.
     ///
@@ -260,12 +264,12 @@ pub enum DeviceCommand {
     },
     /// Show a device: desired and resolved manifest, last report, last seen, recent reports.
     Show {
-        mac: String,
+        mac: Mac,
         #[command(flatten)]
         list: ListArgs,
     },
     /// Forget a device and its reports.
-    Rm { mac: String },
+    Rm { mac: Mac },
     /// Print the bootstrap for one board: bootstrap.py with the server, this device's key and
     /// the store's identity filled in. Run it on the board once, over the cable.
     ///
@@ -274,7 +278,7 @@ pub enum DeviceCommand {
     ///
     /// Example: mpfleet device bootstrap DE:AD:BE:EF:12:34 --server http://192.168.1.10:8080/ > bootstrap.py && mpremote run bootstrap.py
     Bootstrap {
-        mac: String,
+        mac: Mac,
         /// The URL boards reach the server at (what `serve` listens on, as the board sees it,
         /// or where an export is served).
         #[arg(
@@ -294,7 +298,7 @@ pub enum DeviceCommand {
     /// After --rotate the board refuses every manifest (and the server its reports) until it
     /// runs its new bootstrap (`mpfleet device bootstrap MAC`) over the cable.
     Key {
-        mac: String,
+        mac: Mac,
         /// Replace the key with a new random one.
         #[arg(long)]
         rotate: bool,
@@ -311,12 +315,12 @@ pub enum GroupCommand {
     /// Example: mpfleet group create greenhouse --app smartcharger sensorclass=2
     Create {
         /// The group's name (1 to 64 of A-Z a-z 0-9 . _ -, not only digits).
-        name: String,
+        name: GroupName,
         /// The application module the group's boards run at boot.
         #[arg(long)]
-        app: String,
+        app: ModuleName,
         /// MODULE=VERSION pairs (VERSION may be `latest`).
-        modules: Vec<String>,
+        modules: Vec<Pair>,
     },
     /// Replace a group's MODULE=VERSION pairs (and its app, with --app).
     ///
@@ -325,23 +329,23 @@ pub enum GroupCommand {
     ///
     /// Example: mpfleet group set greenhouse sensorclass=3
     Set {
-        name: String,
+        name: GroupName,
         /// A new application module (default: keep the group's).
         #[arg(long)]
-        app: Option<String>,
+        app: Option<ModuleName>,
         /// MODULE=VERSION pairs (VERSION may be `latest`); they replace the group's.
-        modules: Vec<String>,
+        modules: Vec<Pair>,
     },
     /// Show a group: its pins, the desired manifest they make, and its devices.
     Show {
-        name: String,
+        name: GroupName,
         #[command(flatten)]
         list: ListArgs,
     },
     /// List groups with their app, pins and number of devices.
     List(ListArgs),
     /// Delete a group that has no devices.
-    Delete { name: String },
+    Delete { name: GroupName },
 }
 
 #[derive(Debug, Subcommand)]
@@ -360,10 +364,10 @@ pub enum RolloutCommand {
     /// Example: mpfleet rollout start greenhouse --to sensorclass=3 --steps 10%,50%,100% --max-failures 1
     Start {
         /// The group to move.
-        group: String,
+        group: GroupName,
         /// MODULE=VERSION: a published version (not `latest`). Repeat for several modules.
         #[arg(long = "to", required = true, value_name = "MODULE=VERSION")]
-        to: Vec<String>,
+        to: Vec<Pair>,
         /// Shares of the group, growing, the last 100%.
         #[arg(long, default_value = crate::ops::rollout::DEFAULT_STEPS)]
         steps: String,
@@ -414,10 +418,10 @@ pub struct ProvisionArgs {
     /// The application module the board runs (needed when the board is not a device yet;
     /// given for one that is, it replaces what that device runs, as `device set` does).
     #[arg(long)]
-    pub app: Option<String>,
+    pub app: Option<ModuleName>,
     /// MODULE=VERSION pairs, as in `device set` (VERSION may be `latest`); with --app.
     #[arg(requires = "app")]
-    pub modules: Vec<String>,
+    pub modules: Vec<Pair>,
     /// A JSON object of this board's own secrets (Wi-Fi password, tokens...), written to its
     /// /secrets.json, as `device bootstrap --secrets`.
     #[arg(long, value_name = "FILE")]

@@ -173,7 +173,7 @@ async fn access_log(req: Request, next: Next) -> Response {
 
 /// Serves the store in `data` on `listen` until interrupted; with `mqtt`, also pushes
 /// generations and reports to that broker (`crate::push`).
-pub fn serve(data: PathBuf, listen: String, mqtt: Option<String>) -> Result<()> {
+pub fn serve(data: PathBuf, listen: crate::names::ListenAddr, mqtt: Option<String>) -> Result<()> {
     let limits = Limits::from_env()?;
     let broker = mqtt.as_deref().map(Broker::parse).transpose()?;
     let mut store = Store::open(&data)?;
@@ -218,7 +218,7 @@ pub fn serve(data: PathBuf, listen: String, mqtt: Option<String>) -> Result<()> 
         .build()?;
     runtime.spawn(engine::run(engine_store, wake, tick));
     runtime.block_on(async move {
-        let listener = tokio::net::TcpListener::bind(&listen)
+        let listener = tokio::net::TcpListener::bind(listen.as_str())
             .await
             .with_context(|| format!("cannot listen on {listen}"))?;
         let addr: SocketAddr = listener.local_addr()?;
