@@ -38,6 +38,11 @@ pub struct Cli {
     #[arg(long, global = true, env = "MPFLEET_REMOTE", value_name = "URL")]
     pub remote: Option<String>,
 
+    /// With an https:// --remote: trust this CA certificate (PEM), or the server's own
+    /// self-signed certificate, instead of the public CAs.
+    #[arg(long, global = true, env = "MPFLEET_CA", value_name = "PEM")]
+    pub ca_cert: Option<PathBuf>,
+
     #[command(subcommand)]
     pub command: Command,
 }
@@ -66,7 +71,9 @@ pub enum Command {
     /// On the same port, the admin API (`/admin/api/v1/`, what `--remote` uses) and
     /// `/metrics` (Prometheus) answer only requests carrying the admin token, which `serve`
     /// creates on its first start (`mpfleet token show`); see docs/admin-api.md. Boards'
-    /// paths need no token.
+    /// paths need no token. With --admin-listen, --tls-cert and --tls-key, the admin side is
+    /// served over TLS on a port of its own instead (its address on the second line of
+    /// output), and the boards' port refuses it; boards keep plain HTTP.
     /// With --mqtt, it also publishes, retained, `{"generation": N}` on `mpfleet/{mac}/update`
     /// whenever a device's generation changes (boards running the optional `mpfleet_push`
     /// module update at once instead of at their next poll), and each report's JSON on
@@ -76,6 +83,8 @@ pub enum Command {
     /// Example: mpfleet serve --listen 127.0.0.1:0
     ///
     /// Example: MPFLEET_MQTT=mqtt://mpfleet:PASSWORD@192.168.1.20:1883 mpfleet serve
+    ///
+    /// Example: mpfleet serve --admin-listen 0.0.0.0:8443 --tls-cert cert.pem --tls-key key.pem
     Serve {
         /// Address and port to listen on (`127.0.0.1:0` picks a free port).
         #[arg(long, env = "MPFLEET_LISTEN", default_value = "0.0.0.0:8080")]
@@ -85,6 +94,32 @@ pub enum Command {
         /// of the process list.
         #[arg(long, env = "MPFLEET_MQTT", hide_env_values = true, value_name = "URL")]
         mqtt: Option<String>,
+        /// Serve the admin side (the admin API, /admin/ and /metrics) over TLS on this address,
+        /// with --tls-cert and --tls-key: the --listen port then serves boards only, and
+        /// answers admin paths with 403 naming the https address. Boards keep plain HTTP.
+        #[arg(
+            long,
+            env = "MPFLEET_ADMIN_LISTEN",
+            value_name = "ADDR",
+            requires_all = ["tls_cert", "tls_key"]
+        )]
+        admin_listen: Option<ListenAddr>,
+        /// The admin side's TLS certificate (PEM; its chain after it, if any).
+        #[arg(
+            long,
+            env = "MPFLEET_TLS_CERT",
+            value_name = "PEM",
+            requires = "admin_listen"
+        )]
+        tls_cert: Option<PathBuf>,
+        /// The private key of --tls-cert (PEM: PKCS#8, PKCS#1 or SEC1).
+        #[arg(
+            long,
+            env = "MPFLEET_TLS_KEY",
+            value_name = "PEM",
+            requires = "admin_listen"
+        )]
+        tls_key: Option<PathBuf>,
     },
     /// Publish, list and inspect module versions.
     #[command(subcommand)]
