@@ -293,7 +293,6 @@ pub fn serve(
                     Side::Boards { admin: admin_addr },
                 );
                 let admin_side = router(app, limits.body_timeout, Side::Admin { boards: addr });
-                let https = format!("https://{admin_addr}/");
                 tokio::join!(
                     serve_http1(listener, boards, limits, stopped(stop_rx.clone()), None),
                     serve_http1(
@@ -301,7 +300,7 @@ pub fn serve(
                         admin_side,
                         limits,
                         stopped(stop_rx),
-                        Some((acceptor, https)),
+                        Some((acceptor, admin_addr)),
                     ),
                 );
             }
@@ -330,14 +329,14 @@ async fn bind(addr: &str, what: &str) -> Result<tokio::net::TcpListener> {
 /// HTTP/1, most with a new connection per request, so the per-connection path is the hot
 /// one), at most `limits.max_connections` at once, each within the limits' timeouts, until a
 /// shutdown signal; then lets requests in progress finish for at most the shutdown grace.
-/// With `tls` (the acceptor, and the https URL to name to plain-HTTP clients), each
-/// connection is a TLS handshake first, within the header timeout.
+/// With `tls` (the acceptor, and the listener's address to name to plain-HTTP clients),
+/// each connection is a TLS handshake first, within the header timeout.
 async fn serve_http1(
     listener: tokio::net::TcpListener,
     router: Router,
     limits: Limits,
     stop: impl std::future::Future<Output = ()>,
-    tls: Option<(tokio_rustls::TlsAcceptor, String)>,
+    tls: Option<(tokio_rustls::TlsAcceptor, SocketAddr)>,
 ) {
     use hyper_util::rt::{TokioIo, TokioTimer};
     use hyper_util::server::graceful::GracefulShutdown;
@@ -396,14 +395,13 @@ async fn serve_http1(
                     drop(slot);
                 });
             }
-            Some((acceptor, https)) => {
-                let (acceptor, https) = (acceptor.clone(), https.clone());
+            Some((acceptor, admin)) => {
+                let (acceptor, admin) = (acceptor.clone(), *admin);
                 let (http, watcher) = (http.clone(), graceful.watcher());
                 let handshake = limits.header_timeout;
                 tokio::spawn(async move {
                     let _ = tokio::time::timeout(deadline, async move {
-                        if let Some(stream) =
-                            tls::accept(&acceptor, stream, handshake, &https).await
+                        if let Some(stream) = tls::accept(&acceptor, stream, handshake, admin).await
                         {
                             let conn = http.serve_connection(TokioIo::new(stream), service);
                             let _ = watcher.watch(conn).await;

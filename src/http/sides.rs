@@ -31,11 +31,18 @@ pub enum Side {
 /// should write it: the address itself, or when it is unspecified (0.0.0.0, [::]) the host
 /// the client reached this server at.
 fn url_for(scheme: &str, addr: SocketAddr, req: &Request) -> String {
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok());
+    url_with_host(scheme, addr, host)
+}
+
+/// [`url_for`], given the request's `Host` header, if any.
+pub fn url_with_host(scheme: &str, addr: SocketAddr, host_header: Option<&str>) -> String {
     let host = if addr.ip().is_unspecified() {
-        req.headers()
-            .get(header::HOST)
-            .and_then(|h| h.to_str().ok())
-            .map(|h| host_of(h).to_owned())
+        host_header
+            .map(|h| host_of(h.trim()).to_owned())
             .filter(|h| {
                 !h.is_empty()
                     && h.bytes()
@@ -103,5 +110,20 @@ mod tests {
         ] {
             assert_eq!(super::host_of(h), host, "{h}");
         }
+    }
+
+    #[test]
+    fn urls_name_the_host_the_client_used_when_bound_to_any() {
+        let any: std::net::SocketAddr = "0.0.0.0:8443".parse().unwrap();
+        let one: std::net::SocketAddr = "10.0.0.2:8443".parse().unwrap();
+        let url = super::url_with_host;
+        assert_eq!(
+            url("https", any, Some("fleet.lan:8080")),
+            "https://fleet.lan:8443/"
+        );
+        assert_eq!(url("https", any, Some("[::1]:8080")), "https://[::1]:8443/");
+        assert_eq!(url("https", any, Some("x\"y")), "https://SERVER:8443/");
+        assert_eq!(url("https", any, None), "https://SERVER:8443/");
+        assert_eq!(url("http", one, Some("fleet.lan")), "http://10.0.0.2:8443/");
     }
 }

@@ -8,6 +8,7 @@
 use anyhow::{bail, Context, Result};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -72,15 +73,15 @@ pub fn acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor> {
     Ok(TlsAcceptor::from(Arc::new(config)))
 }
 
-/// The TLS stream of a new connection to the admin listener, or `None` when it did not
-/// finish a handshake `within` (logged). A client speaking plain HTTP (its first byte is a
-/// letter, where a TLS handshake starts with 0x16) is answered `400` naming `https`, the
-/// admin side's URL, and the connection closed.
+/// The TLS stream of a new connection to the admin listener (bound to `admin`), or `None`
+/// when it did not finish a handshake `within` (logged). A client speaking plain HTTP (its
+/// first byte is a letter, where a TLS handshake starts with 0x16) is answered `400` naming
+/// the admin side's https URL, and the connection closed.
 pub async fn accept(
     acceptor: &TlsAcceptor,
     mut stream: TcpStream,
     within: Duration,
-    https: &str,
+    admin: SocketAddr,
 ) -> Option<TlsStream<TcpStream>> {
     let mut first = [0u8; 1];
     match tokio::time::timeout(within, stream.peek(&mut first)).await {
@@ -89,7 +90,7 @@ pub async fn accept(
     }
     if first[0] != 0x16 {
         if first[0].is_ascii_alphabetic() {
-            plain_http_refused(&mut stream, https).await;
+            plain_http_refused(&mut stream, admin).await;
         }
         return None;
     }
@@ -104,11 +105,21 @@ pub async fn accept(
 }
 
 /// Answers a plain HTTP request on the TLS port with a `400` and closes.
-async fn plain_http_refused(stream: &mut TcpStream, https: &str) {
+async fn plain_http_refused(stream: &mut TcpStream, admin: SocketAddr) {
     // Read what the client sent first (closing with unread bytes would reset the connection
     // and could lose the answer); a request is short.
     let mut request = [0u8; 8192];
-    let _ = tokio::time::timeout(Duration::from_secs(1), stream.read(&mut request)).await;
+    let read = tokio::time::timeout(Duration::from_secs(1), stream.read(&mut request))
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .unwrap_or(0);
+    let head = String::from_utf8_lossy(&request[..read]);
+    let host = head.lines().find_map(|line| {
+        let (name, value) = line.split_once(':')?;
+        name.eq_ignore_ascii_case("host").then_some(value)
+    });
+    let https = super::sides::url_with_host("https", admin, host);
     let body = serde_json::json!({
         "error": format!(
             "this port speaks TLS only: use {https} (https, not http)"
