@@ -1,6 +1,10 @@
-//! The command line, as the user types it (clap derive). Values are checked into the
-//! project's own types (`Mac`, `ModuleName`, `Version`) by the commands that use them.
+//! The command line, as the user types it (clap derive). Clap parses values straight into
+//! the project's checked types (`Mac`, `ModuleName`, `Version`, `GroupName`, `Pair`,
+//! `ListenAddr`, through their `FromStr`), so a bad one is a usage error before any command
+//! runs.
 
+use crate::manifest::Pair;
+use crate::names::{GroupName, ListenAddr, Mac, ModuleName, Version};
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
 
@@ -34,6 +38,11 @@ pub struct Cli {
     #[arg(long, global = true, env = "MPFLEET_REMOTE", value_name = "URL")]
     pub remote: Option<String>,
 
+    /// With an https:// --remote: trust this CA certificate (PEM), or the server's own
+    /// self-signed certificate, instead of the public CAs.
+    #[arg(long, global = true, env = "MPFLEET_CA", value_name = "PEM")]
+    pub ca_cert: Option<PathBuf>,
+
     #[command(subcommand)]
     pub command: Command,
 }
@@ -62,7 +71,9 @@ pub enum Command {
     /// On the same port, the admin API (`/admin/api/v1/`, what `--remote` uses) and
     /// `/metrics` (Prometheus) answer only requests carrying the admin token, which `serve`
     /// creates on its first start (`mpfleet token show`); see docs/admin-api.md. Boards'
-    /// paths need no token.
+    /// paths need no token. With --admin-listen, --tls-cert and --tls-key, the admin side is
+    /// served over TLS on a port of its own instead (its address on the second line of
+    /// output), and the boards' port refuses it; boards keep plain HTTP.
     /// With --mqtt, it also publishes, retained, `{"generation": N}` on `mpfleet/{mac}/update`
     /// whenever a device's generation changes (boards running the optional `mpfleet_push`
     /// module update at once instead of at their next poll), and each report's JSON on
@@ -72,15 +83,43 @@ pub enum Command {
     /// Example: mpfleet serve --listen 127.0.0.1:0
     ///
     /// Example: MPFLEET_MQTT=mqtt://mpfleet:PASSWORD@192.168.1.20:1883 mpfleet serve
+    ///
+    /// Example: mpfleet serve --admin-listen 0.0.0.0:8443 --tls-cert cert.pem --tls-key key.pem
     Serve {
         /// Address and port to listen on (`127.0.0.1:0` picks a free port).
         #[arg(long, env = "MPFLEET_LISTEN", default_value = "0.0.0.0:8080")]
-        listen: String,
+        listen: ListenAddr,
         /// Push to this MQTT broker: mqtt://[user[:password]@]host[:port] (port 1883 if left
         /// out; plain MQTT 3.1.1, no TLS). Set MPFLEET_MQTT instead to keep the password out
         /// of the process list.
         #[arg(long, env = "MPFLEET_MQTT", hide_env_values = true, value_name = "URL")]
         mqtt: Option<String>,
+        /// Serve the admin side (the admin API, /admin/ and /metrics) over TLS on this address,
+        /// with --tls-cert and --tls-key: the --listen port then serves boards only, and
+        /// answers admin paths with 403 naming the https address. Boards keep plain HTTP.
+        #[arg(
+            long,
+            env = "MPFLEET_ADMIN_LISTEN",
+            value_name = "ADDR",
+            requires_all = ["tls_cert", "tls_key"]
+        )]
+        admin_listen: Option<ListenAddr>,
+        /// The admin side's TLS certificate (PEM; its chain after it, if any).
+        #[arg(
+            long,
+            env = "MPFLEET_TLS_CERT",
+            value_name = "PEM",
+            requires = "admin_listen"
+        )]
+        tls_cert: Option<PathBuf>,
+        /// The private key of --tls-cert (PEM: PKCS#8, PKCS#1 or SEC1).
+        #[arg(
+            long,
+            env = "MPFLEET_TLS_KEY",
+            value_name = "PEM",
+            requires = "admin_listen"
+        )]
+        tls_key: Option<PathBuf>,
     },
     /// Publish, list and inspect module versions.
     #[command(subcommand)]
@@ -177,10 +216,10 @@ pub enum ModuleCommand {
         files: Vec<PathBuf>,
         /// Module name (a Python identifier); only with a single file.
         #[arg(long)]
-        name: Option<String>,
+        name: Option<ModuleName>,
         /// Version to publish as (1 to 32 of A-Z a-z 0-9 . _ -).
         #[arg(long)]
-        version: Option<String>,
+        version: Option<Version>,
         /// Keep `latest` where it is.
         #[arg(long)]
         no_latest: bool,
@@ -191,14 +230,14 @@ pub enum ModuleCommand {
     ///
     /// Example: mpfleet module show sensorclass
     Show {
-        name: String,
+        name: ModuleName,
         #[command(flatten)]
         list: ListArgs,
     },
     /// Point a module's `latest` at one of its versions (every device tracking latest follows).
     ///
     /// Example: mpfleet module latest sensorclass 2
-    Latest { name: String, version: String },
+    Latest { name: ModuleName, version: Version },
 }
 
 #[derive(Debug, Subcommand)]
@@ -218,15 +257,15 @@ pub enum DeviceCommand {
     /// Example: mpfleet device set DE:AD:BE:EF:12:34 --group greenhouse sensorclass=2
     Set {
         /// The device's Wi-Fi MAC, in any common form (deadbeef1234, DE:AD:BE:EF:12:34, ...).
-        mac: String,
+        mac: Mac,
         /// The application module the board runs at boot (with --group: instead of the group's).
         #[arg(long, required_unless_present = "group")]
-        app: Option<String>,
+        app: Option<ModuleName>,
         /// The group the device belongs to (`mpfleet group create` makes one).
         #[arg(long)]
-        group: Option<String>,
+        group: Option<GroupName>,
         /// MODULE=VERSION pairs (VERSION may be `latest`).
-        modules: Vec<String>,
+        modules: Vec<Pair>,
     },
     /// Set many devices at once from FILE (`-` for stdin): all of them, or none.
     ///
@@ -260,12 +299,12 @@ pub enum DeviceCommand {
     },
     /// Show a device: desired and resolved manifest, last report, last seen, recent reports.
     Show {
-        mac: String,
+        mac: Mac,
         #[command(flatten)]
         list: ListArgs,
     },
     /// Forget a device and its reports.
-    Rm { mac: String },
+    Rm { mac: Mac },
     /// Print the bootstrap for one board: bootstrap.py with the server, this device's key and
     /// the store's identity filled in. Run it on the board once, over the cable.
     ///
@@ -274,7 +313,7 @@ pub enum DeviceCommand {
     ///
     /// Example: mpfleet device bootstrap DE:AD:BE:EF:12:34 --server http://192.168.1.10:8080/ > bootstrap.py && mpremote run bootstrap.py
     Bootstrap {
-        mac: String,
+        mac: Mac,
         /// The URL boards reach the server at (what `serve` listens on, as the board sees it,
         /// or where an export is served).
         #[arg(
@@ -294,7 +333,7 @@ pub enum DeviceCommand {
     /// After --rotate the board refuses every manifest (and the server its reports) until it
     /// runs its new bootstrap (`mpfleet device bootstrap MAC`) over the cable.
     Key {
-        mac: String,
+        mac: Mac,
         /// Replace the key with a new random one.
         #[arg(long)]
         rotate: bool,
@@ -311,12 +350,12 @@ pub enum GroupCommand {
     /// Example: mpfleet group create greenhouse --app smartcharger sensorclass=2
     Create {
         /// The group's name (1 to 64 of A-Z a-z 0-9 . _ -, not only digits).
-        name: String,
+        name: GroupName,
         /// The application module the group's boards run at boot.
         #[arg(long)]
-        app: String,
+        app: ModuleName,
         /// MODULE=VERSION pairs (VERSION may be `latest`).
-        modules: Vec<String>,
+        modules: Vec<Pair>,
     },
     /// Replace a group's MODULE=VERSION pairs (and its app, with --app).
     ///
@@ -325,23 +364,23 @@ pub enum GroupCommand {
     ///
     /// Example: mpfleet group set greenhouse sensorclass=3
     Set {
-        name: String,
+        name: GroupName,
         /// A new application module (default: keep the group's).
         #[arg(long)]
-        app: Option<String>,
+        app: Option<ModuleName>,
         /// MODULE=VERSION pairs (VERSION may be `latest`); they replace the group's.
-        modules: Vec<String>,
+        modules: Vec<Pair>,
     },
     /// Show a group: its pins, the desired manifest they make, and its devices.
     Show {
-        name: String,
+        name: GroupName,
         #[command(flatten)]
         list: ListArgs,
     },
     /// List groups with their app, pins and number of devices.
     List(ListArgs),
     /// Delete a group that has no devices.
-    Delete { name: String },
+    Delete { name: GroupName },
 }
 
 #[derive(Debug, Subcommand)]
@@ -360,10 +399,10 @@ pub enum RolloutCommand {
     /// Example: mpfleet rollout start greenhouse --to sensorclass=3 --steps 10%,50%,100% --max-failures 1
     Start {
         /// The group to move.
-        group: String,
+        group: GroupName,
         /// MODULE=VERSION: a published version (not `latest`). Repeat for several modules.
         #[arg(long = "to", required = true, value_name = "MODULE=VERSION")]
-        to: Vec<String>,
+        to: Vec<Pair>,
         /// Shares of the group, growing, the last 100%.
         #[arg(long, default_value = crate::ops::rollout::DEFAULT_STEPS)]
         steps: String,
@@ -414,10 +453,10 @@ pub struct ProvisionArgs {
     /// The application module the board runs (needed when the board is not a device yet;
     /// given for one that is, it replaces what that device runs, as `device set` does).
     #[arg(long)]
-    pub app: Option<String>,
+    pub app: Option<ModuleName>,
     /// MODULE=VERSION pairs, as in `device set` (VERSION may be `latest`); with --app.
     #[arg(requires = "app")]
-    pub modules: Vec<String>,
+    pub modules: Vec<Pair>,
     /// A JSON object of this board's own secrets (Wi-Fi password, tokens...), written to its
     /// /secrets.json, as `device bootstrap --secrets`.
     #[arg(long, value_name = "FILE")]

@@ -8,8 +8,11 @@
 
 use crate::names::{Mac, ModuleName, Version};
 use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 use std::collections::BTreeMap;
+use std::fmt;
+use std::str::FromStr;
 
 /// The runtime modules every device gets, at `latest` unless its manifest names a version.
 pub const RUNTIME_MODULES: [&str; 5] = ["config", "updater", "reporter", "updater_io", "installer"];
@@ -35,6 +38,91 @@ impl Want {
             Self::Exact(v) => v.as_str(),
         }
     }
+}
+
+impl FromStr for Want {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Self::parse(s)
+    }
+}
+
+/// `MODULE=VERSION` as the command line takes it (VERSION may be `latest`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pair {
+    pub module: ModuleName,
+    pub want: Want,
+}
+
+impl Pair {
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let (m, v) = s
+            .split_once('=')
+            .ok_or_else(|| format!("{s:?} is not MODULE=VERSION (VERSION may be `latest`)"))?;
+        Ok(Self {
+            module: ModuleName::parse(m)?,
+            want: Want::parse(v)?,
+        })
+    }
+
+    /// The pairs as the `(module, want)` tuples manifests are built from.
+    pub fn tuples(pairs: &[Pair]) -> Vec<(ModuleName, Want)> {
+        pairs
+            .iter()
+            .map(|p| (p.module.clone(), p.want.clone()))
+            .collect()
+    }
+}
+
+impl FromStr for Pair {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Self::parse(s)
+    }
+}
+
+impl fmt::Display for Pair {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}={}", self.module, self.want.as_str())
+    }
+}
+
+/// The pins of a seed-format object (`{"name": APP, MODULE: VERSION, ...}`): the app, if
+/// named, and the pairs in their order.
+fn seed_pins(map: &Map<String, Value>) -> Result<Pins> {
+    let app = match map.get("name") {
+        None => None,
+        Some(v) => Some(
+            ModuleName::parse(v.as_str().context("\"name\" is not a string")?)
+                .map_err(anyhow::Error::msg)?,
+        ),
+    };
+    let mut pairs = Vec::new();
+    for (k, v) in map.iter().filter(|(k, _)| *k != "name") {
+        let name = ModuleName::parse(k).map_err(anyhow::Error::msg)?;
+        let v = v
+            .as_str()
+            .with_context(|| format!("version of {k} is not a string"))?;
+        pairs.push((name, Want::parse(v).map_err(anyhow::Error::msg)?));
+    }
+    Pins::new(app, pairs)
+}
+
+/// Serialises `app` and `modules` as a seed-format object.
+fn serialize_seed<S: serde::Serializer>(
+    app: Option<&ModuleName>,
+    modules: &[(ModuleName, Want)],
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    use serde::ser::SerializeMap;
+    let mut map = s.serialize_map(Some(modules.len() + usize::from(app.is_some())))?;
+    if let Some(app) = app {
+        map.serialize_entry("name", app.as_str())?;
+    }
+    for (name, want) in modules {
+        map.serialize_entry(name.as_str(), want.as_str())?;
+    }
+    map.end()
 }
 
 /// What a device should run, in the order the user gave it.
@@ -72,23 +160,33 @@ impl Desired {
 
     pub fn from_seed_json(text: &str) -> Result<Self> {
         let value: Value = serde_json::from_str(text).context("desired manifest is not JSON")?;
+        Self::from_seed(&value)
+    }
+
+    /// From the seed's format, already parsed.
+    pub fn from_seed(value: &Value) -> Result<Self> {
         let map = value
             .as_object()
             .context("desired manifest is not a JSON object")?;
-        let app = map
-            .get("name")
-            .and_then(Value::as_str)
-            .context("desired manifest has no \"name\"")?;
-        let app = ModuleName::parse(app).map_err(anyhow::Error::msg)?;
-        let mut pairs = Vec::new();
-        for (k, v) in map.iter().filter(|(k, _)| *k != "name") {
-            let name = ModuleName::parse(k).map_err(anyhow::Error::msg)?;
-            let v = v
-                .as_str()
-                .with_context(|| format!("version of {k} is not a string"))?;
-            pairs.push((name, Want::parse(v).map_err(anyhow::Error::msg)?));
-        }
-        Self::new(app, pairs)
+        let pins = seed_pins(map)?;
+        Self::new(
+            pins.app.context("desired manifest has no \"name\"")?,
+            pins.modules,
+        )
+    }
+}
+
+/// In the seed's format, as [`Desired::to_seed_json`] writes it.
+impl serde::Serialize for Desired {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        serialize_seed(Some(&self.app), &self.modules, s)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Desired {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let value = Value::deserialize(d)?;
+        Self::from_seed(&value).map_err(|e| serde::de::Error::custom(format!("{e:#}")))
     }
 }
 
@@ -162,23 +260,13 @@ impl Pins {
 
     pub fn from_json(text: &str) -> Result<Self> {
         let value: Value = serde_json::from_str(text).context("pins are not JSON")?;
+        Self::from_value(&value)
+    }
+
+    /// From [`Self::to_json`]'s format, already parsed.
+    pub fn from_value(value: &Value) -> Result<Self> {
         let map = value.as_object().context("pins are not a JSON object")?;
-        let app = match map.get("name") {
-            None => None,
-            Some(v) => Some(
-                ModuleName::parse(v.as_str().context("\"name\" is not a string")?)
-                    .map_err(anyhow::Error::msg)?,
-            ),
-        };
-        let mut pairs = Vec::new();
-        for (k, v) in map.iter().filter(|(k, _)| *k != "name") {
-            let name = ModuleName::parse(k).map_err(anyhow::Error::msg)?;
-            let v = v
-                .as_str()
-                .with_context(|| format!("version of {k} is not a string"))?;
-            pairs.push((name, Want::parse(v).map_err(anyhow::Error::msg)?));
-        }
-        Self::new(app, pairs)
+        seed_pins(map)
     }
 
     /// `MODULE=VERSION ...`, with `app APP` first when there is one ("-" for none at all).
@@ -197,6 +285,20 @@ impl Pins {
         } else {
             parts.join(" ")
         }
+    }
+}
+
+/// In [`Pins::to_json`]'s format.
+impl serde::Serialize for Pins {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        serialize_seed(self.app.as_ref(), &self.modules, s)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Pins {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let value = Value::deserialize(d)?;
+        Self::from_value(&value).map_err(|e| serde::de::Error::custom(format!("{e:#}")))
     }
 }
 
@@ -370,6 +472,72 @@ impl Resolved {
     }
 }
 
+/// A device's resolved manifest as data: the JSON of [`Resolved::to_json`] (serde writes the
+/// same object), for `device show` and the admin API.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Manifest {
+    pub device: Mac,
+    pub store: String,
+    pub app: ModuleName,
+    pub generation: i64,
+    pub modules: BTreeMap<ModuleName, FileEntry>,
+    pub boot: BTreeMap<ModuleName, FileEntry>,
+}
+
+/// One file of a [`Manifest`]: its version, size, SHA-256, URL, and precompiled variant.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileEntry {
+    pub version: Version,
+    pub size: u64,
+    pub sha256: String,
+    pub url: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mpy: Option<MpyEntry>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MpyEntry {
+    pub version: u8,
+    pub size: u64,
+    pub sha256: String,
+    pub url: String,
+}
+
+impl Resolved {
+    /// What [`Self::to_json`] says, as data.
+    pub fn manifest(&self, mac: &Mac, store: &str, generation: i64) -> Manifest {
+        let entry = |name: &ModuleName, m: &ResolvedModule, mpy: bool| FileEntry {
+            version: m.version.clone(),
+            size: m.info.size,
+            sha256: m.info.sha256.clone(),
+            url: version_path(name, &m.version),
+            mpy: m.info.mpy.as_ref().filter(|_| mpy).map(|x| MpyEntry {
+                version: x.version,
+                size: x.size,
+                sha256: x.sha256.clone(),
+                url: mpy_path(name, &m.version),
+            }),
+        };
+        Manifest {
+            device: mac.clone(),
+            store: store.to_owned(),
+            app: self.app.clone(),
+            generation,
+            modules: self
+                .modules
+                .iter()
+                .map(|(n, m)| (n.clone(), entry(n, m, true)))
+                .collect(),
+            // /main.py runs as source, whatever the port (as in `tail`).
+            boot: self
+                .boot
+                .iter()
+                .map(|(n, m)| (n.clone(), entry(n, m, n.as_str() != "main")))
+                .collect(),
+        }
+    }
+}
+
 /// The first line of a device's manifest, up to and including `"modules":{`: the device, the
 /// store, the app and the generation ([`Resolved::to_json`] is this, then the tail).
 pub fn head(mac: &Mac, store: &str, app: &ModuleName, generation: i64) -> String {
@@ -485,6 +653,76 @@ mod tests {
         );
         assert_eq!(Pins::from_json(&own.to_json()).unwrap(), own);
         assert!(Pins::default().desired().is_err());
+    }
+
+    #[test]
+    fn serde_writes_the_seed_format_and_reads_it_back() {
+        let d = Desired::new(
+            m("app"),
+            vec![(m("sensorclass"), Want::parse("2").unwrap())],
+        )
+        .unwrap();
+        assert_eq!(serde_json::to_string(&d).unwrap(), d.to_seed_json());
+        assert_eq!(
+            serde_json::from_str::<Desired>(&d.to_seed_json()).unwrap(),
+            d
+        );
+        let own = Pins::new(None, vec![(m("mqtt"), Want::Latest)]).unwrap();
+        assert_eq!(serde_json::to_string(&own).unwrap(), own.to_json());
+        assert_eq!(serde_json::from_str::<Pins>(&own.to_json()).unwrap(), own);
+        assert!(serde_json::from_str::<Pins>(r#"{"../x": "1"}"#).is_err());
+        assert_eq!("a=latest".parse::<Pair>().unwrap().to_string(), "a=latest");
+        for bad in ["a", "../x=1", "a=../1", "=1"] {
+            assert!(bad.parse::<Pair>().is_err(), "{bad}");
+        }
+    }
+
+    /// The typed manifest is the JSON a board reads, object for object.
+    #[test]
+    fn manifest_data_is_what_to_json_says() {
+        let info = |sha: &str, mpy: bool| VersionInfo {
+            sha256: sha.repeat(64),
+            size: 12,
+            mpy: mpy.then(|| MpyInfo {
+                sha256: "c".repeat(64),
+                size: 7,
+                version: 6,
+            }),
+        };
+        let v = |s: &str| Version::parse(s).unwrap();
+        let mut catalog = Catalog::default();
+        for (name, mpy) in [
+            ("app", true),
+            ("config", false),
+            ("updater", true),
+            ("reporter", true),
+            ("updater_io", true),
+            ("installer", true),
+            ("main", true),
+            ("mpfleet", true),
+        ] {
+            catalog.modules.insert(
+                m(name),
+                ModuleInfo {
+                    latest: v("2"),
+                    versions: [(v("1"), info("a", mpy)), (v("2"), info("b", mpy))].into(),
+                },
+            );
+        }
+        let d = Desired::new(m("app"), vec![(m("app"), Want::parse("1").unwrap())]).unwrap();
+        let resolved = catalog.resolve(&d).unwrap();
+        let mac = Mac::parse("deadbeef1234").unwrap();
+        let text = resolved.to_json(&mac, "store1", 3);
+        let data = resolved.manifest(&mac, "store1", 3);
+        let parsed: Value = serde_json::from_str(&text).unwrap();
+        // Compared as text: the same keys in the same order, so `--json` prints the same.
+        assert_eq!(
+            serde_json::to_string(&data).unwrap(),
+            serde_json::to_string(&parsed).unwrap()
+        );
+        assert_eq!(serde_json::from_value::<Manifest>(parsed).unwrap(), data);
+        assert!(data.boot[&m("main")].mpy.is_none());
+        assert!(data.boot[&m("mpfleet")].mpy.is_some());
     }
 
     #[test]

@@ -1,9 +1,42 @@
 //! Checked names: module names, versions, group names and MAC addresses.
 //!
 //! Everything a user or a board sends that ends up in a path or a key passes through here
-//! first, so a name like `../../x` is refused before it can touch the filesystem.
+//! first, so a name like `../../x` is refused before it can touch the filesystem. Each type
+//! is `FromStr` (clap parses the command line straight into it, so a bad name is a usage
+//! error) and serde as its string (checked again when read).
 
 use std::fmt;
+use std::str::FromStr;
+
+/// `FromStr`, and serde as a checked string, for a name type with `parse` and `as_str`.
+macro_rules! checked_string {
+    ($t:ident) => {
+        impl FromStr for $t {
+            type Err = String;
+            fn from_str(s: &str) -> Result<Self, String> {
+                Self::parse(s)
+            }
+        }
+
+        impl serde::Serialize for $t {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.serialize_str(self.as_str())
+            }
+        }
+
+        impl<'de> serde::Deserialize<'de> for $t {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+                Self::parse(&s).map_err(serde::de::Error::custom)
+            }
+        }
+    };
+}
+
+checked_string!(ModuleName);
+checked_string!(Version);
+checked_string!(GroupName);
+checked_string!(Mac);
 
 /// A module's import name: a Python identifier (ASCII), at most 64 characters.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -156,9 +189,86 @@ impl fmt::Display for Mac {
     }
 }
 
+/// Where `serve` listens: `HOST:PORT`, HOST an IP address (`[::1]` for IPv6) or a name
+/// looked up when binding (`localhost:8080`); port 0 picks a free one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListenAddr(String);
+
+impl ListenAddr {
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let bad = |why: &str| {
+            format!(
+                "invalid listen address {s:?}: {why}; expected HOST:PORT such as 0.0.0.0:8080, \
+                 127.0.0.1:0 or [::]:8080"
+            )
+        };
+        if s.parse::<std::net::SocketAddr>().is_ok() {
+            return Ok(Self(s.to_owned()));
+        }
+        let (host, port) = s.rsplit_once(':').ok_or_else(|| bad("no port"))?;
+        port.parse::<u16>()
+            .map_err(|_| bad(&format!("port {port:?} is not a number from 0 to 65535")))?;
+        let name_ok = !host.is_empty()
+            && host.len() <= 253
+            && host
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))
+            && !host.starts_with(['-', '.']);
+        if !name_ok {
+            return Err(bad(&format!(
+                "{host:?} is neither an IP address nor a host name"
+            )));
+        }
+        Ok(Self(s.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl FromStr for ListenAddr {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Self::parse(s)
+    }
+}
+
+impl fmt::Display for ListenAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn listen_addresses() {
+        for ok in [
+            "0.0.0.0:8080",
+            "127.0.0.1:0",
+            "[::]:8080",
+            "[::1]:1",
+            "localhost:8080",
+        ] {
+            assert_eq!(ListenAddr::parse(ok).unwrap().as_str(), ok);
+        }
+        for bad in [
+            "",
+            "8080",
+            "127.0.0.1",
+            "127.0.0.1:99999",
+            "127.0.0.1:x",
+            ":8080",
+            "::1:8080",
+            "a/b:80",
+            "-x:80",
+        ] {
+            assert!(ListenAddr::parse(bad).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn module_names() {

@@ -158,3 +158,76 @@ fn generation_grows_exactly_when_resolved_content_changes() {
     f.ok(&["module", "latest", "sensorclass", "1"]);
     assert!(g(&f) > g2);
 }
+
+/// A bad MAC, module name, version or MODULE=VERSION pair is a usage error from the command
+/// line parser (exit 2, clap's style, naming the argument), before any store is opened.
+#[test]
+fn bad_values_are_usage_errors() {
+    let f = Fleet::new();
+    for (args, argument, message) in [
+        (
+            vec!["device", "show", "nothex"],
+            "'<MAC>'",
+            "invalid MAC address \"nothex\"",
+        ),
+        (
+            vec!["device", "rm", "de:ad:be:ef:12"],
+            "'<MAC>'",
+            "invalid MAC address",
+        ),
+        (
+            vec!["device", "set", "deadbeef1234", "--app", "../../x"],
+            "'--app <APP>'",
+            "invalid module name \"../../x\"",
+        ),
+        (
+            vec!["device", "set", "deadbeef1234", "--app", "a", "../../x=1"],
+            "MODULES",
+            "invalid module name \"../../x\"",
+        ),
+        (
+            vec![
+                "device",
+                "set",
+                "deadbeef1234",
+                "--app",
+                "a",
+                "sensorclass=../1",
+            ],
+            "MODULES",
+            "invalid version \"../1\"",
+        ),
+        (
+            vec!["device", "set", "deadbeef1234", "--group", "../g"],
+            "'--group <GROUP>'",
+            "invalid group name",
+        ),
+        (
+            vec!["module", "show", "../../x"],
+            "'<NAME>'",
+            "invalid module name \"../../x\"",
+        ),
+        (
+            vec!["module", "latest", "sensorclass", "../1"],
+            "'<VERSION>'",
+            "invalid version \"../1\"",
+        ),
+        (
+            vec!["rollout", "start", "g", "--to", "sensorclass"],
+            "'--to <MODULE=VERSION>'",
+            "is not MODULE=VERSION",
+        ),
+    ] {
+        let r = f.run(&args);
+        assert_eq!(r.code, 2, "{args:?}: {}", r.stderr);
+        let first = r.stderr.lines().next().unwrap_or("");
+        assert!(
+            first.starts_with("error: invalid value") && first.contains(argument),
+            "{args:?}: {}",
+            r.stderr
+        );
+        assert!(first.contains(message), "{args:?}: {}", r.stderr);
+        assert!(!r.stderr.contains("panicked"), "{}", r.stderr);
+    }
+    assert!(!f.data().exists(), "a refused command created the store");
+}

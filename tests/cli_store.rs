@@ -403,3 +403,35 @@ fn blob_temporary_files_of_killed_publishes_are_removed_by_the_next_write() {
     assert!(live.exists(), "a live publish's file was removed");
     assert!(other.exists(), "a file that names no process was removed");
 }
+
+/// A listen address that is not HOST:PORT is a usage error (exit 2), from the flag or from
+/// MPFLEET_LISTEN, before serve opens the store; a host name is still accepted.
+#[test]
+fn bad_listen_addresses_are_usage_errors() {
+    let f = Fleet::new();
+    for bad in [
+        "nonsense",
+        "127.0.0.1",
+        "127.0.0.1:99999",
+        ":8080",
+        "::1:8080",
+    ] {
+        for r in [
+            f.run(&["serve", "--listen", bad]),
+            f.run_env(&["serve"], &[("MPFLEET_LISTEN", bad)]),
+        ] {
+            assert_eq!(r.code, 2, "{bad}: {}", r.stderr);
+            assert!(
+                r.stderr.starts_with("error: invalid value")
+                    && r.stderr.contains("invalid listen address")
+                    && r.stderr.contains("HOST:PORT"),
+                "{bad}: {}",
+                r.stderr
+            );
+        }
+    }
+    assert!(!f.data().exists(), "a refused serve created the store");
+    // A name is looked up when binding, as before.
+    let s = crate::harness::Server::start_at(&f.data(), "localhost:0", &[]);
+    assert!(s.base.starts_with("http://"), "{}", s.base);
+}

@@ -4,6 +4,7 @@
 mod harness;
 
 mod admin_api;
+mod admin_tls;
 mod bad_code;
 mod board;
 mod cli_bulk;

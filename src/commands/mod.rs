@@ -24,12 +24,16 @@ use crate::out::outln;
 use anyhow::{bail, Result};
 
 /// The backend `module`, `device`, `group` and `rollout` commands run on.
-fn backend(data: &std::path::Path, remote: &Option<String>) -> Result<Backend> {
+fn backend(
+    data: &std::path::Path,
+    remote: &Option<String>,
+    ca_cert: Option<&std::path::Path>,
+) -> Result<Backend> {
     Ok(match remote {
         None => Backend::Local(data.to_owned()),
         Some(url) => {
             let token = std::env::var("MPFLEET_TOKEN").unwrap_or_default();
-            Backend::Remote(crate::ops::Remote::new(url, &token)?)
+            Backend::Remote(crate::ops::Remote::new(url, &token, ca_cert)?)
         }
     })
 }
@@ -42,19 +46,33 @@ pub fn run(cli: Cli) -> Result<()> {
         }
         Ok(())
     };
+    let backend = || backend(&cli.data, &cli.remote, cli.ca_cert.as_deref());
     match cli.command {
-        Command::Serve { listen, mqtt } => {
+        Command::Serve {
+            listen,
+            mqtt,
+            admin_listen,
+            tls_cert,
+            tls_key,
+        } => {
             local_only("serve")?;
-            crate::http::serve(cli.data, listen, mqtt)
+            let admin = match (admin_listen, tls_cert, tls_key) {
+                (Some(listen), Some(cert), Some(key)) => {
+                    Some(crate::http::AdminListen { listen, cert, key })
+                }
+                // clap requires all three together.
+                _ => None,
+            };
+            crate::http::serve(cli.data, listen, mqtt, admin)
         }
-        Command::Module(c) => module::run(&backend(&cli.data, &cli.remote)?, c),
-        Command::Device(c) => device::run(&backend(&cli.data, &cli.remote)?, c),
+        Command::Module(c) => module::run(&backend()?, c),
+        Command::Device(c) => device::run(&backend()?, c),
         Command::Token(c) => {
             local_only("token")?;
             token::run(&cli.data, c)
         }
-        Command::Group(c) => group::run(&backend(&cli.data, &cli.remote)?, c),
-        Command::Rollout(c) => rollout::run(&backend(&cli.data, &cli.remote)?, c),
+        Command::Group(c) => group::run(&backend()?, c),
+        Command::Rollout(c) => rollout::run(&backend()?, c),
         Command::Export { dir } => {
             local_only("export")?;
             let mut store = crate::store::Store::open_read_only(&cli.data)?;

@@ -29,7 +29,7 @@ pub fn run(data: &Path, a: ProvisionArgs) -> Result<()> {
     let secrets = a.secrets.as_deref().map(read_secrets).transpose()?;
     let wanted = a
         .app
-        .as_deref()
+        .as_ref()
         .map(|app| desired(app, &a.modules))
         .transpose()?;
     if !(a.timeout.is_finite() && a.timeout > 0.0) {

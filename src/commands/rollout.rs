@@ -6,7 +6,7 @@
 use super::{ago, print_json, table};
 use crate::cli::RolloutCommand;
 use crate::duration;
-use crate::ops::group::{group_name, modules};
+use crate::ops::group::modules;
 use crate::ops::rollout::{self as op, RolloutDetail};
 use crate::ops::Backend;
 use crate::out::outln;
@@ -74,83 +74,99 @@ pub fn run(backend: &Backend, command: RolloutCommand) -> Result<()> {
             max_failures,
             healthy_after,
             deadline,
-        } => {
-            let group = group_name(&group)?.to_string();
-            let start = op::Start {
-                group,
+        } => start(
+            backend,
+            op::Start {
+                group: group.to_string(),
                 to: modules(&to)?,
                 steps,
                 max_failures,
                 healthy_after,
                 deadline,
-            };
-            // What needs no store is refused here, as on the server.
-            start.spec()?;
-            let done = backend.call(start)?;
-            let r = &done.rollout;
-            outln!(
-                "rollout {} of group {} to {}: {}",
-                r.id,
-                r.group,
-                r.to_pins()?.describe(),
-                if r.state == "done" {
-                    "done (nothing to wait for)".to_owned()
-                } else {
-                    format!("step {}", r.step_text())
-                }
-            )?;
-            for line in done.said {
-                outln!("  {line}")?;
-            }
-            Ok(())
-        }
-        RolloutCommand::List(list) => {
-            let rollouts = backend.call(op::List {})?;
-            if list.json {
-                return print_json(&serde_json::to_value(&rollouts)?);
-            }
-            let rows = rollouts
-                .iter()
-                .map(|r| {
-                    Ok(vec![
-                        r.id.to_string(),
-                        r.group.clone(),
-                        r.to_pins()?.describe(),
-                        r.state.clone(),
-                        r.step_text(),
-                        ago(Some(r.updated_at)),
-                        r.reason.clone().unwrap_or_default(),
-                    ])
-                })
-                .collect::<Result<Vec<_>>>()?;
-            table(
-                &["ID", "GROUP", "TO", "STATE", "STEP", "CHANGED", "REASON"],
-                &rows,
-            )
-        }
+            },
+        ),
+        RolloutCommand::List(list) => list_rollouts(backend, list.json),
         RolloutCommand::Show { rollout, list } => {
             print_detail(&backend.call(op::Show { rollout })?, list.json)
         }
-        RolloutCommand::Pause { rollout } => {
-            let r = backend.call(op::Pause { rollout })?;
-            outln!("rollout {} paused at step {}", r.id, r.step_text())
-        }
-        RolloutCommand::Resume { rollout } => {
-            let done = backend.call(op::Resume { rollout })?;
-            let r = &done.rollout;
-            outln!("rollout {} {} at step {}", r.id, r.state, r.step_text())?;
-            for line in done.said {
-                outln!("  {line}")?;
-            }
-            Ok(())
-        }
-        RolloutCommand::Abort { rollout } => {
-            let r = backend.call(op::Abort { rollout })?;
-            outln!(
-                "rollout {} aborted: its boards go back to group {}'s versions",
-                r.id,
-                r.group
-            )
-        }
+        RolloutCommand::Pause { rollout } => pause(backend, rollout),
+        RolloutCommand::Resume { rollout } => resume(backend, rollout),
+        RolloutCommand::Abort { rollout } => abort(backend, rollout),
     }
+}
+
+/// `rollout start GROUP --to MODULE=VERSION... [--steps ...] ...`
+fn start(backend: &Backend, start: op::Start) -> Result<()> {
+    // What needs no store is refused here, as on the server.
+    start.spec()?;
+    let done = backend.call(start)?;
+    let r = &done.rollout;
+    outln!(
+        "rollout {} of group {} to {}: {}",
+        r.id,
+        r.group,
+        r.to_pins()?.describe(),
+        if r.state == "done" {
+            "done (nothing to wait for)".to_owned()
+        } else {
+            format!("step {}", r.step_text())
+        }
+    )?;
+    for line in done.said {
+        outln!("  {line}")?;
+    }
+    Ok(())
+}
+
+/// `rollout list`
+fn list_rollouts(backend: &Backend, json: bool) -> Result<()> {
+    let rollouts = backend.call(op::List {})?;
+    if json {
+        return print_json(&serde_json::to_value(&rollouts)?);
+    }
+    let rows = rollouts
+        .iter()
+        .map(|r| {
+            Ok(vec![
+                r.id.to_string(),
+                r.group.clone(),
+                r.to_pins()?.describe(),
+                r.state.clone(),
+                r.step_text(),
+                ago(Some(r.updated_at)),
+                r.reason.clone().unwrap_or_default(),
+            ])
+        })
+        .collect::<Result<Vec<_>>>()?;
+    table(
+        &["ID", "GROUP", "TO", "STATE", "STEP", "CHANGED", "REASON"],
+        &rows,
+    )
+}
+
+/// `rollout pause ROLLOUT`
+fn pause(backend: &Backend, rollout: String) -> Result<()> {
+    let r = backend.call(op::Pause { rollout })?;
+    outln!("rollout {} paused at step {}", r.id, r.step_text())
+}
+
+/// `rollout resume ROLLOUT`
+fn resume(backend: &Backend, rollout: String) -> Result<()> {
+    let done = backend.call(op::Resume { rollout })?;
+    let r = &done.rollout;
+    outln!("rollout {} {} at step {}", r.id, r.state, r.step_text())?;
+    for line in done.said {
+        outln!("  {line}")?;
+    }
+    Ok(())
+}
+
+/// `rollout abort ROLLOUT`
+fn abort(backend: &Backend, rollout: String) -> Result<()> {
+    let r = backend.call(op::Abort { rollout })?;
+    outln!(
+        "rollout {} aborted: its boards go back to group {}'s versions",
+        r.id,
+        r.group
+    )
 }

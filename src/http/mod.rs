@@ -15,8 +15,11 @@ mod error;
 mod limits;
 mod metrics;
 mod recorder;
+mod sides;
+mod tls;
 
 pub use device::{EVENTS, MAX_REPORT};
+pub use tls::{certificates, provider as tls_provider};
 
 use crate::out::outln;
 use crate::push::{Broker, Push};
@@ -33,6 +36,7 @@ use axum::routing::{get, post};
 use axum::Router;
 use limits::Limits;
 use recorder::Recorder;
+use sides::Side;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -65,7 +69,17 @@ impl App {
     }
 }
 
-pub fn router(app: App, body_timeout: Duration) -> Router {
+/// Where `serve` listens for the admin side when it has a listener of its own, over TLS
+/// (`--admin-listen`, `--tls-cert`, `--tls-key`).
+#[derive(Debug, Clone)]
+pub struct AdminListen {
+    pub listen: crate::names::ListenAddr,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// The router of a listener serving `side`.
+pub fn router(app: App, body_timeout: Duration, side: Side) -> Router {
     let router = Router::new()
         .route("/v1/{mac}/report", post(device::report))
         .nest("/admin", admin_side(&app))
@@ -91,6 +105,7 @@ pub fn router(app: App, body_timeout: Duration) -> Router {
     };
     router
         .layer(middleware::from_fn_with_state(app.metrics.clone(), timed))
+        .layer(middleware::from_fn_with_state(Arc::new(side), sides::gate))
         .with_state(app)
 }
 
@@ -144,7 +159,7 @@ async fn scrape(State(app): State<App>) -> Response {
 /// Every request's latency, into the `/metrics` histogram of its side.
 async fn timed(State(metrics): State<Arc<metrics::Metrics>>, req: Request, next: Next) -> Response {
     let path = req.uri().path();
-    let side = if path == "/metrics" || path == "/admin" || path.starts_with("/admin/") {
+    let side = if sides::is_admin_path(path) {
         metrics::Side::Admin
     } else {
         metrics::Side::Device
@@ -172,8 +187,19 @@ async fn access_log(req: Request, next: Next) -> Response {
 }
 
 /// Serves the store in `data` on `listen` until interrupted; with `mqtt`, also pushes
-/// generations and reports to that broker (`crate::push`).
-pub fn serve(data: PathBuf, listen: String, mqtt: Option<String>) -> Result<()> {
+/// generations and reports to that broker (`crate::push`); with `admin`, serves the admin
+/// side over TLS on a listener of its own, and not on `listen`.
+pub fn serve(
+    data: PathBuf,
+    listen: crate::names::ListenAddr,
+    mqtt: Option<String>,
+    admin: Option<AdminListen>,
+) -> Result<()> {
+    // Checked before anything is opened or created: a bad certificate or key is a clear error.
+    let acceptor = admin
+        .as_ref()
+        .map(|a| tls::acceptor(&a.cert, &a.key))
+        .transpose()?;
     let limits = Limits::from_env()?;
     let broker = mqtt.as_deref().map(Broker::parse).transpose()?;
     let mut store = Store::open(&data)?;
@@ -218,19 +244,67 @@ pub fn serve(data: PathBuf, listen: String, mqtt: Option<String>) -> Result<()> 
         .build()?;
     runtime.spawn(engine::run(engine_store, wake, tick));
     runtime.block_on(async move {
-        let listener = tokio::net::TcpListener::bind(&listen)
-            .await
-            .with_context(|| format!("cannot listen on {listen}"))?;
+        let listener = bind(listen.as_str(), "").await?;
         let addr: SocketAddr = listener.local_addr()?;
+        let admin = match (admin, acceptor) {
+            (Some(a), Some(acceptor)) => {
+                let l = bind(a.listen.as_str(), " (--admin-listen)").await?;
+                let admin_addr = l.local_addr()?;
+                Some((l, admin_addr, acceptor))
+            }
+            _ => None,
+        };
         let stop = shutdown();
         // The first line of output: tests and scripts read the bound address from it.
         outln!("mpfleet listening on http://{addr}/")?;
+        if let Some((_, admin_addr, _)) = &admin {
+            outln!(
+                "mpfleet admin side on https://{admin_addr}/ (TLS: the admin API, /admin/, /metrics)"
+            )?;
+        }
         crate::out::flush()?;
-        tracing::info!(
-            "admin API at http://{addr}/admin/api/v1/ with the token in {}",
-            token_path.display()
-        );
-        serve_http1(listener, router(app, limits.body_timeout), limits, stop).await;
+        // One signal stops every listener.
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            stop.await;
+            let _ = stop_tx.send(true);
+        });
+        let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+            let _ = rx.wait_for(|stop| *stop).await;
+        };
+        match admin {
+            None => {
+                tracing::info!(
+                    "admin API at http://{addr}/admin/api/v1/ with the token in {}",
+                    token_path.display()
+                );
+                let router = router(app, limits.body_timeout, Side::Both);
+                serve_http1(listener, router, limits, stopped(stop_rx), None).await;
+            }
+            Some((admin_listener, admin_addr, acceptor)) => {
+                tracing::info!(
+                    "admin API at https://{admin_addr}/admin/api/v1/ (TLS) with the token in {}; \
+                     the board port refuses the admin side",
+                    token_path.display()
+                );
+                let boards = router(
+                    app.clone(),
+                    limits.body_timeout,
+                    Side::Boards { admin: admin_addr },
+                );
+                let admin_side = router(app, limits.body_timeout, Side::Admin { boards: addr });
+                tokio::join!(
+                    serve_http1(listener, boards, limits, stopped(stop_rx.clone()), None),
+                    serve_http1(
+                        admin_listener,
+                        admin_side,
+                        limits,
+                        stopped(stop_rx),
+                        Some((acceptor, admin_addr)),
+                    ),
+                );
+            }
+        }
         Ok::<(), anyhow::Error>(())
     })?;
     // Every request is done or dropped (the runtime's end drops the connections still open
@@ -244,15 +318,25 @@ pub fn serve(data: PathBuf, listen: String, mqtt: Option<String>) -> Result<()> 
     Ok(())
 }
 
+/// A listener on `addr`; `what` tells which flag it came from in the error.
+async fn bind(addr: &str, what: &str) -> Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr}{what}"))
+}
+
 /// Accepts connections and serves each with hyper's HTTP/1 connection (boards speak only
 /// HTTP/1, most with a new connection per request, so the per-connection path is the hot
 /// one), at most `limits.max_connections` at once, each within the limits' timeouts, until a
 /// shutdown signal; then lets requests in progress finish for at most the shutdown grace.
+/// With `tls` (the acceptor, and the listener's address to name to plain-HTTP clients),
+/// each connection is a TLS handshake first, within the header timeout.
 async fn serve_http1(
     listener: tokio::net::TcpListener,
     router: Router,
     limits: Limits,
     stop: impl std::future::Future<Output = ()>,
+    tls: Option<(tokio_rustls::TlsAcceptor, SocketAddr)>,
 ) {
     use hyper_util::rt::{TokioIo, TokioTimer};
     use hyper_util::server::graceful::GracefulShutdown;
@@ -300,14 +384,34 @@ async fn serve_http1(
         };
         let _ = stream.set_nodelay(true);
         let service = TowerToHyperService::new(router.clone());
-        let conn = http.serve_connection(TokioIo::new(stream), service);
-        let conn = graceful.watch(conn);
         let deadline = limits.connection_deadline;
-        tokio::spawn(async move {
-            // Past its deadline the connection is dropped, whatever it is doing.
-            let _ = tokio::time::timeout(deadline, conn).await;
-            drop(slot);
-        });
+        match &tls {
+            None => {
+                let conn = http.serve_connection(TokioIo::new(stream), service);
+                let conn = graceful.watch(conn);
+                tokio::spawn(async move {
+                    // Past its deadline the connection is dropped, whatever it is doing.
+                    let _ = tokio::time::timeout(deadline, conn).await;
+                    drop(slot);
+                });
+            }
+            Some((acceptor, admin)) => {
+                let (acceptor, admin) = (acceptor.clone(), *admin);
+                let (http, watcher) = (http.clone(), graceful.watcher());
+                let handshake = limits.header_timeout;
+                tokio::spawn(async move {
+                    let _ = tokio::time::timeout(deadline, async move {
+                        if let Some(stream) = tls::accept(&acceptor, stream, handshake, admin).await
+                        {
+                            let conn = http.serve_connection(TokioIo::new(stream), service);
+                            let _ = watcher.watch(conn).await;
+                        }
+                    })
+                    .await;
+                    drop(slot);
+                });
+            }
+        }
     }
     drop(listener);
     let grace = limits.shutdown_grace;

@@ -2,7 +2,7 @@
 //! key fingerprint and rotation.
 
 use super::{NotFound, Operation, Verb};
-use crate::manifest::{Desired, Pins, Want};
+use crate::manifest::{Desired, Manifest, Pair, Pins, Want};
 use crate::names::{GroupName, Mac, ModuleName};
 use crate::store::{Assignment, Store};
 use anyhow::{Context, Result};
@@ -15,13 +15,8 @@ pub fn mac(s: &str) -> Result<Mac> {
 
 /// `MODULE=VERSION` as the CLI takes it.
 pub fn pair(s: &str) -> Result<(ModuleName, Want)> {
-    let (m, v) = s
-        .split_once('=')
-        .with_context(|| format!("{s:?} is not MODULE=VERSION (VERSION may be `latest`)"))?;
-    Ok((
-        ModuleName::parse(m).map_err(anyhow::Error::msg)?,
-        Want::parse(v).map_err(anyhow::Error::msg)?,
-    ))
+    let p = Pair::parse(s).map_err(anyhow::Error::msg)?;
+    Ok((p.module, p.want))
 }
 
 fn unknown(m: &Mac, hint: &str) -> anyhow::Error {
@@ -73,21 +68,25 @@ impl Set {
     /// The operation for `device set MAC [--app APP] [--group GROUP] MODULE=VERSION...`.
     pub fn new(
         m: &Mac,
-        app: Option<String>,
-        group: Option<String>,
-        modules: &[String],
-    ) -> Result<Self> {
-        let mut map = Map::new();
-        for s in modules {
-            let (name, want) = pair(s)?;
-            map.insert(name.to_string(), Value::String(want.as_str().to_owned()));
-        }
-        Ok(Self {
+        app: Option<&ModuleName>,
+        group: Option<&GroupName>,
+        modules: &[Pair],
+    ) -> Self {
+        let map = modules
+            .iter()
+            .map(|p| {
+                (
+                    p.module.to_string(),
+                    Value::String(p.want.as_str().to_owned()),
+                )
+            })
+            .collect();
+        Self {
             mac: m.to_string(),
-            app,
-            group,
+            app: app.map(ModuleName::to_string),
+            group: group.map(GroupName::to_string),
             modules: map,
-        })
+        }
     }
 }
 
@@ -270,13 +269,15 @@ pub struct Show {
 
 #[derive(Debug, Serialize, Deserialize)]
 pub struct DeviceDetail {
-    pub mac: String,
+    pub mac: Mac,
     /// `{"name": GROUP, "own_pins": {...}}` for a device in a group.
-    pub group: Option<Value>,
+    pub group: Option<DeviceGroup>,
     /// `{"id", "state", "step"}` of the rollout that moved it, if one did and is under way.
-    pub rollout: Option<Value>,
-    pub desired: Value,
-    pub resolved: Value,
+    pub rollout: Option<RolloutAt>,
+    /// In the seed's format.
+    pub desired: Desired,
+    /// What `v1/{mac}.json` holds.
+    pub resolved: Manifest,
     pub generation: i64,
     pub last_seen: Option<i64>,
     pub last_report: Option<Value>,
@@ -288,6 +289,23 @@ pub struct DeviceDetail {
     pub replayed_reports: i64,
     /// Newest first.
     pub reports: Vec<ReportAt>,
+}
+
+/// A grouped device's group, and the pins of its own laid over the group's.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct DeviceGroup {
+    pub name: GroupName,
+    pub own_pins: Pins,
+}
+
+/// The rollout that moved a device, while it runs or is paused.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct RolloutAt {
+    pub id: i64,
+    /// `running` or `paused`.
+    pub state: String,
+    /// Counted from 1.
+    pub step: usize,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -310,24 +328,21 @@ impl Operation for Show {
             ));
         };
         let resolved = store.catalog()?.resolve(&d.desired)?;
-        let resolved: Value =
-            serde_json::from_str(&resolved.to_json(&m, &store.store_id()?, d.generation))?;
+        let resolved = resolved.manifest(&m, &store.store_id()?, d.generation);
         let reports = store.reports(&m, 10)?;
-        let group = match &d.group {
-            Some((g, pins)) => Some(serde_json::json!({
-                "name": g.as_str(),
-                "own_pins": serde_json::from_str::<Value>(&pins.to_json())?,
-            })),
-            None => None,
-        };
-        let rollout = store.rollout_of(&m)?.map(
-            |(id, state, step)| serde_json::json!({"id": id, "state": state, "step": step + 1}),
-        );
+        let group = d
+            .group
+            .map(|(name, own_pins)| DeviceGroup { name, own_pins });
+        let rollout = store.rollout_of(&m)?.map(|(id, state, step)| RolloutAt {
+            id,
+            state,
+            step: step + 1,
+        });
         Ok(DeviceDetail {
-            mac: m.to_string(),
+            mac: m,
             group,
             rollout,
-            desired: serde_json::from_str(&d.desired.to_seed_json())?,
+            desired: d.desired,
             resolved,
             generation: d.generation,
             last_seen: d.last_seen,

@@ -2,7 +2,7 @@
 
 use super::device::pair;
 use super::{NotFound, Operation, Verb};
-use crate::manifest::Pins;
+use crate::manifest::{Pair, Pins};
 use crate::names::{GroupName, ModuleName};
 use crate::store::{unknown_group, Store};
 use anyhow::{Context, Result};
@@ -13,11 +13,10 @@ pub fn group_name(s: &str) -> Result<GroupName> {
     GroupName::parse(s).map_err(anyhow::Error::msg)
 }
 
-/// `MODULE=VERSION` words as the JSON object the API takes, checked (a module listed twice
+/// `MODULE=VERSION` pairs as the JSON object the API takes, checked (a module listed twice
 /// with two versions is an error here, before a map could keep only one of them).
-pub fn modules(words: &[String]) -> Result<Map<String, Value>> {
-    let pairs = words.iter().map(|s| pair(s)).collect::<Result<Vec<_>>>()?;
-    let pins = Pins::new(None, pairs)?;
+pub fn modules(pairs: &[Pair]) -> Result<Map<String, Value>> {
+    let pins = Pins::new(None, Pair::tuples(pairs))?;
     Ok(pins
         .modules
         .iter()

@@ -4,6 +4,8 @@
 use super::Operation;
 use anyhow::{bail, Context, Result};
 use serde_json::Value;
+use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// The prefix of every admin API path.
@@ -18,8 +20,9 @@ pub struct Remote {
 }
 
 impl Remote {
-    /// `url` is the server's base URL (`http://192.168.1.10:8080`); `token` its admin token.
-    pub fn new(url: &str, token: &str) -> Result<Self> {
+    /// `url` is the server's base URL (`http://192.168.1.10:8080`); `token` its admin token;
+    /// `ca_cert`, for an https URL, the only CA (or self-signed certificate) to trust.
+    pub fn new(url: &str, token: &str, ca_cert: Option<&Path>) -> Result<Self> {
         if !(url.starts_with("http://") || url.starts_with("https://")) {
             bail!("--remote {url:?} is not an http:// or https:// URL");
         }
@@ -34,10 +37,13 @@ impl Remote {
         if !base.ends_with('/') {
             base.push('/');
         }
-        let agent = ureq::AgentBuilder::new()
+        let mut agent = ureq::AgentBuilder::new()
             .timeout_connect(Duration::from_secs(10))
-            .timeout(Duration::from_secs(300))
-            .build();
+            .timeout(Duration::from_secs(300));
+        if let (true, Some(ca)) = (url.starts_with("https://"), ca_cert) {
+            agent = agent.tls_config(trusting(ca)?);
+        }
+        let agent = agent.build();
         Ok(Self {
             base,
             token: token.to_owned(),
@@ -100,9 +106,38 @@ impl Remote {
                 }
                 bail!("{message}")
             }
-            Err(e) => bail!("cannot reach mpfleet serve at {}: {e}", self.base),
+            Err(e) => {
+                let said = e.to_string();
+                let hint = if said.contains("CaUsedAsEndEntity") {
+                    " (the server's certificate is a CA certificate, which TLS clients refuse \
+                     as a server's: make it with basicConstraints CA:FALSE, see \
+                     docs/admin-api.md)"
+                } else if self.base.starts_with("https://") && said.contains("certificate") {
+                    " (a self-signed certificate or a private CA? trust it with --ca-cert \
+                     PEM or MPFLEET_CA)"
+                } else {
+                    ""
+                };
+                bail!("cannot reach mpfleet serve at {}: {e}{hint}", self.base)
+            }
         }
     }
+}
+
+/// A TLS client configuration trusting only the certificates in the PEM file `ca`.
+fn trusting(ca: &Path) -> Result<Arc<rustls::ClientConfig>> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in crate::http::certificates(ca).context("--ca-cert")? {
+        roots
+            .add(cert)
+            .with_context(|| format!("--ca-cert {}: not a usable certificate", ca.display()))?;
+    }
+    let config = rustls::ClientConfig::builder_with_provider(crate::http::tls_provider())
+        .with_safe_default_protocol_versions()
+        .context("TLS protocol versions")?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(Arc::new(config))
 }
 
 /// `s` as one path segment: everything but letters, digits, `-`, `_` and `~` percent-encoded

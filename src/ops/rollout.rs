@@ -84,7 +84,7 @@ impl From<&RolloutRow> for RolloutSummary {
 impl RolloutSummary {
     /// The pins it moves to.
     pub fn to_pins(&self) -> Result<Pins> {
-        Pins::from_json(&self.to.to_string())
+        Pins::from_value(&self.to)
     }
 
     /// "2/3 (25%)".

@@ -14,6 +14,8 @@ pub struct Server {
     data: std::path::PathBuf,
     pub base: String,
     log: Arc<Mutex<Vec<String>>>,
+    /// Its stdout after the first line.
+    lines: Mutex<mpsc::Receiver<String>>,
 }
 
 pub struct Reply {
@@ -51,8 +53,14 @@ impl Server {
 
     /// Starts listening on `listen` (e.g. the address of a server stopped before).
     pub fn start_at(data: &Path, listen: &str, env: &[(String, String)]) -> Self {
+        Self::start_with(data, &["--listen", listen], env)
+    }
+
+    /// Starts `mpfleet serve ARGS...` (ARGS must include `--listen`).
+    pub fn start_with(data: &Path, args: &[&str], env: &[(String, String)]) -> Self {
         let mut child = Command::new(BIN)
-            .args(["serve", "--listen", listen])
+            .arg("serve")
+            .args(args)
             .envs(env.iter().map(|(k, v)| (k, v)))
             .env("MPFLEET_DATA", data)
             .env("RUST_LOG", "info,mpfleet::access=info")
@@ -90,7 +98,17 @@ impl Server {
             data: data.to_owned(),
             base,
             log,
+            lines: Mutex::new(rx),
         }
+    }
+
+    /// The next line serve printed on stdout after its first.
+    pub fn next_line(&self) -> String {
+        self.lines
+            .lock()
+            .unwrap()
+            .recv_timeout(Duration::from_secs(30))
+            .expect("mpfleet serve printed no further line within 30s")
     }
 
     fn agent() -> ureq::Agent {
