@@ -186,13 +186,15 @@ pub fn run(args: DemoArgs) -> Result<()> {
         fleet: None,
     };
     let (demo, result) = demo.run(&micropython, poll, args.exit);
+    // Ctrl-C stops the server (and the boards) too, so whatever failed after it is its echo.
+    let interrupted = stop.is_stopped();
     stop.stop();
     if let Some(fleet) = demo.fleet {
         fleet.join();
     }
     server.stop();
     if let Err(e) = result {
-        if !e.is::<Interrupted>() {
+        if !interrupted && !e.is::<Interrupted>() {
             // Keep what went wrong for a look: the boards' logs say what each did.
             work.keep = true;
             return Err(e.context(format!(
