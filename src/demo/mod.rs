@@ -166,8 +166,7 @@ fn on_signal(stop: Arc<Stop>) -> Result<()> {
 
 pub fn run(args: DemoArgs) -> Result<()> {
     let poll = crate::duration::parse(&args.poll).context("--poll")?;
-    let micropython = crate::sim::micropython()
-        .context("`mpfleet demo` runs its boards on the MicroPython unix port")?;
+    let micropython = crate::sim::micropython().context("cannot run the demo's boards")?;
     let mut work = Workspace::new(args.keep.as_deref())?;
     let data = work.data();
     let (token, _) = crate::token::ensure(&data)?;
@@ -562,6 +561,28 @@ impl Demo<'_> {
             took.len(),
             took.join(", ")
         ))?;
+        // Asked again at their next poll, they are served the generation they went back from,
+        // and do not install it again.
+        let counter = |devices: &[Value], mac: &str| {
+            devices
+                .iter()
+                .find(|d| d["mac"] == mac)
+                .and_then(|d| d["last_report"]["n"].as_i64())
+        };
+        let before_poll: Vec<Option<i64>> = took.iter().map(|m| counter(&devices, m)).collect();
+        let devices = self.until("the boards that went back asking again", slow, || {
+            let devices = self.api.devices()?;
+            let again = took.iter().zip(&before_poll).all(|(mac, n0)| {
+                counter(&devices, mac) > *n0
+                    && devices.iter().any(|d| {
+                        d["mac"] == mac.as_str() && running(d) == (Some("2"), Some("alternate"))
+                    })
+            });
+            Ok(again.then_some(devices))
+        })?;
+        self.say(
+            "asked again at their next poll, they did not install sensor 3 again: no update loop",
+        )?;
         let mut untouched = 0;
         for d in &devices {
             let mac = d["mac"].as_str().unwrap_or("");
