@@ -135,18 +135,20 @@ impl Drop for Workspace {
     }
 }
 
-/// Sets `stop` at SIGINT (Ctrl-C) or SIGTERM; the handlers are in place when this returns.
+/// Sets `stop` at SIGINT (Ctrl-C), SIGTERM or SIGHUP (the terminal closed); the handlers are
+/// in place when this returns.
 fn on_signal(stop: Arc<Stop>) -> Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     #[cfg(unix)]
-    let (mut int, mut term) = {
+    let (mut int, mut term, mut hup) = {
         use tokio::signal::unix::{signal, SignalKind};
         let _guard = runtime.enter();
         (
             signal(SignalKind::interrupt())?,
             signal(SignalKind::terminate())?,
+            signal(SignalKind::hangup())?,
         )
     };
     std::thread::spawn(move || {
@@ -155,6 +157,7 @@ fn on_signal(stop: Arc<Stop>) -> Result<()> {
             tokio::select! {
                 _ = int.recv() => {}
                 _ = term.recv() => {}
+                _ = hup.recv() => {}
             }
             #[cfg(not(unix))]
             let _ = tokio::signal::ctrl_c().await;
@@ -193,6 +196,9 @@ pub fn run(args: DemoArgs) -> Result<()> {
     }
     server.stop();
     if let Err(e) = result {
+        if crate::out::is_closed(&e) {
+            return Err(e); // `mpfleet demo | head`: the reader has what it wanted
+        }
         if !interrupted && !e.is::<Interrupted>() {
             // Keep what went wrong for a look: the boards' logs say what each did.
             work.keep = true;
