@@ -57,7 +57,8 @@ const EXAMPLES: &str = "Examples:
   mpfleet rollout start greenhouse --to sensorclass=3 --steps 10%,50%,100%
   mpfleet export /srv/www/ota                     the same tree as static files
   MPFLEET_TOKEN=... mpfleet --remote http://fleet.lan:8080 device list   the same, on a server
-  mpfleet provision /dev/ttyUSB0 --server http://192.168.1.10:8080/ --app smartcharger";
+  mpfleet provision /dev/ttyUSB0 --server http://192.168.1.10:8080/ --app smartcharger
+  mpfleet demo                                    see it all at work: a server, 20 simulated boards, two rollouts";
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
@@ -173,6 +174,16 @@ pub enum Command {
     Provision(Box<ProvisionArgs>),
     /// Boot simulated boards (the real MicroPython unix port) against a server.
     Sim(Box<crate::sim::SimArgs>),
+    /// See the whole product in a minute: a server, simulated boards, two rollouts.
+    ///
+    /// Starts `serve` on a temporary store, publishes a small app, boots --boards simulated
+    /// boards that poll it, rolls out a good version to every board step by step, then a bad
+    /// one that pauses itself at its first step (its boards go back by themselves, the others
+    /// are untouched), and prints the dashboard's address and the admin token. Then it serves
+    /// on until Ctrl-C, which stops the boards and the server and deletes the store.
+    ///
+    /// Example: mpfleet demo
+    Demo(Box<crate::demo::DemoArgs>),
     /// Print the shell completion script for SHELL (bash, zsh, fish, elvish, powershell).
     ///
     /// Example: mpfleet completions bash > ~/.local/share/bash-completion/completions/mpfleet

@@ -4,7 +4,7 @@
 //! boards read from it; `http` serves that snapshot and records what boards report (and `push`
 //! tells an MQTT broker when a board has something new); `export` writes it as static files;
 //! `sim` boots simulated boards on the real MicroPython; `provision` installs a real board
-//! over its serial port.
+//! over its serial port; `demo` runs all of it at once for a newcomer.
 
 // Stdout goes through `out::outln!`, which ends quietly on a closed pipe (see `out`).
 #![deny(clippy::print_stdout)]
@@ -13,6 +13,7 @@ pub mod bulk;
 pub mod cli;
 mod commands;
 pub mod compress;
+pub mod demo;
 pub mod duration;
 pub mod export;
 pub mod http;

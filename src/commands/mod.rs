@@ -102,6 +102,10 @@ pub fn run(cli: Cli) -> Result<()> {
             local_only("sim")?;
             crate::sim::run(*args, &cli.data)
         }
+        Command::Demo(args) => {
+            local_only("demo")?;
+            crate::demo::run(*args)
+        }
         Command::Completions { shell } => install::completions(shell),
         Command::Man { dir } => install::man(dir.as_deref()),
     }

@@ -62,6 +62,8 @@ pub struct BoardOptions {
     pub bootstrap: Option<PathBuf>,
     /// Print each line the board says, prefixed with its MAC and boot number.
     pub echo: bool,
+    /// Also append each such line to this file (`mpfleet demo` keeps one log per board).
+    pub log: Option<PathBuf>,
 }
 
 /// Why a boot started: env `MPFLEET_RESET_CAUSE`.
@@ -130,6 +132,8 @@ impl fmt::Display for Ending {
 
 pub struct Board {
     pub options: BoardOptions,
+    /// `options.log`, opened for appending (None when it cannot be: the board runs on).
+    log: Option<std::sync::Mutex<std::fs::File>>,
 }
 
 /// The watchdog deadline a board wrote (Unix ms), if it has one.
@@ -148,7 +152,15 @@ fn now_ms() -> u128 {
 
 impl Board {
     pub fn new(options: BoardOptions) -> Self {
-        Self { options }
+        let log = options.log.as_ref().and_then(|p| {
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(p)
+                .ok()
+                .map(std::sync::Mutex::new)
+        });
+        Self { options, log }
     }
 
     /// Whether the app said it is healthy: `reboots` is 0 in its RTC memory.
@@ -214,8 +226,14 @@ impl Board {
         Ok((Ending::OutOfBoots { boots: max_boots }, total))
     }
 
-    /// Echoes a board's line; fails only when stdout does (see `crate::out`).
+    /// Echoes a board's line (and logs it); fails only when stdout does (see `crate::out`).
     fn say(&self, boot: u32, line: &str) -> Result<()> {
+        if let Some(log) = &self.log {
+            use std::io::Write;
+            if let Ok(mut f) = log.lock() {
+                let _ = writeln!(f, "[{} #{boot}] {line}", self.options.mac);
+            }
+        }
         if self.options.echo {
             outln!("[{} #{boot}] {line}", self.options.mac)?;
         }

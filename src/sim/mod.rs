@@ -8,7 +8,7 @@
 mod board;
 mod port;
 
-pub use board::{Board, BoardOptions, Boot, Cause, Ending};
+pub use board::{Board, BoardOptions, Boot, Cause, Ending, Flash};
 pub use port::{Port, PortVersion};
 
 use crate::out::outln;
@@ -302,6 +302,7 @@ pub fn run(args: SimArgs, data: &std::path::Path) -> Result<()> {
                 key: args.key.clone().zip(args.store.clone()),
                 bootstrap: bootstrap.clone(),
                 echo: true,
+                log: None,
             })
         })
         .collect();
