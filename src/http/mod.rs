@@ -9,9 +9,12 @@
 mod admin;
 mod auth;
 mod body_deadline;
+mod charts;
+mod dashboard;
 mod device;
 mod engine;
 mod error;
+mod html;
 mod limits;
 mod metrics;
 mod recorder;
@@ -68,9 +71,13 @@ impl App {
 pub fn router(app: App, body_timeout: Duration) -> Router {
     let router = Router::new()
         .route("/v1/{mac}/report", post(device::report))
+        // The dashboard's own pages (`/admin/` and a few beside it), open to view; every
+        // other path under `/admin` is the admin side, behind the token.
+        .merge(dashboard::routes(dashboard::Dashboard {
+            data: app.data.clone(),
+            token: app.token.clone(),
+        }))
         .nest("/admin", admin_side(&app))
-        // `/admin/` is not under the nest: the same router answers it (401 without the token).
-        .route_service("/admin/", admin_side::<()>(&app))
         .route(
             "/metrics",
             get(scrape).layer(middleware::from_fn_with_state(
@@ -94,7 +101,8 @@ pub fn router(app: App, body_timeout: Duration) -> Router {
         .with_state(app)
 }
 
-/// The admin side: everything under /admin needs the token; device paths never do.
+/// The admin side: everything under /admin but the dashboard's pages needs the token; device
+/// paths never do.
 fn admin_side<S: Clone + Send + Sync + 'static>(app: &App) -> Router<S> {
     Router::new()
         .nest(
