@@ -14,6 +14,7 @@ mod cli_module;
 mod cli_pipe;
 mod cli_store;
 mod crash;
+mod dashboard;
 mod export;
 mod faults;
 mod hardening;
