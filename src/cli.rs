@@ -62,7 +62,9 @@ pub enum Command {
     /// On the same port, the admin API (`/admin/api/v1/`, what `--remote` uses) and
     /// `/metrics` (Prometheus) answer only requests carrying the admin token, which `serve`
     /// creates on its first start (`mpfleet token show`); see docs/admin-api.md. Boards'
-    /// paths need no token.
+    /// paths need no token. A dashboard for a browser or a phone is at `/admin/`
+    /// (http://SERVER:PORT/admin/): open to view; adopting boards and pausing, resuming or
+    /// aborting rollouts need the token, given once at /admin/login; see docs/dashboard.md.
     /// With --mqtt, it also publishes, retained, `{"generation": N}` on `mpfleet/{mac}/update`
     /// whenever a device's generation changes (boards running the optional `mpfleet_push`
     /// module update at once instead of at their next poll), and each report's JSON on

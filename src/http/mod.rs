@@ -238,6 +238,7 @@ pub fn serve(data: PathBuf, listen: String, mqtt: Option<String>) -> Result<()> 
             "admin API at http://{addr}/admin/api/v1/ with the token in {}",
             token_path.display()
         );
+        tracing::info!("dashboard at http://{addr}/admin/");
         serve_http1(listener, router(app, limits.body_timeout), limits, stop).await;
         Ok::<(), anyhow::Error>(())
     })?;
