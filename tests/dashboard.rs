@@ -3,11 +3,13 @@
 //! a failing board with its reason, the progress and health pictures, an unknown board with
 //! its adopt form, a board's reports, modules and who runs them; hostile strings from boards
 //! and URLs shown as text; screenshots at phone and desktop widths (written where the test
-//! output says). Writes: the login cookie and the form token, checked with real HTTP (a
-//! browser would need a script or a remote-debugging client to fill in a form; the form's
-//! HTML is checked in the browser's DOM, its POST with ureq).
+//! output says). Writes: the login, the adopt form and a rollout button used in the real
+//! browser (driven over the DevTools protocol on a pipe: it fills in and submits the forms,
+//! with its own cookies), a form posted from another site refused; and the same rules over
+//! plain HTTP, where every refusal can be seen (wrong token, missing or wrong form token,
+//! rotation, bad input).
 
-use crate::harness::chromium::{dump_dom, screenshot};
+use crate::harness::chromium::{dump_dom, screenshot, Browser};
 use crate::harness::{eventually, Fleet, Server};
 use serde_json::{json, Value};
 use std::io::Write;
@@ -542,4 +544,97 @@ fn writes_need_the_token_through_the_login_and_a_form_from_the_dashboard() {
         "running"
     );
     assert!(s.log().iter().all(|l| !l.contains("panicked")));
+}
+
+#[test]
+fn a_real_browser_logs_in_and_adopts_a_board_with_the_forms() {
+    let Scene { f, s, .. } = scene();
+    let mut b = Browser::start();
+    let dashboard = format!("{}admin/", s.base);
+    let rollout_state = |f: &Fleet| f.json(&["rollout", "show", "1", "--json"])["state"].clone();
+
+    // Not logged in: Adopt leads to the login page, and nothing changes.
+    b.open(&dashboard);
+    b.eval("document.querySelector('form.adopt select').value = 'group:greenhouse'");
+    b.click("form.adopt button");
+    assert!(
+        b.location().ends_with("/admin/login?needed=1"),
+        "{}",
+        b.location()
+    );
+    assert!(b.text().contains("Log in to make changes"), "{}", b.text());
+    assert!(f
+        .fails(&["device", "show", STRANGER])
+        .contains("unknown device"));
+
+    // A wrong token, then the token, typed into the login form.
+    b.eval(&format!(
+        "document.getElementById('token').value = '{}'",
+        "0".repeat(64)
+    ));
+    b.click("main form button");
+    assert!(b.text().contains("not the admin token"), "{}", b.text());
+    b.eval(&format!(
+        "document.getElementById('token').value = '{}'",
+        s.token()
+    ));
+    b.click("main form button");
+    assert_eq!(b.location(), dashboard);
+    assert!(b.text().contains("Log out"), "{}", b.text());
+    // The session cookie is HttpOnly: the page itself cannot read it.
+    assert_eq!(b.eval("document.cookie"), "");
+
+    // Adopt the stranger into the group: the browser lands on its page.
+    b.eval("document.querySelector('form.adopt select').value = 'group:greenhouse'");
+    b.click("form.adopt button");
+    assert!(
+        b.location().ends_with(&format!("/admin/boards/{STRANGER}")),
+        "{}",
+        b.location()
+    );
+    assert!(b.text().contains("greenhouse"), "{}", b.text());
+    let show = f.json(&["device", "show", STRANGER, "--json"]);
+    assert_eq!(show["group"]["name"], "greenhouse", "{show}");
+
+    // Resume the paused rollout with its button.
+    b.open(&format!("{}admin/rollouts/1", s.base));
+    let csrf = b.eval("document.querySelector('input[name=csrf]').value");
+    b.click("button[value=resume]");
+    assert!(
+        b.location().ends_with("/admin/rollouts/1"),
+        "{}",
+        b.location()
+    );
+    assert_eq!(rollout_state(&f), "running");
+
+    // A page on another site (here a data: URL) posting a form to the dashboard, even one
+    // that knew the form token: the browser does not send the SameSite=Strict cookie, so it
+    // is sent to the login page and the rollout keeps running.
+    let form = format!(
+        "data:text/html,<form method=post action='{}admin/rollouts/1/pause'>\
+         <input name=csrf value='{}'><button>go</button></form>",
+        s.base,
+        csrf.as_str().unwrap()
+    );
+    b.open(&form);
+    b.click("button");
+    assert!(
+        b.location().ends_with("/admin/login?needed=1"),
+        "{}",
+        b.location()
+    );
+    assert_eq!(rollout_state(&f), "running");
+
+    // Log out: the next change asks for the token again.
+    b.open(&dashboard);
+    b.click("header form button");
+    assert!(b.text().contains("Log in"), "{}", b.text());
+    b.open(&format!("{}admin/rollouts/1", s.base));
+    b.click("button[value=pause]");
+    assert!(
+        b.location().ends_with("/admin/login?needed=1"),
+        "{}",
+        b.location()
+    );
+    assert_eq!(rollout_state(&f), "running");
 }
