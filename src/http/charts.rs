@@ -213,3 +213,81 @@ pub fn health(counts: &[HourCount], now: i64) -> String {
     out.push_str("</svg>");
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ops::rollout::RolloutSummary;
+
+    #[test]
+    fn health_stacks_this_hour_and_escapes_event_names() {
+        let now = 1_796_096_781;
+        let hour = now / 3600 * 3600;
+        let counts = vec![
+            HourCount {
+                hour,
+                event: "boot".into(),
+                count: 5,
+            },
+            HourCount {
+                hour,
+                event: "<x>".into(),
+                count: 1,
+            },
+            // Older than the chart: left out.
+            HourCount {
+                hour: hour - 30 * 3600,
+                event: "boot".into(),
+                count: 9,
+            },
+        ];
+        let svg = health(&counts, now);
+        assert!(svg.contains("last 24 hours: 6 reports"), "{svg}");
+        assert!(svg.contains("5 × boot"), "{svg}");
+        assert!(svg.contains("&lt;x&gt;") && !svg.contains("<x>"), "{svg}");
+        assert!(health(&[], now).contains("no reports"));
+    }
+
+    #[test]
+    fn progress_shows_each_share_of_the_group() {
+        let d = RolloutDetail {
+            rollout: RolloutSummary {
+                id: 3,
+                group: "g".into(),
+                to: serde_json::json!({"m": "2"}),
+                steps: vec![25, 100],
+                step: 1,
+                max_failures: "0".into(),
+                healthy_after: 600,
+                deadline: 86400,
+                state: "paused".into(),
+                reason: None,
+                created_at: 0,
+                updated_at: 0,
+            },
+            boards: 4,
+            moved: 2,
+            healthy: 1,
+            waiting: 0,
+            failed: 1,
+            untouched: 2,
+            devices: vec![],
+        };
+        let svg = rollout_progress(&d);
+        // A quarter of 600 for each board moved, half for the two not moved.
+        assert!(
+            svg.contains("width=\"150.0\" height=\"22\" fill=\"#2da44e\""),
+            "{svg}"
+        );
+        assert!(
+            svg.contains("x=\"150.0\" y=\"22\" width=\"150.0\""),
+            "{svg}"
+        );
+        assert!(svg.contains("width=\"300.0\""), "{svg}");
+        assert!(svg.contains(">step 1 25%</text>"), "{svg}");
+        assert!(
+            svg.contains("1 healthy, 0 waiting, 1 failed, 2 not moved"),
+            "{svg}"
+        );
+    }
+}
