@@ -9,7 +9,7 @@
 //! plain HTTP, where every refusal can be seen (wrong token, missing or wrong form token,
 //! rotation, bad input).
 
-use crate::harness::chromium::{dump_dom, screenshot, Browser};
+use crate::harness::chromium::{dump_dom, Browser};
 use crate::harness::{eventually, Fleet, Server};
 use serde_json::{json, Value};
 use std::io::Write;
@@ -139,7 +139,8 @@ fn text_after<'a>(html: &'a str, marker: &str) -> &'a str {
 #[test]
 fn the_dashboard_shows_the_fleet_in_a_real_browser() {
     let Scene { f, s, failed } = scene();
-    let dom = dump_dom(&format!("{}admin/", s.base));
+    let mut b = Browser::start();
+    let dom = b.dom(&format!("{}admin/", s.base));
     // A page for phones that keeps itself current, with no script.
     assert!(dom.contains("name=\"viewport\""), "{dom}");
     assert!(dom.contains("http-equiv=\"refresh\""), "{dom}");
@@ -229,7 +230,7 @@ fn the_dashboard_shows_the_fleet_in_a_real_browser() {
     assert!(dom.contains("<td>greenhouse</td>"), "{dom}");
 
     // A board's page: its reports, newest first.
-    let board = dump_dom(&format!("{}admin/boards/{failed}", s.base));
+    let board = b.dom(&format!("{}admin/boards/{failed}", s.base));
     let reports = &board[board.find("id=\"reports\"").unwrap()..];
     let (failed_at, boot_at) = (
         reports.find("update_failed").unwrap(),
@@ -239,7 +240,7 @@ fn the_dashboard_shows_the_fleet_in_a_real_browser() {
     assert!(board.contains("rollout 1</a>"), "{board}");
 
     // Modules: which boards should run each version and which say they do.
-    let modules = dump_dom(&format!("{}admin/modules", s.base));
+    let modules = b.dom(&format!("{}admin/modules", s.base));
     let i = modules.find("id=\"module-sensorclass\"").unwrap();
     let sensorclass = &modules[i..i + modules[i..].find("</section>").unwrap()];
     let v2 = &sensorclass[sensorclass.find("<code>2</code>").unwrap()..];
@@ -258,17 +259,20 @@ fn the_dashboard_shows_the_fleet_in_a_real_browser() {
     );
 
     // The rollout's page lists the board it moved and why it failed.
-    let rollout = dump_dom(&format!("{}admin/rollouts/1", s.base));
+    let rollout = b.dom(&format!("{}admin/rollouts/1", s.base));
     assert!(rollout.contains("failed: update_failed"), "{rollout}");
 
     // Screenshots: a phone, and a desktop.
     let phone = shots().join("fleet-phone.png");
-    let size = screenshot(&format!("{}admin/", s.base), &phone, 390, 1500);
+    let size = b.screenshot(&format!("{}admin/", s.base), &phone, 390, 1500);
     assert_eq!(size, (390, 1500), "{}", phone.display());
+    // At a phone's width the page is laid out for it: nothing but the tables' own scrolling
+    // boxes is wider than the screen.
+    assert_eq!(b.eval("document.documentElement.scrollWidth"), 390);
     let desktop = shots().join("fleet-desktop.png");
-    screenshot(&format!("{}admin/", s.base), &desktop, 1280, 1700);
+    b.screenshot(&format!("{}admin/", s.base), &desktop, 1280, 1700);
     let board_shot = shots().join("board-phone.png");
-    screenshot(
+    b.screenshot(
         &format!("{}admin/boards/{failed}", s.base),
         &board_shot,
         390,
@@ -288,6 +292,12 @@ fn the_dashboard_shows_the_fleet_in_a_real_browser() {
 fn hostile_strings_from_boards_and_urls_are_shown_as_text() {
     // `_f` keeps the store's directory for the server.
     let Scene { f: _f, s, failed } = scene();
+    // A browser loading the page on its own, as a user's would...
+    let dom = dump_dom(&format!("{}admin/", s.base));
+    assert!(!dom.contains("<script") && !dom.contains("<img"), "{dom}");
+    assert!(dom.contains("&lt;script&gt;"), "{dom}");
+    // ...and one going through every page.
+    let mut b = Browser::start();
     for (path, shown) in [
         (format!("admin/boards/{failed}"), "&lt;script&gt;"),
         ("admin/".into(), "&lt;script&gt;"),
@@ -298,7 +308,7 @@ fn hostile_strings_from_boards_and_urls_are_shown_as_text() {
             "&lt;script&gt;",
         ),
     ] {
-        let dom = dump_dom(&format!("{}{path}", s.base));
+        let dom = b.dom(&format!("{}{path}", s.base));
         // Nothing the boards or the URL said became markup: no script, image or bold element,
         // and the script did not run.
         assert!(!dom.contains("<script"), "{path}: {dom}");

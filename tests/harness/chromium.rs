@@ -1,8 +1,9 @@
-//! A real headless Chromium (Debian's `chromium`, which `./test.sh` installs), run once per
-//! page as a user's browser would load it: [`dump_dom`] gives the DOM after the page loaded
-//! (what the browser made of the HTML, not the bytes sent), [`screenshot`] writes a PNG at
-//! a given window size. Each run gets a profile of its own, so tests run in parallel, and a
-//! wall-clock deadline.
+//! A real headless Chromium (Debian's `chromium`, which `./test.sh` installs): [`dump_dom`]
+//! runs one for one page and gives the DOM after the page loaded (what the browser made of
+//! the HTML, not the bytes sent); a [`Browser`] is kept running and driven over the DevTools
+//! protocol, to load many pages fast, take screenshots at a given viewport, and fill in and
+//! submit forms with its own cookies. Each gets a profile of its own, so tests run in
+//! parallel, and every wait a wall-clock deadline.
 
 use super::output_within;
 use std::path::{Path, PathBuf};
@@ -59,24 +60,8 @@ pub fn dump_dom(url: &str) -> String {
     dom
 }
 
-/// A PNG of `url` in a window `width` × `height` CSS pixels, written to `path`; returns the
-/// image's size in pixels as the PNG says it.
-pub fn screenshot(url: &str, path: &Path, width: u32, height: u32) -> (u32, u32) {
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).unwrap();
-    }
-    let _ = std::fs::remove_file(path);
-    run(
-        &format!("chromium --screenshot {url}"),
-        &[
-            &format!("--screenshot={}", path.display()),
-            &format!("--window-size={width},{height}"),
-            "--force-device-scale-factor=1",
-            url,
-        ],
-    );
-    let png = std::fs::read(path)
-        .unwrap_or_else(|e| panic!("chromium wrote no screenshot {}: {e}", path.display()));
+/// Width and height from a PNG's header (failing the test if it is not a PNG).
+fn png_size(png: &[u8], path: &Path) -> (u32, u32) {
     assert!(
         png.starts_with(b"\x89PNG\r\n\x1a\n") && png.len() > 24,
         "{} is not a PNG",
@@ -84,6 +69,30 @@ pub fn screenshot(url: &str, path: &Path, width: u32, height: u32) -> (u32, u32)
     );
     let be = |i: usize| u32::from_be_bytes(png[i..i + 4].try_into().unwrap());
     (be(16), be(20))
+}
+
+/// Decodes standard base64 (what the DevTools protocol sends binary data as).
+fn base64(text: &str) -> Vec<u8> {
+    let value = |c: u8| -> u32 {
+        match c {
+            b'A'..=b'Z' => u32::from(c - b'A'),
+            b'a'..=b'z' => u32::from(c - b'a') + 26,
+            b'0'..=b'9' => u32::from(c - b'0') + 52,
+            b'+' => 62,
+            b'/' => 63,
+            _ => panic!("not base64: {c:?}"),
+        }
+    };
+    let bytes: Vec<u8> = text.bytes().filter(|&c| c != b'=').collect();
+    let mut out = Vec::with_capacity(bytes.len() * 3 / 4);
+    for chunk in bytes.chunks(4) {
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |acc, (i, &c)| acc | value(c) << (18 - 6 * i));
+        out.extend_from_slice(&n.to_be_bytes()[1..chunk.len()]);
+    }
+    out
 }
 
 /// A headless Chromium kept running and driven over the DevTools protocol on a pipe
@@ -286,6 +295,45 @@ impl Browser {
             .as_str()
             .unwrap_or_default()
             .to_owned()
+    }
+
+    /// The page's DOM, serialised as HTML (what `--dump-dom` prints).
+    pub fn html(&mut self) -> String {
+        let html = self
+            .eval("'<!DOCTYPE html>\\n' + document.documentElement.outerHTML")
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        assert!(html.contains("</html>"), "no page: {html}");
+        html
+    }
+
+    /// Loads `url` and returns its DOM.
+    pub fn dom(&mut self, url: &str) -> String {
+        self.open(url);
+        self.html()
+    }
+
+    /// A PNG of `url` in a viewport `width` × `height` CSS pixels (a phone's when narrow),
+    /// written to `path`; returns the image's size in pixels as the PNG says it. The viewport
+    /// stays at that size for the pages after.
+    pub fn screenshot(&mut self, url: &str, path: &Path, width: u32, height: u32) -> (u32, u32) {
+        self.call(
+            "Emulation.setDeviceMetricsOverride",
+            serde_json::json!({"width": width, "height": height, "deviceScaleFactor": 1,
+                               "mobile": width < 600}),
+        );
+        self.open(url);
+        let shot = self.call(
+            "Page.captureScreenshot",
+            serde_json::json!({"format": "png"}),
+        );
+        let png = base64(shot["data"].as_str().expect("screenshot data"));
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).unwrap();
+        }
+        std::fs::write(path, &png).unwrap();
+        png_size(&png, path)
     }
 
     pub fn text(&mut self) -> String {
