@@ -707,7 +707,8 @@ fn render_board(store: &mut Store, _form_token: Option<&str>, mac: &str) -> Resu
             let _ = write!(
                 out,
                 "<tr><td>{}</td><td class=\"{class}\">{}</td><td>{}</td><td>{}</td>\
-                 <td class=\"wrap\">{}</td><td class=\"wrap\"><code>{}</code></td></tr>",
+                 <td class=\"wrap\">{}</td><td class=\"wrap\"><details><summary>all</summary>\
+                 <code>{}</code></details></td></tr>",
                 ago(Some(r.at)),
                 esc(&event),
                 esc(&text("generation")),
