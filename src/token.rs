@@ -7,6 +7,8 @@
 //! running `serve` notices a rotation at the next admin request: it keeps the file's identity
 //! (inode, size, modification time) and reads the file again when that changes, so rotating
 //! needs no restart and costs a request one `stat`. Tokens are compared in constant time.
+//! The dashboard's session cookie and form token are derived from it ([`Token::derive`]), so
+//! a rotation ends every dashboard session too.
 
 use anyhow::{bail, Context, Result};
 use std::io::Write;

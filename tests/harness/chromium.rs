@@ -13,9 +13,10 @@ use std::time::Duration;
 /// How long one page load may take, Chromium's start included, on a loaded machine.
 const DEADLINE: Duration = Duration::from_secs(60);
 
-/// The browser: `MPFLEET_CHROMIUM`, else `chromium` on PATH.
+/// The browser: `MPFLEET_CHROMIUM` (unless empty), else `chromium` on PATH.
 fn binary() -> PathBuf {
     std::env::var_os("MPFLEET_CHROMIUM")
+        .filter(|p| !p.is_empty())
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from("chromium"))
 }
