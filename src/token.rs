@@ -7,6 +7,8 @@
 //! running `serve` notices a rotation at the next admin request: it keeps the file's identity
 //! (inode, size, modification time) and reads the file again when that changes, so rotating
 //! needs no restart and costs a request one `stat`. Tokens are compared in constant time.
+//! The dashboard's session cookie and form token are derived from it ([`Token::derive`]), so
+//! a rotation ends every dashboard session too.
 
 use anyhow::{bail, Context, Result};
 use std::io::Write;
@@ -51,14 +53,30 @@ impl Token {
 
     /// Whether `presented` is this token, in time that does not depend on where they differ.
     pub fn matches(&self, presented: &str) -> bool {
-        let (a, b) = (self.0.as_bytes(), presented.as_bytes());
-        if a.len() != b.len() {
-            // The length is no secret: every token has 64 digits.
-            return false;
-        }
-        let diff = a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y));
-        std::hint::black_box(diff) == 0
+        same(&self.0, presented)
     }
+
+    /// A secret of its own for `purpose`, made from the token (HMAC-SHA256, 64 hex digits):
+    /// the dashboard's session cookie and form token. It changes when the token is rotated,
+    /// and does not reveal the token.
+    pub fn derive(&self, purpose: &str) -> String {
+        use hmac::{Hmac, Mac as _};
+        let mut mac =
+            Hmac::<sha2::Sha256>::new_from_slice(self.0.as_bytes()).expect("HMAC takes any key");
+        mac.update(purpose.as_bytes());
+        hex::encode(mac.finalize().into_bytes())
+    }
+}
+
+/// Whether two secrets are equal, in time that does not depend on where they differ (the
+/// length is no secret: every token and derived secret has 64 digits).
+pub fn same(a: &str, b: &str) -> bool {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    if a.len() != b.len() {
+        return false;
+    }
+    let diff = a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y));
+    std::hint::black_box(diff) == 0
 }
 
 /// Where the token of the store in `data` lives.
@@ -169,6 +187,12 @@ impl Live {
     /// Whether `presented` is the current token. A missing or unreadable file matches
     /// nothing (and is logged).
     pub fn check(&self, presented: &str) -> bool {
+        self.current().is_some_and(|t| t.matches(presented))
+    }
+
+    /// The current token, read again if the file changed; none when the file is missing or
+    /// is not a token (logged).
+    pub fn current(&self) -> Option<Token> {
         let id = match FileId::of(&self.path) {
             Ok(id) => id,
             Err(e) => {
@@ -177,7 +201,7 @@ impl Live {
                      `mpfleet token rotate` writes one",
                     self.path.display()
                 );
-                return false;
+                return None;
             }
         };
         let mut cached = self.cached.lock().expect("token lock");
@@ -188,11 +212,11 @@ impl Live {
                 Err(e) => {
                     tracing::error!("{e:#}");
                     *cached = None;
-                    return false;
+                    return None;
                 }
             }
         }
-        cached.as_ref().is_some_and(|(_, t)| t.matches(presented))
+        cached.as_ref().map(|(_, t)| t.clone())
     }
 }
 

@@ -16,6 +16,7 @@ mod cli_pipe;
 mod cli_store;
 mod compression;
 mod crash;
+mod dashboard;
 mod demo;
 mod export;
 mod faults;

@@ -9,9 +9,12 @@
 mod admin;
 mod auth;
 mod body_deadline;
+mod charts;
+mod dashboard;
 mod device;
 mod engine;
 mod error;
+mod html;
 mod limits;
 mod metrics;
 mod recorder;
@@ -82,9 +85,13 @@ pub struct AdminListen {
 pub fn router(app: App, body_timeout: Duration, side: Side) -> Router {
     let router = Router::new()
         .route("/v1/{mac}/report", post(device::report))
+        // The dashboard's own pages (`/admin/` and a few beside it), open to view; every
+        // other path under `/admin` is the admin side, behind the token.
+        .merge(dashboard::routes(dashboard::Dashboard {
+            data: app.data.clone(),
+            token: app.token.clone(),
+        }))
         .nest("/admin", admin_side(&app))
-        // `/admin/` is not under the nest: the same router answers it (401 without the token).
-        .route_service("/admin/", admin_side::<()>(&app))
         .route(
             "/metrics",
             get(scrape).layer(middleware::from_fn_with_state(
@@ -109,7 +116,8 @@ pub fn router(app: App, body_timeout: Duration, side: Side) -> Router {
         .with_state(app)
 }
 
-/// The admin side: everything under /admin needs the token; device paths never do.
+/// The admin side: everything under /admin but the dashboard's pages needs the token; device
+/// paths never do.
 fn admin_side<S: Clone + Send + Sync + 'static>(app: &App) -> Router<S> {
     Router::new()
         .nest(
@@ -278,6 +286,7 @@ pub fn serve(
                     "admin API at http://{addr}/admin/api/v1/ with the token in {}",
                     token_path.display()
                 );
+                tracing::info!("dashboard at http://{addr}/admin/");
                 let router = router(app, limits.body_timeout, Side::Both);
                 serve_http1(listener, router, limits, stopped(stop_rx), None).await;
             }
@@ -287,6 +296,7 @@ pub fn serve(
                      the board port refuses the admin side",
                     token_path.display()
                 );
+                tracing::info!("dashboard at https://{admin_addr}/admin/");
                 let boards = router(
                     app.clone(),
                     limits.body_timeout,

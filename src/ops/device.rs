@@ -1,5 +1,5 @@
 //! Operations on devices: set, import, export, list, unknown MACs, show, remove, bootstrap,
-//! key fingerprint and rotation.
+//! key fingerprint and rotation; and the fleet's reports counted by hour.
 
 use super::{NotFound, Operation, Verb};
 use crate::manifest::{Desired, Manifest, Pair, Pins, Want};
@@ -501,5 +501,37 @@ impl Operation for RotateKey {
             return Err(unknown(&m, ""));
         }
         fingerprint(store, &m)
+    }
+}
+
+/// `GET /reports/hourly`: reports of the last 24 hours by hour and event (the dashboard's
+/// health chart), oldest first; only reports still kept (the latest 50 per device) count.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Hourly {}
+
+/// Reports in one hour with one event.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct HourCount {
+    /// The hour's first second.
+    pub hour: i64,
+    pub event: String,
+    pub count: i64,
+}
+
+/// How far back [`Hourly`] looks.
+pub const HOURLY_HOURS: i64 = 24;
+
+impl Operation for Hourly {
+    type Output = Vec<HourCount>;
+    const VERB: Verb = Verb::Get;
+    const PATH: &'static str = "/reports/hourly";
+    const WRITES: bool = false;
+    fn run(self, store: &mut Store) -> Result<Self::Output> {
+        let since = (crate::store::now() / 3600 - (HOURLY_HOURS - 1)) * 3600;
+        Ok(store
+            .reports_by_hour(since)?
+            .into_iter()
+            .map(|(hour, event, count)| HourCount { hour, event, count })
+            .collect())
     }
 }

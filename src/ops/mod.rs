@@ -120,6 +120,7 @@ pub fn register<R: Registry>(r: R) -> R {
         .op::<device::Bootstrap>()
         .op::<device::Key>()
         .op::<device::RotateKey>()
+        .op::<device::Hourly>()
         .op::<group::List>()
         .op::<group::Create>()
         .op::<group::Show>()

@@ -180,6 +180,26 @@ impl Store {
         Ok(out)
     }
 
+    /// Reports stored since `since` (seconds), counted by hour and event: `(hour, event,
+    /// count)`, `hour` the hour's first second, oldest first. Only the reports still kept
+    /// ([`REPORT_HISTORY`] per device) are counted: the dashboard's fleet health chart.
+    pub fn reports_by_hour(&self, since: i64) -> Result<Vec<(i64, String, i64)>> {
+        let mut stmt = self.conn.prepare(
+            "SELECT (at / 3600) * 3600 AS hour,
+                    coalesce(CAST(json_extract(body, '$.event') AS TEXT), '?') AS event, count(*)
+             FROM reports WHERE at >= ?1 AND json_valid(body)
+             GROUP BY hour, event ORDER BY hour, event",
+        )?;
+        let rows = stmt.query_map([since], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, i64>(2)?,
+            ))
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
     /// MACs that asked for a manifest and are not devices (a row written before its MAC was
     /// assigned is not listed, nor one expired and not deleted yet).
     pub fn unknown_devices(&self) -> Result<Vec<UnknownDevice>> {

@@ -13,12 +13,15 @@
 //! - `mosquitto`: a real Mosquitto broker on a free port ([`Mosquitto`]) and an MQTT client
 //!   recording what it publishes ([`Subscriber`]);
 //! - `running`: a simulated board left running while the test acts ([`Running`]);
-//! - `heap`: the smallest `--heap` a board needs for a run ([`min_heap`]).
+//! - `heap`: the smallest `--heap` a board needs for a run ([`min_heap`]);
+//! - `chromium`: a real headless Chromium loading a page ([`chromium::dump_dom`],
+//!   [`chromium::screenshot`]).
 
 // Each test file uses some of it.
 #![allow(dead_code)]
 
 mod board;
+pub mod chromium;
 mod fleet;
 mod heap;
 pub mod mosquitto;
