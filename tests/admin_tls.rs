@@ -68,6 +68,11 @@ fn serve_tls(f: &Fleet, p: &Pki) -> (Server, String) {
 
 /// An HTTP client trusting only the CA in `ca`.
 fn agent(ca: &std::path::Path) -> ureq::Agent {
+    agent_with(ca, 5)
+}
+
+/// [`agent`], following at most `redirects` redirects.
+fn agent_with(ca: &std::path::Path, redirects: u32) -> ureq::Agent {
     let mut roots = rustls::RootCertStore::empty();
     for c in mpfleet::http::certificates(ca).unwrap() {
         roots.add(c).unwrap();
@@ -79,6 +84,7 @@ fn agent(ca: &std::path::Path) -> ureq::Agent {
         .with_no_client_auth();
     ureq::AgentBuilder::new()
         .timeout(Duration::from_secs(10))
+        .redirects(redirects)
         .tls_config(Arc::new(config))
         .build()
 }
@@ -149,6 +155,19 @@ fn the_admin_side_is_served_over_tls_and_refused_in_clear() {
         let e = error_of(&r.text());
         assert!(e.contains(&https) && e.contains("TLS"), "{path}: {e}");
     }
+    // The dashboard is there, and its login cookie is Secure: a browser never sends it to
+    // the boards' plain port.
+    let (status, body) = get(&tls, &format!("{https}admin/"), None);
+    assert_eq!(status, 200, "{body}");
+    let r = agent_with(&p.ca, 0)
+        .post(&format!("{https}admin/login"))
+        .send_form(&[("token", &token)])
+        .unwrap();
+    let cookie = r.header("set-cookie").unwrap_or_default().to_owned();
+    assert!(
+        cookie.contains("HttpOnly") && cookie.ends_with("; Secure"),
+        "{cookie}"
+    );
     // The TLS port serves nothing but the admin side.
     let (status, body) = get(&tls, &format!("{https}v1/{MAC}.json"), None);
     assert_eq!(status, 404, "{body}");

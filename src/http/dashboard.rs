@@ -880,12 +880,17 @@ struct LoginForm {
     token: String,
 }
 
-async fn login(State(d): State<Dashboard>, Form(f): Form<LoginForm>) -> Response {
+async fn login(
+    State(d): State<Dashboard>,
+    tls: Option<axum::Extension<super::sides::OverTls>>,
+    Form(f): Form<LoginForm>,
+) -> Response {
     let token = d.token.clone();
     let cookie = tokio::task::spawn_blocking(move || auth::login(&token, &f.token))
         .await
         .ok()
-        .flatten();
+        .flatten()
+        .map(|c| if tls.is_some() { c + "; Secure" } else { c });
     match cookie.and_then(|c| HeaderValue::from_str(&c).ok()) {
         Some(c) => {
             let mut r = see_other("/admin/");

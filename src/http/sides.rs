@@ -72,10 +72,17 @@ fn host_of(h: &str) -> &str {
 }
 
 /// Middleware: answers only what this listener's side serves.
-pub async fn gate(State(side): State<Arc<Side>>, req: Request, next: Next) -> Response {
+/// Marks a request that came over the TLS port (the dashboard's login cookie is then
+/// `Secure`: a browser never sends it over plain HTTP to the boards' port).
+#[derive(Debug, Clone, Copy)]
+pub struct OverTls;
+
+pub async fn gate(State(side): State<Arc<Side>>, mut req: Request, next: Next) -> Response {
     let admin = is_admin_path(req.uri().path());
     match (&*side, admin) {
-        (Side::Both, _) | (Side::Boards { .. }, false) | (Side::Admin { .. }, true) => {
+        (Side::Both, _) | (Side::Boards { .. }, false) => next.run(req).await,
+        (Side::Admin { .. }, true) => {
+            req.extensions_mut().insert(OverTls);
             next.run(req).await
         }
         (Side::Boards { admin }, true) => super::admin::error(

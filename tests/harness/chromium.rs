@@ -142,10 +142,14 @@ impl Browser {
         .stderr(std::process::Stdio::null())
         .process_group(0);
         // SAFETY: only async-signal-safe calls between fork and exec; dup2 gives the child
-        // descriptors 3 and 4 without close-on-exec.
+        // descriptors 3 and 4 without close-on-exec. Both ends are first copied above 9:
+        // either may itself be 3 or 4 (the test process opens and closes descriptors on many
+        // threads), and dup2 onto itself would keep close-on-exec, or overwrite the other.
         unsafe {
             cmd.pre_exec(move || {
-                if libc::dup2(r, 3) < 0 || libc::dup2(w, 4) < 0 {
+                let r = libc::fcntl(r, libc::F_DUPFD, 10);
+                let w = libc::fcntl(w, libc::F_DUPFD, 10);
+                if r < 0 || w < 0 || libc::dup2(r, 3) < 0 || libc::dup2(w, 4) < 0 {
                     return Err(std::io::Error::last_os_error());
                 }
                 Ok(())
