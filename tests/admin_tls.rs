@@ -155,6 +155,10 @@ fn the_admin_side_is_served_over_tls_and_refused_in_clear() {
         let e = error_of(&r.text());
         assert!(e.contains(&https) && e.contains("TLS"), "{path}: {e}");
     }
+    // The admin side's root leads to the dashboard.
+    let r = agent_with(&p.ca, 0).get(&https).call().unwrap();
+    assert_eq!(r.status(), 303, "{}", r.status());
+    assert_eq!(r.header("location"), Some("/admin/"));
     // The dashboard is there, and its login cookie is Secure: a browser never sends it to
     // the boards' plain port.
     let (status, body) = get(&tls, &format!("{https}admin/"), None);

@@ -4,22 +4,28 @@
 use crate::harness::Fleet;
 use std::process::Command;
 
-const COMMANDS: [&str; 7] = [
-    "serve",
-    "module",
-    "device",
-    "export",
-    "sim",
-    "completions",
-    "man",
-];
+/// Every subcommand, from the command line's own definition, so a new one is checked too.
+fn commands() -> Vec<String> {
+    use clap::CommandFactory;
+    let names: Vec<String> = mpfleet::cli::Cli::command()
+        .get_subcommands()
+        .map(|c| c.get_name().to_owned())
+        .collect();
+    for known in [
+        "serve", "module", "device", "group", "rollout", "demo", "man",
+    ] {
+        assert!(names.iter().any(|n| n == known), "{known} in {names:?}");
+    }
+    names
+}
 
 #[test]
 fn completion_scripts_name_every_command() {
     let f = Fleet::new();
     for shell in ["bash", "zsh", "fish", "elvish", "powershell"] {
         let script = f.ok(&["completions", shell]);
-        for word in COMMANDS.iter().chain(&["publish", "bootstrap", "data"]) {
+        let words = ["publish", "bootstrap", "data"].map(String::from);
+        for word in commands().iter().chain(&words) {
             assert!(
                 script.contains(word),
                 "{shell} completions do not mention {word}"
@@ -71,7 +77,7 @@ fn man_page_names_every_command() {
     let page = f.ok(&["man"]);
     assert!(page.contains(".TH mpfleet 1"), "not a man page:\n{page}");
     assert!(page.contains(".SH SUBCOMMANDS"), "{page}");
-    for c in COMMANDS {
+    for c in commands() {
         assert!(
             page.contains(&format!("mpfleet\\-{c}(1)")),
             "the page does not name {c}:\n{page}"

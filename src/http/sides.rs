@@ -94,6 +94,10 @@ pub async fn gate(State(side): State<Arc<Side>>, mut req: Request, next: Next) -
                 url_for("https", *admin, &req)
             ),
         ),
+        // The admin side's root is its dashboard.
+        (Side::Admin { .. }, false) if req.uri().path() == "/" => {
+            axum::response::IntoResponse::into_response(axum::response::Redirect::to("/admin/"))
+        }
         (Side::Admin { boards }, false) => super::admin::error(
             StatusCode::NOT_FOUND,
             format!(
