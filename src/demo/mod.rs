@@ -329,6 +329,33 @@ impl Demo<'_> {
 
     /// Runs a CLI command on the demo's server, printed as the user would type it (files are
     /// in the demo's app directory).
+    /// Publishes sensor `version` (from `app`, the demo's files) and starts its rollout to the
+    /// group, as a user types both; returns the rollout's id.
+    fn release(&self, app: &Path, version: usize, what: &str, healthy_after: &str) -> Result<u64> {
+        outln!()?;
+        std::fs::write(app.join("sensor.py"), SENSOR[version - 1])?;
+        self.command(
+            &["module", "publish", "sensor.py"],
+            &format!("sensor {version}: {what}"),
+        )?;
+        let to = format!("sensor={version}");
+        self.command(
+            &[
+                "rollout",
+                "start",
+                GROUP,
+                "--to",
+                &to,
+                "--steps",
+                STEPS,
+                "--healthy-after",
+                healthy_after,
+            ],
+            "",
+        )?;
+        Ok(self.api.rollout()?["id"].as_u64().unwrap_or(0))
+    }
+
     fn command(&self, words: &[&str], comment: &str) -> Result<()> {
         use clap::Parser;
         let typed = words.join(" ");
@@ -489,27 +516,7 @@ impl Demo<'_> {
         let slow = Duration::from_secs(60 + 4 * n as u64);
         self.wait_boards("1", slow)?;
 
-        outln!()?;
-        std::fs::write(app.join("sensor.py"), SENSOR[1])?;
-        self.command(
-            &["module", "publish", "sensor.py"],
-            "sensor 2: a good version",
-        )?;
-        self.command(
-            &[
-                "rollout",
-                "start",
-                GROUP,
-                "--to",
-                "sensor=2",
-                "--steps",
-                STEPS,
-                "--healthy-after",
-                GOOD_HEALTHY_AFTER,
-            ],
-            "",
-        )?;
-        let good = self.api.rollout()?["id"].as_u64().unwrap_or(0);
+        let good = self.release(&app, 2, "a good version", GOOD_HEALTHY_AFTER)?;
         self.watch_rollout(good, slow, "done")?;
         let devices = self.wait_boards("2", slow)?;
         let before: std::collections::BTreeMap<String, Value> = devices
@@ -522,27 +529,7 @@ impl Demo<'_> {
             })
             .collect();
 
-        outln!()?;
-        std::fs::write(app.join("sensor.py"), SENSOR[2])?;
-        self.command(
-            &["module", "publish", "sensor.py"],
-            "sensor 3: raises at import",
-        )?;
-        self.command(
-            &[
-                "rollout",
-                "start",
-                GROUP,
-                "--to",
-                "sensor=3",
-                "--steps",
-                STEPS,
-                "--healthy-after",
-                BAD_HEALTHY_AFTER,
-            ],
-            "",
-        )?;
-        let bad = self.api.rollout()?["id"].as_u64().unwrap_or(0);
+        let bad = self.release(&app, 3, "raises at import", BAD_HEALTHY_AFTER)?;
         let r = self.watch_rollout(bad, slow, "paused")?;
         self.say(&format!(
             "rollout {bad} paused itself: {}",

@@ -21,6 +21,20 @@ fn binary() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("chromium"))
 }
 
+/// Headless Chromium with a profile of its own in `profile`, as every test runs it.
+fn headless(profile: &tempfile::TempDir) -> Command {
+    let mut cmd = Command::new(binary());
+    cmd.args([
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--no-first-run",
+        "--disable-extensions",
+    ])
+    .arg(format!("--user-data-dir={}", profile.path().display()));
+    cmd
+}
+
 fn run(what: &str, args: &[&str]) -> String {
     static FOUND: std::sync::OnceLock<()> = std::sync::OnceLock::new();
     FOUND.get_or_init(|| {
@@ -33,17 +47,8 @@ fn run(what: &str, args: &[&str]) -> String {
         }
     });
     let profile = tempfile::tempdir().unwrap();
-    let mut cmd = Command::new(binary());
-    cmd.args([
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--no-first-run",
-        "--disable-extensions",
-        "--hide-scrollbars",
-    ])
-    .arg(format!("--user-data-dir={}", profile.path().display()))
-    .args(args);
+    let mut cmd = headless(&profile);
+    cmd.args(["--hide-scrollbars"]).args(args);
     let out = output_within(&mut cmd, what, DEADLINE);
     assert!(
         out.status.success(),
@@ -126,21 +131,13 @@ impl Browser {
         let (we_read, child_writes) = pipe();
         let (r, w) = (child_reads.into_raw_fd(), child_writes.into_raw_fd());
         let profile = tempfile::tempdir().unwrap();
-        let mut cmd = Command::new(binary());
-        cmd.args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--no-first-run",
-            "--disable-extensions",
-            "--remote-debugging-pipe",
-        ])
-        .arg(format!("--user-data-dir={}", profile.path().display()))
-        .arg("about:blank")
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .process_group(0);
+        let mut cmd = headless(&profile);
+        cmd.arg("--remote-debugging-pipe")
+            .arg("about:blank")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .process_group(0);
         // SAFETY: only async-signal-safe calls between fork and exec; dup2 gives the child
         // descriptors 3 and 4 without close-on-exec. Both ends are first copied above 9:
         // either may itself be 3 or 4 (the test process opens and closes descriptors on many
