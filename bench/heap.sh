@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# How much heap a simulated board needs, by bisection over `mpfleet sim --heap` (1 KiB steps):
+# How much heap a simulated board needs, by bisection over `mpfleet sim --heap` (256-byte steps):
 #
 #   bench/heap.sh
 #
@@ -39,14 +39,14 @@ took=$(($(date +%s) - start))
 
 line=$(grep '^FIGURES heap: ' "$log" | tail -1)
 detail=$(grep '^FIGURES heap detail: ' "$log" | tail -1)
-# "key=NNk" -> NN
-get() { sed -n "s/.* $1=\([0-9]*\)k.*/\1/p" <<<"$2"; }
-budget() { sed -n "s/.* $1 +\([0-9]*\)k.*/\1/p" <<<"$detail"; }
+# "key=NN.NNk" -> NN.NN (KiB; figures are in steps of 256 bytes)
+get() { sed -n "s/.* $1=\([0-9.]*\)k.*/\1/p" <<<"$2"; }
+budget() { sed -n "s/.* $1 +\([0-9.]*\)k.*/\1/p" <<<"$detail"; }
 floor=$(get floor "$line")
-probes=$(grep -c '^heap .*: [0-9]*k \(ok\|fails\)$' "$log" || true)
+probes=$(grep -c '^heap .*: [0-9.]*k \(ok\|fails\)$' "$log" || true)
 
 echo
-echo "heap a simulated board needs: smallest mpfleet sim --heap, 1 KiB steps (64-bit unix port)"
+echo "heap a simulated board needs: smallest mpfleet sim --heap, 256-byte steps (64-bit unix port)"
 commit=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
 if [ "$commit" != unknown ] && ! git diff --quiet HEAD -- device src sim 2>/dev/null; then
   commit="$commit (device/, src/ or sim/ modified)"
@@ -60,7 +60,7 @@ row() { # label key [budget-key]
   local k b=""
   k=$(get "$2" "$3")
   [ -n "${4:-}" ] && b="+$(budget "$4")k"
-  printf '%-44s %5sk %15s %8s\n' "$1" "$k" "+$((k - floor))k" "$b"
+  printf '%-44s %5sk %15s %8s\n' "$1" "$k" "+$(awk "BEGIN { print $k - $floor }")k" "$b"
 }
 printf '%-44s %5sk\n' "floor: empty /main.py on a littlefs image" "$floor"
 row "plain boot (runtime .mpy)" boot "$line" boot

@@ -81,6 +81,9 @@ for _name, _value in ports.cause_names.items():
     globals()[_name] = _value
 
 _wdt_ms = [0]  # the watchdog's real timeout (ms), shared by every WDT object
+_WDT_DIGITS = const(16)
+_wdt_buf = bytearray(b"0" * _WDT_DIGITS + b" " + b"0" * _WDT_DIGITS + b"\n")  # see feed()
+_wdt_file = []  # the open MPFLEET_WDT file (see the end)
 
 
 def _wdt_timeout(args, kw):
@@ -119,11 +122,23 @@ class WDT:
         self.feed()
 
     def feed(self):
-        if _wdt_path:
-            # Write and rename: the harness never reads a half-written deadline.
-            with host.open(_wdt_path + ".new", "w") as f:
-                f.write("%d\n" % (utime.time_ns() // 1000000 + _wdt_ms[0]))
-            host.rename(_wdt_path + ".new", _wdt_path)
+        # A real feed() takes nothing from the heap; neither does this one, since it
+        # runs from a Timer callback at moments that vary from run to run (an
+        # allocation there would make the heap a boot needs vary too). One file, opened
+        # at start-up (see the end), and one buffer: the deadline written in place, twice, so
+        # that the harness can tell a write it read half-done (it takes the deadline
+        # only when both copies agree).
+        if not _wdt_file:
+            return
+        n = utime.time_ns() // 1000000 + _wdt_ms[0]
+        i = _WDT_DIGITS - 1
+        while i >= 0:
+            _wdt_buf[i] = _wdt_buf[_WDT_DIGITS + 1 + i] = 48 + n % 10
+            n //= 10
+            i -= 1
+        f = _wdt_file[0]
+        f.seek(0)
+        f.write(_wdt_buf)
 
 
 # Timers. A real port's soft timer puts its callback in the scheduler's queue
@@ -165,8 +180,14 @@ def _service(_):
     else:
         return
     room = ports.sched_depth  # fires that piled up beyond it are dropped
-    for t in [t for t in _timers if utime.ticks_diff(now, t._next) >= 0]:
-        if t not in _timers:  # deinit by an earlier callback
+    # By index, not over a copy: this runs at moments that vary from run to run and
+    # must take nothing from the board's heap (see WDT.feed). A callback may deinit
+    # a timer (this one or another) or arm one (appended: not due before its period).
+    i = 0
+    while i < len(_timers):
+        t = _timers[i]
+        if utime.ticks_diff(now, t._next) < 0:
+            i += 1
             continue
         fires = 1
         if t._mode == Timer.PERIODIC:
@@ -184,6 +205,8 @@ def _service(_):
                 sys.print_exception(e)
             except Exception as e:  # noqa: BLE001 -- printed, as the port's scheduler does
                 sys.print_exception(e)
+        if i < len(_timers) and _timers[i] is t:  # still armed, in its place
+            i += 1
 
 
 def _stop_ticker():
@@ -256,12 +279,6 @@ class Timer:
                 _hw[self._hw].deinit()
             _hw[self._hw] = self
         _timers.append(self)
-        if not _ticker_done:
-            done = _thread.allocate_lock()
-            done.acquire()
-            _ticker_done.append(done)
-            args = (_flags, done, micropython.schedule, _service, utime.sleep_ms)
-            _thread.start_new_thread(_ticker, args)
 
     def deinit(self):
         if self in _timers:
@@ -272,3 +289,14 @@ if not ports.has_wdt:  # unix
     del WDT, Timer, reset_cause
     for _name in ports.cause_names:
         del globals()[_name]
+else:
+    # What a real port keeps outside the Python heap (its timer service, its watchdog)
+    # is set up here, at start-up, so that its cost is the simulator's (the floor), not
+    # that of the code that first arms a Timer or feeds a WDT.
+    if _wdt_path:
+        _wdt_file.append(host.open(_wdt_path, "wb"))  # empty: no deadline yet
+    _done = _thread.allocate_lock()
+    _done.acquire()
+    _ticker_done.append(_done)
+    _thread.start_new_thread(_ticker, (_flags, _done, micropython.schedule, _service, utime.sleep_ms))
+    del _done

@@ -415,7 +415,7 @@ fn update_of_a_100k_module_fits_in_the_update_budget() {
     // Bootstrap is run once by hand (mpremote), not at every boot: the default heap.
     let mut b = installed(&f, &s);
     // The heap an update of a one-line module may take: the size of a module costs nothing.
-    b.heap = format!("{}k", crate::heap::floor() + crate::heap::UPDATE_MPY_BUDGET);
+    b.heap = (crate::heap::floor() + crate::heap::UPDATE_MPY_BUDGET).to_string();
     let mut big = String::from("VALUE = 'big'\n");
     while big.len() < 100 * 1024 {
         big.push_str("# padding: a comment line that makes this module one hundred kilobytes\n");

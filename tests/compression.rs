@@ -113,7 +113,7 @@ fn a_board_short_of_heap_fetches_the_plain_file() {
     published(&f, &s);
     // The heap the update budget allows: too little to spare 1 KiB of window and the
     // decoder's state, so the board asks for the plain file, and still updates.
-    b.heap = format!("{}k", crate::heap::floor() + crate::heap::UPDATE_MPY_BUDGET);
+    b.heap = (crate::heap::floor() + crate::heap::UPDATE_MPY_BUDGET).to_string();
     updates_fetching(&b, &s, &s.base, "/m/sensorclass/2.py");
 }
 

@@ -1,5 +1,6 @@
 //! How much heap a board needs, measured only from outside: `mpfleet sim --heap`, and what the
-//! board prints. Every figure is the smallest `--heap` (1 KiB steps) at which a run succeeds:
+//! board prints. Every figure is the smallest `--heap` (in steps of 256 bytes, `STEP`) at which
+//! a run succeeds:
 //!
 //! - the *floor*: a littlefs2 image holding only an empty `/main.py` boots and returns. It is
 //!   the simulator's own cost (the interpreter, the flash shims, mounting), not the runtime's;
@@ -16,8 +17,8 @@
 //! figure on one line.
 
 use crate::harness::{
-    image_board_at, littlefs_image, min_heap, output_within, with_board, Fleet, ImageBoard, Server,
-    SimRun,
+    image_board_at, kib, littlefs_image, min_heap, output_within, with_board, Fleet, ImageBoard,
+    Server, SimRun,
 };
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -26,22 +27,22 @@ use std::time::Duration;
 
 const MAC: &str = "deadbeef4ea9";
 
-/// What a plain boot may need over the floor, in KiB.
-const BOOT_BUDGET: u32 = 6;
+/// What a plain boot may need over the floor, in bytes (every figure here is).
+const BOOT_BUDGET: u32 = 6 * 1024;
 /// What a whole update may need over the floor, runtime precompiled. The goal is 12k (issue
 /// 7); the runtime reaches 14k (15k in some runs) since an update takes three boots (check,
 /// install, report), each with only its own code loaded (18k when the whole updater was one
 /// module; BENCHMARKS.md: each boot's code is 7-11k on this 64-bit host, and the first stage
 /// keeps about 5k). This pins what is reached (with 1k for the holes, which move by about 1k
 /// between runs), so that it cannot grow unnoticed.
-pub(crate) const UPDATE_MPY_BUDGET: u32 = 16;
+pub(crate) const UPDATE_MPY_BUDGET: u32 = 16 * 1024;
 /// What a whole update may need over the floor on a server without mpy-cross.
-const UPDATE_SOURCE_BUDGET: u32 = 24;
+const UPDATE_SOURCE_BUDGET: u32 = 24 * 1024;
 
 /// The heaps searched: the floor is below `FLOOR_MAX`; nothing needs more than `floor + SPAN`.
-const FLOOR_MIN: u32 = 4;
-const FLOOR_MAX: u32 = 128;
-const SPAN: u32 = 160;
+const FLOOR_MIN: u32 = 4 * 1024;
+const FLOOR_MAX: u32 = 128 * 1024;
+const SPAN: u32 = 160 * 1024;
 
 /// Heap the boards are installed with, far above anything measured.
 const GENEROUS: &str = "512k";
@@ -77,11 +78,11 @@ pub(crate) fn floor() -> u32 {
 }
 
 fn floor_of(image: &Path, dir: &Path) -> u32 {
-    min_heap("floor (image)", FLOOR_MIN, FLOOR_MAX, parallel(), |k| {
-        let b = image_board_at(image, &dir.join(format!("probe-{k}")), MAC, k);
+    min_heap("floor (image)", FLOOR_MIN, FLOOR_MAX, parallel(), |bytes| {
+        let b = image_board_at(image, &dir.join(format!("probe-{bytes}")), MAC, bytes);
         boots_empty_main(&b)
     })
-    .unwrap_or_else(|| panic!("an empty main.py does not boot even at {FLOOR_MAX}k"))
+    .unwrap_or_else(|| panic!("an empty main.py does not boot even at {}", kib(FLOOR_MAX)))
 }
 
 /// An empty `/main.py` runs and returns (exit 0) in one boot.
@@ -99,21 +100,33 @@ fn floor_dir(dir: &Path) -> u32 {
     let flash = dir.join("flash-dir");
     std::fs::create_dir_all(&flash).unwrap();
     std::fs::write(flash.join("main.py"), "").unwrap();
-    min_heap("floor (dir)", FLOOR_MIN, FLOOR_MAX, parallel(), |k| {
+    min_heap("floor (dir)", FLOOR_MIN, FLOOR_MAX, parallel(), |bytes| {
         let out = output_within(
             std::process::Command::new(crate::harness::BIN)
                 .args(["sim", "--server", "http://127.0.0.1:9/", "--mac", MAC])
-                .args(["--heap", &format!("{k}k"), "--boots", "1", "--settle", "1"])
+                .args([
+                    "--heap",
+                    &bytes.to_string(),
+                    "--boots",
+                    "1",
+                    "--settle",
+                    "1",
+                ])
                 .arg("--flash-dir")
                 .arg(&flash)
                 .arg("--state")
-                .arg(dir.join(format!("dir-state-{k}"))),
-            &format!("board {MAC} (empty main.py on a directory, {k}k)"),
+                .arg(dir.join(format!("dir-state-{bytes}"))),
+            &format!("board {MAC} (empty main.py on a directory, {})", kib(bytes)),
             PROBE_DEADLINE,
         );
         out.status.success()
     })
-    .unwrap_or_else(|| panic!("an empty main.py on a directory does not boot at {FLOOR_MAX}k"))
+    .unwrap_or_else(|| {
+        panic!(
+            "an empty main.py on a directory does not boot at {}",
+            kib(FLOOR_MAX)
+        )
+    })
 }
 
 /// A board bootstrapped and running sensorclass `one` at a generous heap, the new version
@@ -180,19 +193,19 @@ impl Installed {
         }
     }
 
-    /// A fresh copy of the installed board, at `--heap {k}k`.
-    fn copy_at(&self, what: &str, k: u32) -> ImageBoard {
-        let dir: PathBuf = self.fleet.dir.path().join(format!("probe-{what}-{k}"));
+    /// A fresh copy of the installed board, at `--heap {bytes}`.
+    fn copy_at(&self, what: &str, bytes: u32) -> ImageBoard {
+        let dir: PathBuf = self.fleet.dir.path().join(format!("probe-{what}-{bytes}"));
         let _ = std::fs::remove_dir_all(&dir);
         let mut b = self.board.copy_to(dir, MAC);
-        b.heap = format!("{k}k");
+        b.heap = bytes.to_string();
         b.deadline = PROBE_DEADLINE;
         b
     }
 
-    /// Boots a copy at `k` without asking for an update: did it reach its app and settle?
-    fn plain_boot(&self, k: u32) -> Result<SimRun, String> {
-        let b = self.copy_at("boot", k);
+    /// Boots a copy at `bytes` without asking for an update: did it reach its app and settle?
+    fn plain_boot(&self, bytes: u32) -> Result<SimRun, String> {
+        let b = self.copy_at("boot", bytes);
         let run = b.try_boot_with(&self.server.base, 3, false, None)?;
         let said = run.said();
         let running = said.iter().position(|l| l.starts_with("mpfleet: running"));
@@ -204,9 +217,9 @@ impl Installed {
         }
     }
 
-    /// Boots a copy at `k` asking for an update: does it end running the new version?
-    fn update(&self, k: u32) -> Result<SimRun, String> {
-        let b = self.copy_at("update", k);
+    /// Boots a copy at `bytes` asking for an update: does it end running the new version?
+    fn update(&self, bytes: u32) -> Result<SimRun, String> {
+        let b = self.copy_at("update", bytes);
         let run = b.try_boot_with(&self.server.base, 6, true, None)?;
         let new = run
             .app_lines()
@@ -247,8 +260,8 @@ fn measure(
     let k = k.unwrap_or_else(|| {
         let out = failures.get(&(floor + SPAN)).map_or("", String::as_str);
         panic!(
-            "{what} fails at every heap up to {}k; there:\n{}",
-            floor + SPAN,
+            "{what} fails at every heap up to {}; there:\n{}",
+            kib(floor + SPAN),
             tail(out, 40)
         )
     });
@@ -265,8 +278,11 @@ fn within_budget(
     let floor = floor();
     let (k, failures) = measure(what, probe);
     eprintln!(
-        "FIGURES heap: floor={floor}k {key}={k}k (+{}k), budget +{budget}k",
-        k - floor
+        "FIGURES heap: floor={} {key}={} (+{}), budget +{}",
+        kib(floor),
+        kib(k),
+        kib(k - floor),
+        kib(budget)
     );
     if k > floor + budget {
         // What the board says at the budget.
@@ -276,9 +292,13 @@ fn within_budget(
             None => probe(at).err().unwrap_or_default(),
         };
         panic!(
-            "{what} needs {k}k, the floor ({floor}k) + {}k: more than the budget of +{budget}k \
-             (all figures: bench/heap.sh); the board at {at}k:\n{}",
-            k - floor,
+            "{what} needs {}, the floor ({}) + {}: more than the budget of +{} \
+             (all figures: bench/heap.sh); the board at {}:\n{}",
+            kib(k),
+            kib(floor),
+            kib(k - floor),
+            kib(budget),
+            kib(at),
             tail(&out, 40)
         );
     }
@@ -335,17 +355,21 @@ fn figures() {
     };
     let boot_source = measure("plain boot (runtime source)", &|k| source.plain_boot(k)).0;
     let update_source = measure("update (runtime source)", &|k| source.update(k)).0;
-    let over = |k: u32| format!("{k}k (+{}k)", k - floor);
+    let over = |k: u32| format!("{} (+{})", kib(k), kib(k - floor));
     println!(
-        "FIGURES heap: floor={floor}k boot={} update_mpy={} update_source={}",
+        "FIGURES heap: floor={} boot={} update_mpy={} update_source={}",
+        kib(floor),
         over(boot),
         over(update_mpy),
         over(update_source)
     );
     println!(
-        "FIGURES heap detail: floor_dir={floor_dir}k boot_source={} budgets: boot +{BOOT_BUDGET}k \
-         update_mpy +{UPDATE_MPY_BUDGET}k update_source +{UPDATE_SOURCE_BUDGET}k; \
-         without mpy-cross the board got its runtime as {source_runtime}",
-        over(boot_source)
+        "FIGURES heap detail: floor_dir={} boot_source={} budgets: boot +{} update_mpy +{} \
+         update_source +{}; without mpy-cross the board got its runtime as {source_runtime}",
+        kib(floor_dir),
+        over(boot_source),
+        kib(BOOT_BUDGET),
+        kib(UPDATE_MPY_BUDGET),
+        kib(UPDATE_SOURCE_BUDGET)
     );
 }

@@ -330,7 +330,7 @@ fn a_manifest_of_64_modules_installs_and_65_is_refused() {
     );
     // The update of one module takes no more heap than with four modules: the budget.
     let next = publish(&f, &s, MAC, "sensorclass", "VALUE = 'two'\n");
-    b.heap = format!("{}k", crate::heap::floor() + crate::heap::UPDATE_MPY_BUDGET);
+    b.heap = (crate::heap::floor() + crate::heap::UPDATE_MPY_BUDGET).to_string();
     let run = b.boot_with(&s.base, 6, true, None);
     assert_eq!(
         run.last_app_line(),

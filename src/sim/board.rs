@@ -137,10 +137,13 @@ pub struct Board {
 }
 
 /// The watchdog deadline a board wrote (Unix ms), if it has one.
+/// The watchdog deadline the board wrote (sim/machine.py's `WDT.feed`): the same number
+/// twice, written in place; `None` until it is there, or when the two copies differ (read
+/// while the board was writing: the next poll reads it again).
 fn read_deadline(path: &std::path::Path) -> Option<u128> {
-    std::fs::read_to_string(path)
-        .ok()
-        .and_then(|s| s.trim().parse::<u128>().ok())
+    let s = std::fs::read_to_string(path).ok()?;
+    let (a, b) = s.trim().split_once(' ')?;
+    (a == b).then(|| a.parse().ok())?
 }
 
 fn now_ms() -> u128 {

@@ -1,15 +1,27 @@
-//! The smallest heap a board needs for something, by search over `--heap` in 1 KiB steps.
+//! The smallest heap a board needs for something, by search over `--heap` in steps of
+//! [`STEP`] bytes.
 
 use super::ImageBoard;
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-/// The smallest `k` in `lo..=hi` for which `ok(k)` holds (a board succeeds with
-/// `--heap {k}k`), assuming it holds for every heap above one where it holds; `None` when it
-/// holds nowhere in the range. Each round probes `parallel` heaps at once, evenly spaced over
-/// what is still undecided, so a range of R heaps takes about log_{parallel+1}(R) rounds.
-/// Every probe is logged to stderr (`heap WHAT: 40k ok`).
+/// The resolution of every heap figure, in bytes. Finer than the 1 KiB a figure moves by when
+/// the simulator or the runtime changes a little, so that a figure and the floor it is
+/// compared with are not each rounded up by most of a KiB.
+pub const STEP: u32 = 256;
+
+/// `bytes` as KiB for people: `35.25k`.
+pub fn kib(bytes: u32) -> String {
+    let s = format!("{:.2}", f64::from(bytes) / 1024.0);
+    format!("{}k", s.trim_end_matches('0').trim_end_matches('.'))
+}
+
+/// The smallest heap (bytes, a multiple of [`STEP`]) in `lo..=hi` for which `ok(bytes)` holds
+/// (a board succeeds with `--heap {bytes}`), assuming it holds for every heap above one where
+/// it holds; `None` when it holds nowhere in the range. Each round probes `parallel` heaps at
+/// once, evenly spaced over what is still undecided, so a range of R steps takes about
+/// log_{parallel+1}(R) rounds. Every probe is logged to stderr (`heap WHAT: 40.25k ok`).
 pub fn min_heap(
     what: &str,
     lo: u32,
@@ -18,8 +30,9 @@ pub fn min_heap(
     ok: impl Fn(u32) -> bool + Sync,
 ) -> Option<u32> {
     let parallel = parallel.max(1) as u32;
-    // Every heap below `lo` fails; `best` is the smallest known to succeed.
-    let mut lo = lo;
+    // In steps: every heap below `lo` fails; `best` is the smallest known to succeed.
+    let mut lo = lo.div_ceil(STEP);
+    let hi = hi / STEP;
     let mut best: Option<u32> = None;
     let mut probes = 0;
     loop {
@@ -37,14 +50,18 @@ pub fn min_heap(
                 .iter()
                 .map(|&k| {
                     let ok = &ok;
-                    s.spawn(move || (k, ok(k)))
+                    s.spawn(move || (k, ok(k * STEP)))
                 })
                 .collect();
             handles.into_iter().map(|h| h.join().unwrap()).collect()
         });
         probes += results.len();
         for (k, good) in results {
-            eprintln!("heap {what}: {k}k {}", if good { "ok" } else { "fails" });
+            eprintln!(
+                "heap {what}: {} {}",
+                kib(k * STEP),
+                if good { "ok" } else { "fails" }
+            );
             if good {
                 best = Some(best.map_or(k, |b| b.min(k)));
             } else {
@@ -54,11 +71,12 @@ pub fn min_heap(
     }
     eprintln!(
         "heap {what}: {} after {probes} probes",
-        best.map_or(format!("fails at every heap up to {hi}k"), |k| format!(
-            "smallest {k}k"
-        ))
+        best.map_or(
+            format!("fails at every heap up to {}", kib(hi * STEP)),
+            |k| format!("smallest {}", kib(k * STEP))
+        )
     );
-    best
+    best.map(|k| k * STEP)
 }
 
 /// The MicroPython unix port the simulator runs: `MPFLEET_MICROPYTHON`, or on `PATH`.
@@ -115,10 +133,10 @@ pub fn littlefs_image(image: &Path, blocks: u32, files: &[(&str, &str)]) {
     );
 }
 
-/// A board that boots `image` (a copy) at `--heap {k}k`, unconnected.
-pub fn image_board_at(image: &Path, dir: &Path, mac: &str, k: u32) -> ImageBoard {
+/// A board that boots `image` (a copy) at `--heap {bytes}`, unconnected.
+pub fn image_board_at(image: &Path, dir: &Path, mac: &str, bytes: u32) -> ImageBoard {
     let mut b = ImageBoard::new(dir.to_path_buf(), mac);
     std::fs::copy(image, b.image()).unwrap();
-    b.heap = format!("{k}k");
+    b.heap = bytes.to_string();
     b
 }
