@@ -112,40 +112,25 @@ def feed():
 
 
 def _healthy():
+    # Also confirms the primary: /ota/confirmed.json holds the generation number of
+    # the last primary whose app said it is healthy (installer.py reads it and
+    # removes it before it writes a new primary). Written only when it says
+    # another; a write cut short leaves it unconfirmed, and the next healthy
+    # boot writes it again.
+    global confirmed
     if _w:
         _w.until = None  # the timer feeds it for as long as the board runs
     if primary and not confirmed:
+        confirmed = True
+        g = str(generation)
         try:
-            _confirm()
+            try:
+                with open(_OTA + "confirmed.json") as f:
+                    if f.read() == g:
+                        return
+            except OSError:  # none yet
+                pass
+            with open(_OTA + "confirmed.json", "w") as f:
+                f.write(g)
         except OSError as e:  # a full flash: stays unconfirmed, the app runs on
             print("mpfleet: cannot confirm:", e)
-
-
-def _confirm():
-    # Rewrite the head line of /ota/primary.json with "confirmed": true,
-    # through a temporary file and a rename: never half-written.
-    global confirmed
-    confirmed = True
-    src = _OTA + "primary.json"
-    tmp = _OTA + "tmp/primary.json"
-    with open(src) as f, open(tmp, "w") as out:
-        head = json.loads(f.readline() + "}}")
-        head["confirmed"] = True
-        head.pop("modules", None)
-        out.write(json.dumps(head)[:-1] + ',"modules":{\n')
-        while True:
-            line = f.readline()
-            if not line:
-                break
-            out.write(line)
-    _rename(tmp, src)
-
-
-def _rename(src, dst):
-    import os
-
-    try:
-        os.rename(src, dst)
-    except OSError:  # FAT will not rename over an existing file
-        os.remove(dst)
-        os.rename(src, dst)

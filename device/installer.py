@@ -176,7 +176,7 @@ def files(server, g, app, manifest):
                 sep = ",\n"
             out.write("\n}}\n")
         run = io.now
-        if run and run[0] == "primary" and run[1].get("confirmed"):
+        if run and run[0] == "primary" and _confirmed(run[1]):
             # The running configuration becomes the alternate: a copy, renamed
             # over the old one, so that a power cut never leaves no primary.
             buf = memoryview(bytearray(128))
@@ -187,6 +187,7 @@ def files(server, g, app, manifest):
                         break
                     out.write(buf[:n])
             io.replace(_TMP + "alternate.json", _OTA + "alternate.json")
+        io.remove(_OTA + "confirmed.json")  # first: the new primary is not, even if its number was
         io.replace(_TMP + "primary.json", _OTA + "primary.json")
     finally:
         io.remove(_TMP + "dl")
@@ -195,6 +196,16 @@ def files(server, g, app, manifest):
     if hasattr(os, "sync"):
         os.sync()
     io.now = ("primary", {"generation": g, "app": app}, io.now and io.now[2])  # runs now
+
+
+def _confirmed(head):
+    # Whether the running primary is confirmed: config.py writes its generation
+    # number to /ota/confirmed.json (an older config marked the head line instead).
+    try:
+        with open(_OTA + "confirmed.json") as f:
+            return f.read() == str(head["generation"])
+    except OSError:
+        return head.get("confirmed", False)
 
 
 def run(now, g, app):

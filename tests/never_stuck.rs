@@ -165,6 +165,8 @@ fn a_fallback_that_crashes_too_asks_the_server_until_a_fix_comes() {
 fn only_a_confirmed_configuration_becomes_the_alternate() {
     let (f, s, b) = installed(&app(true));
     let good = generation(&s, MAC);
+    // Its app said it is healthy: config.py wrote its generation down as confirmed.
+    assert_eq!(image_json(&b, "/ota/confirmed.json"), Some(good.into()));
     // Generation 2's app runs but never says it is healthy: the watchdog resets it at its
     // boot deadline (four boots: the update's three, then the app once).
     let unconfirmed = publish(&f, &s, MAC, "app", &app(false));
@@ -179,6 +181,11 @@ fn only_a_confirmed_configuration_becomes_the_alternate() {
     let primary = image_json(&b, "/ota/primary.json").unwrap();
     assert_eq!(primary["generation"], unconfirmed);
     assert_eq!(primary["confirmed"], false, "{primary}");
+    assert_eq!(
+        image_json(&b, "/ota/confirmed.json"),
+        None,
+        "nothing is confirmed"
+    );
     // Generation 3 is installed from the unconfirmed generation 2: the alternate stays 1.
     let third = publish(&f, &s, MAC, "sensorclass", "VALUE = 'three'\n");
     let run = b.boot_with(&s.base, 4, true, None);
@@ -190,7 +197,8 @@ fn only_a_confirmed_configuration_becomes_the_alternate() {
     );
     let alternate = image_json(&b, "/ota/alternate.json").unwrap();
     assert_eq!(alternate["generation"], good, "{alternate}");
-    assert_eq!(alternate["confirmed"], true, "{alternate}");
+    // Generation 3 said it is healthy: confirmed in turn.
+    assert_eq!(image_json(&b, "/ota/confirmed.json"), Some(third.into()));
 }
 
 #[test]
