@@ -13,6 +13,7 @@ pub mod bulk;
 pub mod cli;
 mod commands;
 pub mod compress;
+pub mod delta;
 pub mod demo;
 pub mod duration;
 pub mod export;

@@ -15,7 +15,14 @@ use std::fmt;
 use std::str::FromStr;
 
 /// The runtime modules every device gets, at `latest` unless its manifest names a version.
-pub const RUNTIME_MODULES: [&str; 5] = ["config", "updater", "reporter", "updater_io", "installer"];
+pub const RUNTIME_MODULES: [&str; 6] = [
+    "config",
+    "updater",
+    "reporter",
+    "updater_io",
+    "installer",
+    "updater_delta",
+];
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Want {
@@ -442,22 +449,24 @@ impl Resolved {
     /// Everything of [`Self::to_json`] after the head: the same for every device that
     /// resolves to the same files, so the served tree keeps it once for all of them.
     pub fn tail(&self) -> String {
-        self.tail_with(&|_| None)
+        self.tail_with(&|_| Extra::default())
     }
 
-    /// [`Self::tail`], with each file's compressed copy where `gz` (a file's SHA-256 to the
-    /// size of its copy) has one: what `serve` and `export` hand out (`crate::compress`).
-    pub fn tail_with(&self, gz: &dyn Fn(&str) -> Option<u64>) -> String {
+    /// [`Self::tail`], with what `extra` (by a file's SHA-256) says the tree has beside each
+    /// file: what `serve` and `export` hand out.
+    pub fn tail_with(&self, extra: &dyn Fn(&str) -> Extra) -> String {
         let mut out = String::with_capacity(400 * (self.modules.len() + 3));
         lines(
             &mut out,
-            self.modules.iter().map(|(n, m)| (n, file_entry(n, m, gz))),
+            self.modules
+                .iter()
+                .map(|(n, m)| (n, file_entry(n, m, extra))),
         );
         out.push_str("\n},\"boot\":{");
         lines(
             &mut out,
             self.boot.iter().map(|(name, m)| {
-                let mut e = file_entry(name, m, gz);
+                let mut e = file_entry(name, m, extra);
                 if name.as_str() == "main" {
                     // /main.py runs as source, whatever the port.
                     e.as_object_mut()
@@ -564,11 +573,27 @@ fn lines<'a>(out: &mut String, entries: impl Iterator<Item = (&'a ModuleName, Va
     }
 }
 
-/// One file of a resolved manifest: its version, size, SHA-256, URL, its compressed copy if
-/// `gz` knows one, and its precompiled variant (with its own copy).
-fn file_entry(name: &ModuleName, m: &ResolvedModule, gz: &dyn Fn(&str) -> Option<u64>) -> Value {
-    let copy = |sha: &str, url: &str| {
-        gz(sha).map(|size| json!({"size": size, "url": crate::compress::path(url)}))
+/// What the served tree has beside a file, named in its manifest entry.
+#[derive(Debug, Clone, Default)]
+pub struct Extra {
+    /// The size of its gzip copy (`crate::compress`), if it has one: `"gz"`.
+    pub gz: Option<u64>,
+    /// The first 12 hex digits of the SHA-256 of each file it has a delta from
+    /// (`crate::delta`): `"from"`.
+    pub from: Vec<String>,
+}
+
+/// One file of a resolved manifest: its version, size, SHA-256, URL, what `extra` says the
+/// tree has beside it (a compressed copy, deltas), and its precompiled variant (with its own).
+fn file_entry(name: &ModuleName, m: &ResolvedModule, extra: &dyn Fn(&str) -> Extra) -> Value {
+    let add = |entry: &mut Value, sha: &str, url: &str| {
+        let e = extra(sha);
+        if let Some(size) = e.gz {
+            entry["gz"] = json!({"size": size, "url": crate::compress::path(url)});
+        }
+        if !e.from.is_empty() {
+            entry["from"] = json!(e.from);
+        }
     };
     let url = version_path(name, &m.version);
     let mut entry = json!({
@@ -577,9 +602,7 @@ fn file_entry(name: &ModuleName, m: &ResolvedModule, gz: &dyn Fn(&str) -> Option
         "sha256": m.info.sha256,
         "url": url,
     });
-    if let Some(c) = copy(&m.info.sha256, &url) {
-        entry["gz"] = c;
-    }
+    add(&mut entry, &m.info.sha256, &url);
     if let Some(mpy) = &m.info.mpy {
         let url = mpy_path(name, &m.version);
         let mut variant = json!({
@@ -588,9 +611,7 @@ fn file_entry(name: &ModuleName, m: &ResolvedModule, gz: &dyn Fn(&str) -> Option
             "sha256": mpy.sha256,
             "url": url,
         });
-        if let Some(c) = copy(&mpy.sha256, &url) {
-            variant["gz"] = c;
-        }
+        add(&mut variant, &mpy.sha256, &url);
         entry["mpy"] = variant;
     }
     entry
@@ -628,7 +649,7 @@ mod tests {
         let text = d.to_seed_json();
         assert_eq!(
             text,
-            r#"{"name":"smartcharger","smartcharger":"1","sensorclass":"2","mqttclass":"latest","config":"latest","updater":"latest","reporter":"latest","updater_io":"latest","installer":"latest"}"#
+            r#"{"name":"smartcharger","smartcharger":"1","sensorclass":"2","mqttclass":"latest","config":"latest","updater":"latest","reporter":"latest","updater_io":"latest","installer":"latest","updater_delta":"latest"}"#
         );
         assert_eq!(Desired::from_seed_json(&text).unwrap(), d);
     }
@@ -644,7 +665,7 @@ mod tests {
         let d = group.overlay(&own).desired().unwrap();
         assert_eq!(
             d.to_seed_json(),
-            r#"{"name":"app","app":"latest","sensorclass":"1","mqtt":"3","config":"latest","updater":"latest","reporter":"latest","updater_io":"latest","installer":"latest"}"#
+            r#"{"name":"app","app":"latest","sensorclass":"1","mqtt":"3","config":"latest","updater":"latest","reporter":"latest","updater_io":"latest","installer":"latest","updater_delta":"latest"}"#
         );
         let own = Pins::new(None, vec![(m("sensorclass"), Want::Latest)]).unwrap();
         assert_eq!(
@@ -698,6 +719,7 @@ mod tests {
             ("reporter", true),
             ("updater_io", true),
             ("installer", true),
+            ("updater_delta", true),
             ("main", true),
             ("mpfleet", true),
         ] {

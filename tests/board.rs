@@ -26,6 +26,7 @@ fn downloads(s: &Server, from: usize) -> Vec<String> {
     raw_downloads(s, from)
         .into_iter()
         .map(|p| {
+            let p = p.split_once(".from-").map_or(p.as_str(), |(file, _)| file);
             p.trim_end_matches(".gz")
                 .rsplit_once('.')
                 .unwrap()
@@ -121,6 +122,7 @@ fn blank_board_bootstraps_installs_and_reports() {
         "reporter",
         "updater_io",
         "installer",
+        "updater_delta",
     ] {
         assert!(!b.ls(&format!("ota/m/{m}")).is_empty(), "{m} not installed");
     }

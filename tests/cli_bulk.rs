@@ -72,7 +72,7 @@ fn csv_import_creates_devices_with_generations_and_keys() {
         show["desired"],
         json!({"name": "smartcharger", "smartcharger": "latest", "sensorclass": "1",
                "config": "latest", "updater": "latest", "reporter": "latest",
-               "updater_io": "latest", "installer": "latest"})
+               "updater_io": "latest", "installer": "latest", "updater_delta": "latest"})
     );
     assert_eq!(show["resolved"]["modules"]["sensorclass"]["version"], "1");
     let show = f.json(&["device", "show", "a0b1c2d3e4f5", "--json"]);
@@ -230,7 +230,7 @@ fn export_round_trips_through_import() {
         json!({"mac": "020000000001", "app": "smartcharger",
                "modules": {"smartcharger": "latest", "sensorclass": "1", "config": "latest",
                            "updater": "latest", "reporter": "latest", "updater_io": "latest",
-                           "installer": "latest"}})
+                           "installer": "latest", "updater_delta": "latest"}})
     );
     let (code, out, err) = import_stdin(&f, &export);
     assert_eq!(code, 0, "{err}");

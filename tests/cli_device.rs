@@ -53,7 +53,7 @@ fn set_adds_app_and_runtime_and_names_missing_modules() {
         show["desired"],
         json!({"name": "smartcharger", "smartcharger": "latest", "sensorclass": "1",
                "config": "latest", "updater": "latest", "reporter": "latest",
-               "updater_io": "latest", "installer": "latest"})
+               "updater_io": "latest", "installer": "latest", "updater_delta": "latest"})
     );
     assert_eq!(show["resolved"]["modules"]["sensorclass"]["version"], "1");
     for (pair, error) in [

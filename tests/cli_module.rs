@@ -163,6 +163,7 @@ fn runtime_is_published_by_the_first_write() {
         "reporter",
         "updater_io",
         "installer",
+        "updater_delta",
         "main",
         "mpfleet",
         "mpfleet_boot",

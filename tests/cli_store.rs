@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
-const RUNTIME: [&str; 8] = [
+const RUNTIME: [&str; 9] = [
     "config",
     "installer",
     "main",
@@ -16,6 +16,7 @@ const RUNTIME: [&str; 8] = [
     "mpfleet_boot",
     "reporter",
     "updater",
+    "updater_delta",
     "updater_io",
 ];
 const MAC: &str = "deadbeef1234";

@@ -36,6 +36,9 @@ const BOOT_BUDGET: u32 = 6 * 1024;
 /// keeps about 5k). This pins what is reached (with 1k for the holes, which move by about 1k
 /// between runs), so that it cannot grow unnoticed.
 pub(crate) const UPDATE_MPY_BUDGET: u32 = 16 * 1024;
+/// What an update by delta may need over the same update by the whole file (see
+/// `update_by_delta_needs_at_most_2k_more_heap_than_by_the_whole_file`).
+const DELTA_EXTRA: u32 = 2 * 1024;
 /// What a whole update may need over the floor on a server without mpy-cross.
 const UPDATE_SOURCE_BUDGET: u32 = 24 * 1024;
 
@@ -143,6 +146,11 @@ impl Installed {
     /// `fleet`: `Fleet::new()` (precompiling, when mpy-cross is installed) or
     /// `Fleet::without_mpy_cross()`.
     fn new(fleet: Fleet, precompiled: bool) -> Self {
+        Self::with_sensorclass(fleet, precompiled, &|value| format!("VALUE = '{value}'\n"))
+    }
+
+    /// [`Self::new`], with `sensorclass` made by `source` from its value (`one`, `two`).
+    fn with_sensorclass(fleet: Fleet, precompiled: bool, source: &dyn Fn(&str) -> String) -> Self {
         if precompiled {
             assert!(
                 mpy_cross_installed(),
@@ -150,6 +158,7 @@ impl Installed {
             );
         }
         let fleet = with_board(fleet, MAC, &[]);
+        fleet.publish("sensorclass", &source("one"), &[]);
         let server = fleet.serve();
         let mut board = ImageBoard::new(fleet.dir.path().join("installed"), MAC);
         board.heap = GENEROUS.into();
@@ -183,7 +192,7 @@ impl Installed {
         eprintln!("heap: installed board downloaded as .mpy: {mpy:?}");
         // The next version, for the update runs.
         let before = server.get(&format!("v1/{MAC}.json")).body;
-        fleet.publish("sensorclass", "VALUE = 'two'\n", &[]);
+        fleet.publish("sensorclass", &source("two"), &[]);
         server.wait_get(&format!("v1/{MAC}.json"), |r| r.body != before);
         Self {
             fleet,
@@ -318,6 +327,69 @@ fn update_with_the_runtime_precompiled_fits_in_the_floor_plus_16k() {
         "update_mpy",
         UPDATE_MPY_BUDGET,
         &|k| i.update(k),
+    );
+}
+
+/// `sensorclass` of about 2.5 KB of bytecode, whose next version is a delta of a few dozen bytes.
+fn sensorclass_with_functions(value: &str) -> String {
+    let mut s = format!("VALUE = '{value}'\n");
+    for i in 0..12 {
+        s.push_str(&format!("def reading_{i}(sensor, offset=0):\n"));
+        for j in 0..8 {
+            let (a, b) = ((i * 37 + j * 11) % 97, (i * 53 + j * 29) % 89);
+            s.push_str(&format!(
+                "    r{j} = sensor.read({a}, channel={b}) * {} + offset\n",
+                (a * b) % 1009
+            ));
+        }
+        s.push_str("    return (r0 + r1 + r2 + r3 + r4 + r5 + r6 + r7) / 8\n");
+    }
+    s
+}
+
+/// An update of a module of a few KB, where the new version comes as a delta against the
+/// file on flash: `updater_delta` loaded on top of the installer, and the board's file open
+/// beside the download. A board short of heap for that fetches the whole file in the same
+/// boot, so this compares the smallest heap at which the update completes at all with the
+/// smallest at which it completes by delta: the delta's own cost, pinned at
+/// [`DELTA_EXTRA`] (about 1.75k now: the module's code and a second open file). The goal,
+/// no more than the whole file, needs the delta applied in a boot of its own, before the
+/// installer loads (BENCHMARKS.md).
+#[test]
+fn update_by_delta_needs_at_most_2k_more_heap_than_by_the_whole_file() {
+    let i = Installed::with_sensorclass(Fleet::new(), true, &sensorclass_with_functions);
+    let floor = floor();
+    let (any, _) = measure("update of a few KB (runtime .mpy)", &|k| i.update(k));
+    let (delta, failures) = measure("update by delta (runtime .mpy)", &|k| {
+        let run = i.update(k)?;
+        let said = run.said();
+        let applied = said
+            .iter()
+            .any(|l| l.starts_with("mpfleet: downloading m/sensorclass/") && l.contains(".from-"))
+            && !said.iter().any(|l| l.starts_with("mpfleet: no delta"));
+        if applied {
+            Ok(run)
+        } else {
+            Err(run.out)
+        }
+    });
+    eprintln!(
+        "FIGURES heap: floor={} update_few_kb={} (+{}) update_delta={} (+{})",
+        kib(floor),
+        kib(any),
+        kib(any - floor),
+        kib(delta),
+        kib(delta - floor)
+    );
+    let at = any + DELTA_EXTRA;
+    assert!(
+        delta <= at,
+        "the update by delta needs {}, by the whole file {}: more than {} over it; at {}:\n{}",
+        kib(delta),
+        kib(any),
+        kib(DELTA_EXTRA),
+        kib(at),
+        tail(failures.get(&at).map_or("", String::as_str), 40)
     );
 }
 

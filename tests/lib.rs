@@ -17,6 +17,7 @@ mod cli_store;
 mod compression;
 mod crash;
 mod dashboard;
+mod delta;
 mod demo;
 mod export;
 mod faults;

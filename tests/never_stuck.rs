@@ -273,7 +273,14 @@ fn newcomer_path_without_mpy_cross_reaches_the_app_and_updates() {
         run.out
     );
     // The runtime came precompiled all the same: the binary carries it.
-    for m in ["config", "updater", "reporter", "updater_io", "installer"] {
+    for m in [
+        "config",
+        "updater",
+        "reporter",
+        "updater_io",
+        "installer",
+        "updater_delta",
+    ] {
         let files = b.ls(&format!("ota/m/{m}"));
         assert!(
             files.len() == 1 && files[0].ends_with(".mpy"),
@@ -301,9 +308,9 @@ fn a_manifest_of_64_modules_installs_and_65_is_refused() {
     let f = Fleet::new();
     f.publish("app", &app(true), &[]);
     f.publish("sensorclass", "VALUE = 'one'\n", &[]);
-    // 57 more modules, published at once: with app, sensorclass and the runtime's five
-    // (config, updater, reporter, updater_io, installer), 64.
-    let files: Vec<String> = (0..58)
+    // 56 more modules, published at once: with app, sensorclass and the runtime's six
+    // (config, updater, reporter, updater_io, installer, updater_delta), 64.
+    let files: Vec<String> = (0..57)
         .map(|i| {
             f.file(&format!("extra{i:02}.py"), &format!("N = {i}\n"))
                 .to_string_lossy()
@@ -314,12 +321,12 @@ fn a_manifest_of_64_modules_installs_and_65_is_refused() {
     args.extend(files.iter().map(String::as_str));
     f.ok(&args);
     let mut set = vec!["device", "set", MAC, "--app", "app", "sensorclass=latest"];
-    let pins: Vec<String> = (0..58).map(|i| format!("extra{i:02}=latest")).collect();
-    set.extend(pins[..57].iter().map(String::as_str));
+    let pins: Vec<String> = (0..57).map(|i| format!("extra{i:02}=latest")).collect();
+    set.extend(pins[..56].iter().map(String::as_str));
     f.ok(&set);
     // One more is more than a board takes: refused, and the device is as it was.
     let mut too_many = set.clone();
-    too_many.push(&pins[57]);
+    too_many.push(&pins[56]);
     let err = f.fails(&too_many);
     assert!(err.contains("at most 64"), "{err}");
     let s = f.serve();

@@ -40,7 +40,7 @@ pub use board::{
 #[allow(unused_imports)]
 pub use fleet::{Fleet, Run};
 #[allow(unused_imports)]
-pub use heap::{image_board_at, kib, littlefs_image, min_heap};
+pub use heap::{image_board_at, kib, littlefs_image, min_heap, STEP};
 #[allow(unused_imports)]
 pub use mosquitto::{free_port, Message, Mosquitto, Subscriber};
 #[allow(unused_imports)]
