@@ -2,11 +2,12 @@
 # the configurations. The updater checks the manifest (its seal, its
 # generation) and resets into this module's run() with the `next` bootflag
 # (docs/board.md): this boot has only this module and updater_io on the heap,
-# the most a download ever needs. The bootstrap calls files() directly.
+# the most a download ever needs. The bootstrap calls files() directly. When
+# the manifest lists deltas, updater_delta's boot comes first and makes the
+# files it can from them: they are in place, and not downloaded again.
 #
-# Each module file the board lacks streams into /ota/tmp/ (made from a delta
-# and the file the board runs, when the server has one: updater_delta.py), is
-# checked for size and SHA-256, and moves to /ota/m/{module}/{file}, named by its version and
+# Each module file the board lacks streams into /ota/tmp/, is checked for size
+# and SHA-256, and moves to /ota/m/{module}/{file}, named by its version and
 # the SHA-256 of its bytes (its "mpy" variant, precompiled bytecode, when that
 # is this port's .mpy version). With every file in place the running
 # configuration becomes the alternate if it is confirmed (its app said it is
@@ -82,9 +83,8 @@ def _ok(s, size, extra):
 
 def entry(name, m):
     # What to install for manifest entry m of module `name`: (version, file
-    # name on flash, size, sha256, url, url of its gzip copy or None, the
-    # SHA-256 prefixes of the files it has a delta from). Checks every field
-    # that becomes part of a path or a request.
+    # name on flash, size, sha256, url, url of its gzip copy or None). Checks
+    # every field that becomes part of a path or a request.
     v = m["version"]
     x = m.get("mpy")
     if _MPY is not None and isinstance(x, dict) and x.get("version") == _MPY:
@@ -92,7 +92,6 @@ def entry(name, m):
     sha, size, url = m["sha256"], m["size"], m["url"]
     gz = m.get("gz")
     gz = gz.get("url") if isinstance(gz, dict) else None
-    d = m.get("from") or ()  # updater_delta checks it
     if not (
         _ok(name, 64, "_")
         and name[0] > "9"
@@ -105,7 +104,7 @@ def entry(name, m):
         and (gz is None or _ok(gz, 200, "._-/") and ".." not in gz)
     ):
         raise ValueError("bad manifest entry: " + name)
-    return v, "%s-%s%s" % (v, sha[:12], ".mpy" if url.endswith(".mpy") else ".py"), size, sha, url, gz, d
+    return v, "%s-%s%s" % (v, sha[:12], ".mpy" if url.endswith(".mpy") else ".py"), size, sha, url, gz
 
 
 def _inflater():
@@ -123,25 +122,12 @@ def _inflater():
     return lambda sock: DeflateIO(sock, GZIP, 10)
 
 
-def install(server, e, path, name=None):
-    # Download a manifest entry to /ota/tmp, check it, move it to path: a
-    # delta from the file the board runs for module `name` if the manifest
-    # lists one (updater_delta, loaded only then); else (or if that fails in
-    # any way) its gzip copy if it has one and this board can inflate it; else
-    # the plain file.
+def install(server, e, path):
+    # Download a manifest entry to /ota/tmp (its gzip copy if it has one and
+    # this board can inflate it), check it, move it to path.
     import binascii
     import hashlib
 
-    if name and e[6]:
-        try:
-            import updater_delta
-
-            if updater_delta.fetch(server, e, name, _TMP + "dl"):
-                return io.replace(_TMP + "dl", path)
-        except Exception as x:  # noqa: BLE001 -- any failure: the whole file
-            print("mpfleet: no delta:", type(x).__name__, x)
-        sys.modules.pop("updater_delta", None)
-        gc.collect()
     z = e[5] and _inflater()
     url = e[5] if z else e[4]
     print("mpfleet: downloading", url)
@@ -183,7 +169,7 @@ def files(server, g, app, manifest):
                 if not exists(d):
                     os.mkdir(d)
                 m = None
-                install(server, e, d + "/" + e[1], name)
+                install(server, e, d + "/" + e[1])
                 gc.collect()
         with open(_TMP + "primary.json", "w") as out:
             out.write('{"generation":%d,"app":"%s","confirmed":false,"modules":{' % (g, app))

@@ -7,7 +7,9 @@
 # checks it (below). With a new generation it moves the manifest to
 # /ota/next.json and resets into the installer (installer.py: downloads, swap),
 # which resets into reporter.finish(), to report: an update is three boots,
-# each with only its own code on the heap (docs/board.md). The bootstrap, and a
+# each with only its own code on the heap (docs/board.md); four when the
+# manifest lists deltas (its head says "deltas": true): updater_delta's boot
+# comes before the installer's and makes what it can from them. The bootstrap, and a
 # first stage from before runtime release 5 (it knows no `next` bootflag), run the
 # installer in the same boot instead. An error leaves the configuration as it
 # was and sets a bootflag:
@@ -75,7 +77,7 @@ def _update(stuck, phased):
     server = io.settings()["server"]
     try:
         head = manifest(server)
-        g, app = head["generation"], head["app"]
+        g, app, d = head["generation"], head["app"], head.get("deltas")
         if g == r.gen():
             if stuck:
                 raise ValueError("no newer generation yet")
@@ -99,7 +101,10 @@ def _update(stuck, phased):
             io.replace(_TMP + "manifest.json", _OTA + "next.json")
             f = io.flags()
             f["reboots"] = f.get("reboots", 1) - 1  # not a boot loop
-            io.save(f, ["installer", "run", g, app])
+            # updater_delta's boot first when there are deltas, unless this is a retry
+            # (it may be what failed): the installer fetches whole files
+            d = d and not f.get("retry")
+            io.save(f, ["updater_delta" if d else "installer", "run", g, app])
         import installer
 
         installer.files(server, g, app, _TMP + "manifest.json")

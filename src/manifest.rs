@@ -441,7 +441,7 @@ impl Resolved {
     /// and ends with `"modules":{`; then one `"name":{...}` per line; then `},"boot":{`, one
     /// line per file a bootstrap installs, and `}}`.
     pub fn to_json(&self, mac: &Mac, store: &str, generation: i64) -> String {
-        let mut out = head(mac, store, &self.app, generation);
+        let mut out = head(mac, store, &self.app, generation, false);
         out.push_str(&self.tail());
         out
     }
@@ -548,15 +548,20 @@ impl Resolved {
 }
 
 /// The first line of a device's manifest, up to and including `"modules":{`: the device, the
-/// store, the app and the generation ([`Resolved::to_json`] is this, then the tail).
-pub fn head(mac: &Mac, store: &str, app: &ModuleName, generation: i64) -> String {
-    let head = json!({
+/// store, the app and the generation ([`Resolved::to_json`] is this, then the tail), and
+/// `"deltas":true` when a module entry lists deltas (`from`): the board then applies them in a
+/// boot of their own before the installer's.
+pub fn head(mac: &Mac, store: &str, app: &ModuleName, generation: i64, deltas: bool) -> String {
+    let mut head = json!({
         "device": mac.as_str(),
         "store": store,
         "app": app.as_str(),
         "generation": generation,
-    })
-    .to_string();
+    });
+    if deltas {
+        head["deltas"] = Value::Bool(true);
+    }
+    let head = head.to_string();
     let mut out = String::with_capacity(head.len() + 12);
     out.push_str(&head[..head.len() - 1]);
     out.push_str(",\"modules\":{");

@@ -211,11 +211,12 @@ mod tests {
         // 7: config confirms a primary in /ota/confirmed.json (its generation number), not by
         // rewriting its head line (500 bytes less heap at every boot); the installer reads
         // either. The importer's no-op methods are one function. A new module,
-        // `updater_delta`, which the installer loads only to apply a delta from the file the
-        // board runs when the manifest lists one (`from`).
+        // `updater_delta`, which applies the deltas the manifest lists (`from`) from the files
+        // the board runs, in a boot of its own before the installer's. The installer's
+        // manifest reader holds no line while a download runs.
         (
             7,
-            "748bde45ccd18f876aed4cd6a918f9044b99ff5ee192d18dbab6ab83896fc232",
+            "331ba6abfc832f3d5bd4ea5aa6cd0740fa7be39d15c75084ed8f77b2b9a966f8",
         ),
     ];
 

@@ -72,6 +72,8 @@ struct DeviceFiles {
 struct Shared {
     app: ModuleName,
     tail: String,
+    /// Whether a module entry of the tail lists deltas (`from`).
+    deltas: bool,
 }
 
 const JSON: &str = "application/json";
@@ -304,9 +306,17 @@ impl Snapshot {
                                     .map(|c| c.body.len() as u64),
                                 from: made.from.get(sha).cloned().unwrap_or_default(),
                             };
+                            let deltas = r.modules.values().any(|m| {
+                                let mpy = m.info.mpy.as_ref().map(|x| &x.sha256);
+                                [Some(&m.info.sha256), mpy]
+                                    .into_iter()
+                                    .flatten()
+                                    .any(|sha| made.from.contains_key(sha))
+                            });
                             Arc::new(Shared {
                                 tail: r.tail_with(&extra),
                                 app: r.app,
+                                deltas,
                             })
                         });
                         let seed = Arc::new(entry(d.to_seed_json().into(), JSON, false));
@@ -342,7 +352,13 @@ impl Snapshot {
     fn manifest(&self, mac: u64, d: &DeviceFiles) -> Option<Entry> {
         let shared = d.resolved.as_ref()?;
         let mac = Mac::from_bits(mac);
-        let mut manifest = crate::manifest::head(&mac, &self.store_id, &shared.app, d.generation);
+        let mut manifest = crate::manifest::head(
+            &mac,
+            &self.store_id,
+            &shared.app,
+            d.generation,
+            shared.deltas,
+        );
         manifest.push_str(&shared.tail);
         let sealed = crate::sign::seal(&d.key, &manifest);
         let etag = format!("\"{}\"", &sealed[9..41]);
@@ -443,8 +459,13 @@ mod tests {
             gz: crate::compress::gzip(&store.blob(sha).unwrap()).map(|z| z.len() as u64),
             from: Vec::new(),
         };
-        let mut manifest =
-            crate::manifest::head(mac, &store.store_id().unwrap(), &resolved.app, d.generation);
+        let mut manifest = crate::manifest::head(
+            mac,
+            &store.store_id().unwrap(),
+            &resolved.app,
+            d.generation,
+            false,
+        );
         manifest.push_str(&resolved.tail_with(&extra));
         crate::sign::seal(&d.key, &manifest)
     }

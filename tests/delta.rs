@@ -1,8 +1,9 @@
 //! Delta downloads (`src/delta.rs`, docs/protocol.md): a board moving a module from a version
 //! it has to a newer one fetches a delta against the file on its flash when the manifest lists
-//! one, applies it into `/ota/tmp/` and checks the result like any download. A delta that
-//! breaks off or is corrupted, or a base file that is not what its name says, falls back to
-//! the whole file; a power cut while a delta applies leaves the board as any cut does.
+//! one, applies it into `/ota/tmp/` in a boot of its own (`updater_delta`, before the
+//! installer's) and checks the result like any download. A delta that breaks off or is
+//! corrupted, or a base file that is not what its name says, leaves the installer to fetch the
+//! whole file; a power cut while a delta applies leaves the board as any cut does.
 
 use crate::harness::{fleet_with_board, Fault, FaultProxy, Fleet, ImageBoard, Server, SimBoard};
 
@@ -79,7 +80,7 @@ fn on_two_with_three(f: &Fleet, s: &Server, base: &str) -> SimBoard {
 fn updates_to_three(b: &SimBoard, s: &Server, base: &str, fetched: &[&str]) -> String {
     let mark = s.mark();
     b.ask_for_update();
-    let run = b.boot(base, 6);
+    let run = b.boot(base, 8);
     assert!(run.settled(), "{}", run.out);
     assert!(
         run.last_app_line().starts_with("APP three primary"),
@@ -237,7 +238,7 @@ fn a_power_cut_while_a_delta_applies_leaves_the_board_as_any_cut_does() {
     // How many flash writes the whole update takes, and where the delta's are.
     let whole = b.copy_to(f.dir.path().join("whole"), MAC);
     let mark = s.mark();
-    let run = whole.boot_with(&s.base, 6, true, None);
+    let run = whole.boot_with(&s.base, 8, true, None);
     assert!(
         run.last_app_line().starts_with("APP three primary"),
         "{}",
@@ -251,7 +252,7 @@ fn a_power_cut_while_a_delta_applies_leaves_the_board_as_any_cut_does() {
         [&path]
     );
     let writes = run.flash_writes();
-    // Where the install boot's writes are: each boot says how many it made (`writes=N`).
+    // Where the delta boot's writes are: each boot says how many it made (`writes=N`).
     let mut before = 0;
     let mut install = None;
     for boot in run.out.split("--- boot ") {
@@ -264,21 +265,21 @@ fn a_power_cut_while_a_delta_applies_leaves_the_board_as_any_cut_does() {
         }
         before += n;
     }
-    let (start, n) = install.unwrap_or_else(|| panic!("no install boot:\n{}", run.out));
+    let (start, n) = install.unwrap_or_else(|| panic!("no delta boot:\n{}", run.out));
     assert!(n > 0, "{}", run.out);
-    // Cut at each of the install boot's first writes (the delta lands in /ota/tmp/dl, then
-    // moves into place) and at points spread over the whole update; each board then boots
-    // without a cut, runs version 2 or 3, and a second request ends on 3.
+    // Cut at each of the delta boot's writes (the new file lands in /ota/tmp/dl, then moves
+    // into place; at most 10) and at points spread over the whole update; each board then
+    // boots without a cut, runs version 2 or 3, and a second request ends on 3.
     let mut cuts: Vec<u64> = (start + 1..=start + n.min(10)).collect();
     cuts.extend((1..writes).step_by((writes / 6).max(1) as usize));
     cuts.sort_unstable();
     cuts.dedup();
-    eprintln!("delta: {writes} writes, the install boot's {start}+1..={start}+{n}; cuts {cuts:?}");
+    eprintln!("delta: {writes} writes, the delta boot's {start}+1..={start}+{n}; cuts {cuts:?}");
     for k in cuts {
         let c = b.copy_to(f.dir.path().join(format!("cut-{k}")), MAC);
-        let cut = c.boot_with(&s.base, 6, true, Some(k));
+        let cut = c.boot_with(&s.base, 8, true, Some(k));
         assert!(cut.power_cut(), "cut {k} of {writes}: {}", cut.out);
-        let after = c.boot_with(&s.base, 6, false, None);
+        let after = c.boot_with(&s.base, 8, false, None);
         assert!(after.settled(), "cut {k}: {}", after.out);
         let line = after.last_app_line();
         assert!(
@@ -286,7 +287,7 @@ fn a_power_cut_while_a_delta_applies_leaves_the_board_as_any_cut_does() {
             "cut {k}: {line}\n{}",
             after.out
         );
-        let again = c.boot_with(&s.base, 6, true, None);
+        let again = c.boot_with(&s.base, 8, true, None);
         assert!(
             again.last_app_line().starts_with("APP three primary"),
             "cut {k}: {}",
