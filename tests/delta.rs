@@ -5,7 +5,9 @@
 //! corrupted, or a base file that is not what its name says, leaves the installer to fetch the
 //! whole file; a power cut while a delta applies leaves the board as any cut does.
 
-use crate::harness::{fleet_with_board, Fault, FaultProxy, Fleet, ImageBoard, Server, SimBoard};
+use crate::harness::{
+    fleet_with_board, Fault, FaultProxy, Fleet, ImageBoard, Server, SimBoard, StaticFiles,
+};
 
 const MAC: &str = "deadbeef1234";
 
@@ -153,6 +155,33 @@ fn a_one_line_change_travels_as_a_delta_of_under_2_percent() {
         delta.body.len(),
         py_delta.body.len()
     );
+}
+
+#[test]
+fn a_board_updates_by_delta_from_a_static_export() {
+    let f = fleet_with_board(MAC, &[]);
+    let s = f.serve();
+    let b = on_two_with_three(&f, &s, &s.base);
+    let path = delta_path(&s);
+    let www = f.dir.path().join("www");
+    f.ok(&["export", www.to_str().unwrap()]);
+    let exported = std::fs::read(www.join(&path[1..])).expect("the export holds the delta");
+    assert_eq!(exported, s.get(&path[1..]).body);
+    let web = StaticFiles::start(www);
+    b.ask_for_update();
+    let run = b.boot(&web.base, 8);
+    assert!(
+        run.last_app_line().starts_with("APP three primary"),
+        "{}",
+        run.out
+    );
+    assert!(
+        run.out
+            .contains(&format!("mpfleet: downloading {}", &path[1..])),
+        "{}",
+        run.out
+    );
+    assert!(!run.out.contains("no delta"), "{}", run.out);
 }
 
 /// A delta that breaks off, has a byte changed or is not sent does not apply: the board
