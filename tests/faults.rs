@@ -329,7 +329,7 @@ fn update_too_big_for_the_flash_is_refused_before_anything_is_replaced() {
     let s = f.serve();
     let mut b = ImageBoard::new(f.dir.path().join("board"), MAC);
     b.data = Some(f.data());
-    b.flash_blocks = 64;
+    b.flash_blocks = 72; // 288 KB: the runtime and the app, with room for a small update only
     let run = b.boot_with(&s.base, 6, false, None);
     let old = target(&s, "v0");
     check(&b, &run, &[&old], &[&old]).unwrap_or_else(|e| panic!("{e}\n{}", run.out));
