@@ -296,11 +296,11 @@ fn a_power_cut_while_a_delta_applies_leaves_the_board_as_any_cut_does() {
     }
     let (start, n) = install.unwrap_or_else(|| panic!("no delta boot:\n{}", run.out));
     assert!(n > 0, "{}", run.out);
-    // Cut at each of the delta boot's writes (the new file lands in /ota/tmp/dl, then moves
-    // into place; at most 10) and at points spread over the whole update; each board then
+    // Cut at points spread over the delta boot's writes (the new file lands in /ota/tmp/dl,
+    // then moves into place) and over the whole update; each board then
     // boots without a cut, runs version 2 or 3, and a second request ends on 3.
-    let mut cuts: Vec<u64> = (start + 1..=start + n.min(10)).collect();
-    cuts.extend((1..writes).step_by((writes / 6).max(1) as usize));
+    let mut cuts: Vec<u64> = (0..6).map(|i| start + 1 + i * (n - 1) / 5).collect();
+    cuts.extend((1..writes).step_by((writes / 4).max(1) as usize));
     cuts.sort_unstable();
     cuts.dedup();
     eprintln!("delta: {writes} writes, the delta boot's {start}+1..={start}+{n}; cuts {cuts:?}");
