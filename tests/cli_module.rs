@@ -157,17 +157,11 @@ fn runtime_is_published_by_the_first_write() {
     assert!(!f.data().exists(), "a read-only command created the store");
     f.publish("app", "x = 1\n", &[]);
     let list = f.json(&["module", "list", "--json"]);
-    for rt in [
-        "config",
-        "updater",
-        "reporter",
-        "updater_io",
-        "installer",
-        "updater_delta",
-        "main",
-        "mpfleet",
-        "mpfleet_boot",
-    ] {
+    for rt in
+        mpfleet::manifest::RUNTIME_MODULES
+            .into_iter()
+            .chain(["main", "mpfleet", "mpfleet_boot"])
+    {
         assert!(
             list.as_array().unwrap().iter().any(|m| m["name"] == rt),
             "{rt} missing: {list}"

@@ -46,15 +46,6 @@ fn installed(f: &Fleet, base: &str) -> SimBoard {
     b
 }
 
-/// Module files the server sent since `mark`.
-fn downloads(s: &Server, mark: usize) -> Vec<String> {
-    s.requests()[mark..]
-        .iter()
-        .filter(|l| l.starts_with("GET /m/"))
-        .map(|l| l.split_whitespace().nth(1).unwrap().to_owned())
-        .collect()
-}
-
 /// The bytes on the board's flash for sensorclass 2 are the plain file the server serves.
 fn installed_plain(b: &SimBoard, s: &Server) {
     let files = b.ls("ota/m/sensorclass");
@@ -79,7 +70,7 @@ fn updates_fetching(b: &SimBoard, s: &Server, base: &str, file: &str) {
         "{}",
         run.out
     );
-    assert_eq!(downloads(s, mark), [file]);
+    assert_eq!(s.downloads(mark), [file]);
     installed_plain(b, s);
 }
 
@@ -136,7 +127,7 @@ fn refused(fault: Fault, error: &str) {
         "{}",
         run.out
     );
-    assert_eq!(downloads(&s, mark), ["/m/sensorclass/2.py.gz"]);
+    assert_eq!(s.downloads(mark), ["/m/sensorclass/2.py.gz"]);
     assert!(
         run.out.contains(&format!("mpfleet: update_failed {error}")),
         "{}",

@@ -36,15 +36,6 @@ fn publish(f: &Fleet, s: &Server, source: &str, version: &str) {
     });
 }
 
-/// Module files the server sent since `mark`.
-fn downloads(s: &Server, mark: usize) -> Vec<String> {
-    s.requests()[mark..]
-        .iter()
-        .filter(|l| l.starts_with("GET /m/"))
-        .map(|l| l.split_whitespace().nth(1).unwrap().to_owned())
-        .collect()
-}
-
 /// The manifest entry of `sensorclass` the board takes: its `.mpy` variant (the fleet
 /// precompiles).
 fn mpy_entry(s: &Server) -> serde_json::Value {
@@ -69,9 +60,9 @@ fn on_two_with_three(f: &Fleet, s: &Server, base: &str) -> SimBoard {
         run.out
     );
     assert!(
-        downloads(s, mark).iter().all(|d| !d.contains(".from-")),
+        s.downloads(mark).iter().all(|d| !d.contains(".from-")),
         "{:?}",
-        downloads(s, mark)
+        s.downloads(mark)
     );
     publish(f, s, &big("three"), "3");
     b
@@ -89,7 +80,8 @@ fn updates_to_three(b: &SimBoard, s: &Server, base: &str, fetched: &[&str]) -> S
         "{}",
         run.out
     );
-    let got: Vec<String> = downloads(s, mark)
+    let got: Vec<String> = s
+        .downloads(mark)
         .into_iter()
         .filter(|d| d.starts_with("/m/sensorclass/"))
         .collect();
@@ -274,7 +266,7 @@ fn a_power_cut_while_a_delta_applies_leaves_the_board_as_any_cut_does() {
         run.out
     );
     assert_eq!(
-        downloads(&s, mark)
+        s.downloads(mark)
             .iter()
             .filter(|d| d.starts_with("/m/sensorclass/"))
             .collect::<Vec<_>>(),

@@ -273,14 +273,7 @@ fn newcomer_path_without_mpy_cross_reaches_the_app_and_updates() {
         run.out
     );
     // The runtime came precompiled all the same: the binary carries it.
-    for m in [
-        "config",
-        "updater",
-        "reporter",
-        "updater_io",
-        "installer",
-        "updater_delta",
-    ] {
+    for m in mpfleet::manifest::RUNTIME_MODULES {
         let files = b.ls(&format!("ota/m/{m}"));
         assert!(
             files.len() == 1 && files[0].ends_with(".mpy"),

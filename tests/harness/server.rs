@@ -249,6 +249,15 @@ impl Server {
             .collect()
     }
 
+    /// The module files (`/m/...` paths) the server was asked for since `mark`.
+    pub fn downloads(&self, mark: usize) -> Vec<String> {
+        self.requests()[mark..]
+            .iter()
+            .filter(|l| l.starts_with("GET /m/"))
+            .map(|l| l.split_whitespace().nth(1).unwrap().to_owned())
+            .collect()
+    }
+
     /// Stops the server as a service manager does (SIGTERM) and waits for it to exit.
     pub fn terminate(mut self) -> i32 {
         self.sigterm();
