@@ -214,7 +214,8 @@ fn an_updater_out_of_memory_is_retried_not_blamed() {
         "updater",
         &format!("{updater}\nraise MemoryError('simulated: no heap for the updater')\n"),
     );
-    let run = b.boot_with(&s.base, 4, true, None);
+    // Five boots: the one-line change comes as a delta, in a boot of its own.
+    let run = b.boot_with(&s.base, 5, true, None);
     assert_eq!(
         run.last_app_line(),
         format!("APP one primary {oom}"),
