@@ -2,13 +2,14 @@
 //! plus the bytes that are new. A one-line change to a 20 KB module is a few dozen bytes
 //! instead of 20 KB (or 7 KB gzipped).
 //!
-//! A board that has `m/{module}/{file}` of version A on its flash, and whose new
-//! configuration names version B, asks for `m/{module}/{B}.py.from-{sha12}` (or `.mpy`),
-//! `sha12` the first 12 hex digits of the SHA-256 of its A file (it is in the file's name on
-//! flash). It applies the delta as a stream into `/ota/tmp/`, reading ranges of its A file,
-//! and checks the result against B's size and SHA-256 like any download; on any failure (no
-//! delta, a truncated or corrupt one, a base file that is not what its name says) it fetches
-//! the whole file instead. `docs/protocol.md` has the format; `device/installer.py` applies it.
+//! A board that has `m/{module}/{file}` of version A on its flash, and whose new manifest
+//! lists A's file in B's `from` (`crate::snapshot` makes the deltas and the lists), asks for
+//! `m/{module}/{B}.py.from-{sha12}` (or `.mpy`), `sha12` the first 12 hex digits of the SHA-256
+//! of its A file (it is in the file's name on flash). It applies the delta as a stream into
+//! `/ota/tmp/`, reading ranges of its A file, and checks the result against B's size and
+//! SHA-256 like any download; on any failure (a truncated or corrupt delta, a base file that
+//! is not what its name says) the installer fetches the whole file instead.
+//! `docs/protocol.md` has the format; `device/updater_delta.py` applies it.
 //!
 //! The format, chosen to be applied with a 128-byte buffer and no other state:
 //!
@@ -123,7 +124,8 @@ pub fn path(target_path: &str, base_sha256: &str) -> String {
     format!("{target_path}{FROM}{}", &base_sha256[..12])
 }
 
-/// `m/{module}/{file}.from-{sha12}` as (module, target path, sha12), or None.
+/// `m/{module}/{file}.from-{sha12}` as (module, target path, sha12), or None: what a path of
+/// a delta names.
 pub fn parse(path: &str) -> Option<(&str, &str, &str)> {
     let (target, sha12) = path.rsplit_once(FROM)?;
     let module = target.strip_prefix("m/")?.split_once('/')?.0;
