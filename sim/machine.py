@@ -84,6 +84,7 @@ _wdt_ms = [0]  # the watchdog's real timeout (ms), shared by every WDT object
 _WDT_DIGITS = const(16)
 _wdt_buf = bytearray(b"0" * _WDT_DIGITS + b" " + b"0" * _WDT_DIGITS + b"\n")  # see feed()
 _wdt_file = []  # the open MPFLEET_WDT file (see the end)
+_clock = (utime.time_ns() // 1000000, utime.ticks_ms())  # Unix time in ms at ticks_ms()
 
 
 def _wdt_timeout(args, kw):
@@ -124,21 +125,25 @@ class WDT:
     def feed(self):
         # A real feed() takes nothing from the heap; neither does this one, since it
         # runs from a Timer callback at moments that vary from run to run (an
-        # allocation there would make the heap a boot needs vary too). One file, opened
-        # at start-up (see the end), and one buffer: the deadline written in place, twice, so
-        # that the harness can tell a write it read half-done (it takes the deadline
-        # only when both copies agree).
-        if not _wdt_file:
-            return
-        n = utime.time_ns() // 1000000 + _wdt_ms[0]
-        i = _WDT_DIGITS - 1
-        while i >= 0:
-            _wdt_buf[i] = _wdt_buf[_WDT_DIGITS + 1 + i] = 48 + n % 10
-            n //= 10
-            i -= 1
-        f = _wdt_file[0]
-        f.seek(0)
-        f.write(_wdt_buf)
+        # allocation there would make the heap a boot needs vary too: see _service).
+        # One file, opened at start-up (see the end), and one buffer: the deadline
+        # written in place, twice, so that the harness can tell a write it read
+        # half-done (it takes the deadline only when both copies agree). The clock is
+        # ticks_ms from a Unix time taken at start-up: time_ns() allocates a big int.
+        if _wdt_file:
+            _write_deadline(_clock[0] + utime.ticks_diff(utime.ticks_ms(), _clock[1]) + _wdt_ms[0])
+
+
+def _write_deadline(ms):
+    # Apart from feed(), so that each frame is small enough for the C stack.
+    i = _WDT_DIGITS - 1
+    while i >= 0:
+        _wdt_buf[i] = 48 + ms % 10
+        _wdt_buf[_WDT_DIGITS + 1 + i] = _wdt_buf[i]
+        ms //= 10
+        i -= 1
+    _wdt_file[0].seek(0)
+    _wdt_file[0].write(_wdt_buf)
 
 
 # Timers. A real port's soft timer puts its callback in the scheduler's queue
@@ -172,17 +177,24 @@ def _ticker(flags, done, schedule, service, sleep_ms):
 
 
 def _service(_):
+    # Runs the callbacks that are due. It runs at moments that vary from run to run, so
+    # it takes nothing from the board's heap (see WDT.feed): an allocation then, its
+    # own frame included (MicroPython puts a frame over 11 words on the heap), could
+    # start a collection at that moment and make the heap a boot needs vary too. Hence
+    # small functions, and the heap locked while they run, which puts frames on the C
+    # stack; a callback runs with the heap as the board has it.
     _flags[1] = 0
-    now = utime.ticks_ms()
-    for t in _timers:
-        if utime.ticks_diff(now, t._next) >= 0:
-            break
-    else:
-        return
+    micropython.heap_lock()
+    try:
+        _due(utime.ticks_ms())
+    finally:
+        micropython.heap_unlock()
+
+
+def _due(now):
     room = ports.sched_depth  # fires that piled up beyond it are dropped
-    # By index, not over a copy: this runs at moments that vary from run to run and
-    # must take nothing from the board's heap (see WDT.feed). A callback may deinit
-    # a timer (this one or another) or arm one (appended: not due before its period).
+    # By index: a for loop over the list would allocate its iterator. A callback may
+    # deinit a timer (this one or another) or arm one (appended: not due before its period).
     i = 0
     while i < len(_timers):
         t = _timers[i]
@@ -195,18 +207,26 @@ def _service(_):
             t._next = utime.ticks_add(t._next, fires * t._period)
         else:
             _timers.remove(t)
-        for _ in range(min(fires, room)):
+        while fires and room:
+            fires -= 1
             room -= 1
-            try:
-                t._callback(t)
-            except SystemExit as e:
-                if e.args and e.args[0] == 42:  # machine.reset(): at once, as on a board
-                    _finish(42, now=True)
-                sys.print_exception(e)
-            except Exception as e:  # noqa: BLE001 -- printed, as the port's scheduler does
-                sys.print_exception(e)
+            _call(t)
         if i < len(_timers) and _timers[i] is t:  # still armed, in its place
             i += 1
+
+
+def _call(t):
+    micropython.heap_unlock()
+    try:
+        t._callback(t)
+    except SystemExit as e:
+        if e.args and e.args[0] == 42:  # machine.reset(): at once, as on a board
+            _finish(42, now=True)
+        sys.print_exception(e)
+    except Exception as e:  # noqa: BLE001 -- printed, as the port's scheduler does
+        sys.print_exception(e)
+    finally:
+        micropython.heap_lock()
 
 
 def _stop_ticker():

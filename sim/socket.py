@@ -7,6 +7,9 @@
 #   readinto(buf[, n]), read(n)  keep reading until n bytes or EOF (py/stream.c)
 #   readline([size]), recv, write, send, sendall, connect, accept, close; anything
 #   else goes to the unix port's socket (json.load reads through readinto)
+# A wait takes nothing from the board's heap, as a real port's wait in C does not:
+# how many waits a call makes depends on timing, and an allocation per wait would
+# make the heap a boot needs vary from run to run (see machine.py's WDT.feed).
 import errno
 import io
 import select
@@ -20,6 +23,16 @@ _IN = const(1)  # select.POLLIN
 _OUT = const(4)  # select.POLLOUT
 
 
+def _slice(end):
+    # How long the next slice of a wait polls; raises once `end` (ticks_ms) has passed.
+    if end is None:
+        return _SLICE
+    ms = utime.ticks_diff(end, utime.ticks_ms())
+    if ms <= 0:
+        raise OSError(errno.ETIMEDOUT)
+    return min(ms, _SLICE)
+
+
 class socket(io.IOBase):
     def __init__(self, *args, _native=None):
         self._s = _native or usocket.socket(*args)
@@ -27,6 +40,7 @@ class socket(io.IOBase):
         self._timeout = None
         self._poll = select.poll()
         self._poll.register(self._s, _IN)
+        self._poll.ipoll(0)  # allocates the tuple every ipoll reuses, now rather than mid-wait
 
     def __getattr__(self, name):
         return getattr(self._s, name)
@@ -44,15 +58,10 @@ class socket(io.IOBase):
     def _wait(self, event, end):
         if self._timeout == 0:
             raise OSError(errno.EAGAIN)
-        self._poll.modify(self._s, event)
-        while True:
-            ms = _SLICE
-            if end is not None:
-                ms = min(ms, utime.ticks_diff(end, utime.ticks_ms()))
-                if ms <= 0:
-                    raise OSError(errno.ETIMEDOUT)
-            if self._poll.poll(ms):
-                return
+        p = self._poll
+        p.modify(self._s, event)
+        while not next(p.ipoll(_slice(end)), None):  # poll() would allocate a list
+            pass
 
     def connect(self, addr):
         try:
@@ -88,14 +97,16 @@ class socket(io.IOBase):
         n = len(mv) if n is None else n
         got = 0
         end = self._end()
+        part = mv[:n]  # a new slice only when data moved, not per wait
         while got < n:
-            r = self._s.readinto(mv[got:n])  # None: nothing there yet
+            r = self._s.readinto(part)  # None: nothing there yet
             if r is None:
                 self._wait(_IN, end)
             elif r == 0:
                 break
             else:
                 got += r
+                part = mv[got:n]
                 end = self._end()
         return got
 
@@ -129,12 +140,14 @@ class socket(io.IOBase):
         mv = memoryview(data)
         sent = 0
         end = self._end()
+        part = mv
         while sent < len(mv):
-            r = self._s.write(mv[sent:])  # None: the send buffer is full
+            r = self._s.write(part)  # None: the send buffer is full
             if r is None:
                 self._wait(_OUT, end)
             else:
                 sent += r
+                part = mv[sent:]
                 end = self._end()
         return sent
 
