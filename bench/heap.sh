@@ -13,6 +13,9 @@
 #   update (no mpy-cross) the same on a server without mpy-cross (MPFLEET_MPY_CROSS=""):
 #                  the app comes as source; the runtime still comes precompiled, since the
 #                  binary carries it
+#   each boot      the .mpy update's boots one at a time (check, install, report) and a
+#                  later check that finds nothing new, each on a copy of the board taken
+#                  before that boot: which boot decides the update's figure
 # each also as "+N k over the floor", against the budgets the tests assert.
 # Figures are for the 64-bit unix port; a 32-bit board needs about half.
 #
@@ -39,6 +42,7 @@ took=$(($(date +%s) - start))
 
 line=$(grep '^FIGURES heap: ' "$log" | tail -1)
 detail=$(grep '^FIGURES heap detail: ' "$log" | tail -1)
+steps=$(grep '^FIGURES heap steps: ' "$log" | tail -1)
 # "key=NN.NNk" -> NN.NN (KiB; figures are in steps of 256 bytes)
 get() { sed -n "s/.* $1=\([0-9.]*\)k.*/\1/p" <<<"$2"; }
 budget() { sed -n "s/.* $1 +\([0-9.]*\)k.*/\1/p" <<<"$detail"; }
@@ -67,7 +71,13 @@ row "plain boot (runtime .mpy)" boot "$line" boot
 row "whole update, runtime precompiled (.mpy)" update_mpy "$line" update_mpy
 row "whole update, server without mpy-cross" update_source "$line" update_source
 row "plain boot, server without mpy-cross" boot_source "$detail"
+echo "each boot of that update (.mpy) alone, on a copy of the board as it finds it:"
+row "  check: manifest, seal, reset" check "$steps"
+row "  install: downloads, swap, reset" install "$steps"
+row "  report: tidy, report, reset" report "$steps"
+row "  a later check that finds nothing new" routine_check "$steps"
 printf '%-44s %5sk\n' "floor on a --flash-dir instead of an image" "$(get floor_dir "$detail")"
 echo "($(sed -n 's/.*; without mpy-cross/without mpy-cross/p' <<<"$detail"))"
 echo
 echo "$line"
+echo "$steps"

@@ -239,6 +239,105 @@ impl Installed {
     }
 }
 
+/// The boots of an update, each measured on its own: what the board does in that boot, and
+/// how to tell it did it.
+#[derive(Clone, Copy)]
+enum Step {
+    /// The updater fetches and checks the manifest, then resets into the installer.
+    Check,
+    /// The installer downloads, swaps the configurations, resets into the reporter.
+    Install,
+    /// The new configuration's reporter reports `updated`, resets into the app.
+    Report,
+    /// After the update, a check that finds nothing new reports `boot`; the app runs.
+    Routine,
+}
+
+impl Step {
+    const ALL: [Step; 4] = [Step::Check, Step::Install, Step::Report, Step::Routine];
+
+    fn key(self) -> &'static str {
+        match self {
+            Step::Check => "check",
+            Step::Install => "install",
+            Step::Report => "report",
+            Step::Routine => "routine_check",
+        }
+    }
+
+    /// Whether a boot asks for an update (the `update` flag, as `--update` sets it).
+    fn asks(self) -> bool {
+        matches!(self, Step::Check | Step::Routine)
+    }
+
+    fn done(self, run: &SimRun) -> bool {
+        let said = run.said();
+        let failed = said
+            .iter()
+            .any(|l| l.contains("Error") || l.contains("failed"));
+        !failed
+            && match self {
+                Step::Check => run.out.contains("--- boot 1 ended: Reset"),
+                Step::Install => said.iter().any(|l| l.starts_with("mpfleet: installed")),
+                Step::Report => said.iter().any(|l| l.starts_with("mpfleet: updated")),
+                Step::Routine => said.contains(&"mpfleet: boot 2"),
+            }
+    }
+}
+
+impl Installed {
+    /// The board as each step finds it (its flash and RTC memory), made at a generous heap
+    /// one boot at a time: before the check, the install, the report, and a routine check.
+    fn steps(&self) -> Vec<(Step, ImageBoard)> {
+        let mut out = Vec::new();
+        let mut b = self.copy_at("step-check", 0);
+        b.heap = GENEROUS.into();
+        for step in Step::ALL {
+            let next = b.copy_to(
+                self.fleet
+                    .dir
+                    .path()
+                    .join(format!("step-after-{}", step.key())),
+                MAC,
+            );
+            let run = next.boot_with(&self.server.base, 1, step.asks(), None);
+            assert!(
+                step.done(&run),
+                "{} at a generous heap:\n{}",
+                step.key(),
+                run.out
+            );
+            if let Step::Report = step {
+                // Into the app, which runs the new version: the routine check starts there.
+                let app = next.boot_with(&self.server.base, 1, false, None);
+                assert!(app.out.contains("APP two primary"), "{}", app.out);
+            }
+            out.push((step, b));
+            b = next;
+        }
+        out
+    }
+
+    /// One boot of `step` on a fresh copy of `board` at `bytes`: did it do its job?
+    fn step(&self, step: Step, board: &ImageBoard, bytes: u32) -> Result<SimRun, String> {
+        let dir = self
+            .fleet
+            .dir
+            .path()
+            .join(format!("probe-{}-{bytes}", step.key()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let mut b = board.copy_to(dir, MAC);
+        b.heap = bytes.to_string();
+        b.deadline = PROBE_DEADLINE;
+        let run = b.try_boot_with(&self.server.base, 1, step.asks(), None)?;
+        if step.done(&run) {
+            Ok(run)
+        } else {
+            Err(run.out)
+        }
+    }
+}
+
 fn mpy_cross_installed() -> bool {
     match std::env::var_os("MPFLEET_MPY_CROSS") {
         Some(p) => Path::new(&p).is_file(),
@@ -426,6 +525,14 @@ fn figures() {
     let mpy = Installed::new(Fleet::new(), true);
     let boot = measure("plain boot", &|k| mpy.plain_boot(k)).0;
     let update_mpy = measure("update (runtime .mpy)", &|k| mpy.update(k)).0;
+    let steps: Vec<String> = mpy
+        .steps()
+        .iter()
+        .map(|(step, board)| {
+            let k = measure(step.key(), &|k| mpy.step(*step, board, k)).0;
+            format!("{}={} (+{})", step.key(), kib(k), kib(k - floor))
+        })
+        .collect();
     drop(mpy);
     let source = Installed::new(Fleet::without_mpy_cross(), false);
     let source_runtime = if source.mpy.is_empty() {
@@ -443,6 +550,7 @@ fn figures() {
         over(update_mpy),
         over(update_source)
     );
+    println!("FIGURES heap steps: {}", steps.join(" "));
     println!(
         "FIGURES heap detail: floor_dir={} boot_source={} budgets: boot +{} update_mpy +{} \
          update_source +{}; without mpy-cross the board got its runtime as {source_runtime}",
