@@ -8,13 +8,16 @@
 //!   running`, then the app's line) and settles;
 //! - a *whole update*: an installed board asked to update to a new version of one module
 //!   (manifest, download, hash, swap, report, reset) ends up running the new version; with the
-//!   runtime precompiled (the server has `mpy-cross`) and from source (`MPFLEET_MPY_CROSS=""`).
+//!   runtime precompiled (the server has `mpy-cross`) and from source (`MPFLEET_MPY_CROSS=""`);
+//! - each *boot* of an update alone ([`Step`]: check, install, report) and a later check that
+//!   finds nothing new, on a copy of the board taken before that boot.
 //!
 //! Each figure is found by bisection from the floor up (a probe is one `mpfleet sim` run on a
 //! fresh copy of the board, under a deadline; about ten probes per figure, well under a second
 //! each). The tests print `FIGURES heap:` lines and fail when a figure is over its budget
-//! (the floor + 6k, + 16k, + 24k; the goal for an update is + 12k). `bench/heap.sh` runs [`figures`] (ignored here): every
-//! figure on one line.
+//! (the floor plus 6k for a boot, 16k for an update, 17k for a check that finds nothing new,
+//! 24k for an update from source; the goal for an update is 12k). `bench/heap.sh` runs
+//! [`figures`] (ignored here): every figure on one line.
 
 use crate::harness::{
     image_board_at, kib, littlefs_image, min_heap, output_within, with_board, Fleet, ImageBoard,
@@ -36,6 +39,10 @@ const BOOT_BUDGET: u32 = 6 * 1024;
 /// the simulator allocates nothing at moments that vary between runs, one heap gives one
 /// answer; this pins what is reached with 1.5k to spare, so that it cannot grow unnoticed.
 pub(crate) const UPDATE_MPY_BUDGET: u32 = 16 * 1024;
+/// What a check that finds nothing new may need over the floor: it reaches 15-15.5k (the
+/// manifest's download and the report in one boot, the most of any boot); this pins that, with
+/// room for the 0.5k a figure moves between runs (another server port in the URLs, other keys).
+const CHECK_BUDGET: u32 = 17 * 1024;
 /// What a whole update may need over the floor on a server without mpy-cross.
 const UPDATE_SOURCE_BUDGET: u32 = 24 * 1024;
 
@@ -423,6 +430,24 @@ fn update_with_the_runtime_precompiled_fits_in_the_floor_plus_16k() {
         "update_mpy",
         UPDATE_MPY_BUDGET,
         &|k| i.update(k),
+    );
+}
+
+/// A check that finds nothing new (the manifest, then a `boot` report, in one boot) needs the
+/// most of any boot (BENCHMARKS.md), more than each boot of an update.
+#[test]
+fn a_check_that_finds_nothing_new_fits_in_the_floor_plus_17k() {
+    let i = Installed::new(Fleet::new(), true);
+    let steps = i.steps();
+    let (_, board) = steps
+        .iter()
+        .find(|(s, _)| matches!(s, Step::Routine))
+        .expect("the routine check's board");
+    within_budget(
+        "a check that finds nothing new",
+        "routine_check",
+        CHECK_BUDGET,
+        &|k| i.step(Step::Routine, board, k),
     );
 }
 
