@@ -11,7 +11,10 @@
 # both (by PID) and deletes everything it created.
 #
 # Knobs (environment):
-#   THREADS=2 CONNS=64 DURATION=10s  wrk settings, the same for both servers
+#   THREADS=2 CONNS=64 DURATION=10s  wrk settings, the same for both servers (a case may
+#                   set its own number of connections: close-1000 runs with 1000)
+#   ONLY="A B"      run only these cases (names from the table below), e.g.
+#                   ONLY=close-1000 REPORTS=0 bench/serve.sh: a thousand boards at once
 #   ROUNDS=3        each case runs ROUNDS times per server, alternating which goes first;
 #                   the table shows the median
 #   WARMUP=3s       one warm-up wrk run per server before measuring
@@ -30,6 +33,14 @@ ROUNDS=${ROUNDS:-3}
 WARMUP=${WARMUP:-3s}
 REPORTS=${REPORTS:-1}
 NGINX_WORKERS=${NGINX_WORKERS:-$(nproc)}
+ONLY=${ONLY:-}
+# Listen backlog for nginx, the same as `serve` asks for (src/http/mod.rs, LISTEN_BACKLOG);
+# the kernel caps both at net.core.somaxconn.
+BACKLOG=4096
+
+# 1000 connections for wrk, 1000 for the server, and their neighbours: the default soft
+# limit of 1024 open files is not enough. Both servers start from this shell.
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
 log() { echo "bench: $*" >&2; }
 
@@ -130,7 +141,7 @@ http {
     charset utf-8;
     charset_types text/x-python;
     server {
-        listen 127.0.0.1:$NGX_PORT;
+        listen 127.0.0.1:$NGX_PORT backlog=$BACKLOG;
         root $WORK/export;
         location / { add_header Cache-Control "no-cache"; }
         location /m/ { add_header Cache-Control "public, max-age=31536000, immutable"; }
@@ -163,16 +174,35 @@ NGX_RSS_IDLE=$(nginx_rss_kb)
 MPF_THREADS=$(awk '/^Threads/ {print $2}' "/proc/$MPF_PID/status")
 
 # --- cases --------------------------------------------------------------------------------
-# name|path|what; the 304 case's If-None-Match is each server's own ETag for the path.
+# name|path|what[|connections]; the 304 case's If-None-Match is each server's own ETag for
+# the path; connections default to CONNS.
 for mac in $(cat "$MACS"); do echo "/v1/$mac.json"; echo "/$mac"; done >"$WORK/mix.txt"
 CASES=(
   "manifest|/v1/$MAC0.json|resolved manifest v1/{mac}.json"
   "manifest-close|/v1/$MAC0.json|the same, Connection: close (a new TCP connection per request, as boards do)"
+  "close-1000|/v1/$MAC0.json|the same with 1000 connections at once: a thousand boards, each a connection per request|1000"
   "module-10k|/m/mqttclass/2.py|10 KB module m/{module}/{version}.py"
   "not-modified|/v1/$MAC0.json|304: v1/{mac}.json with If-None-Match"
   "unknown-404|/v1/$UNKNOWN.json|404: v1/{mac}.json of an unknown MAC"
   "mix-100|MIX|rotating over v1/{mac}.json and {mac} of all 50 devices"
 )
+if [ -n "$ONLY" ]; then
+  kept=()
+  for c in "${CASES[@]}"; do
+    IFS='|' read -r name _ <<<"$c"
+    [[ " $ONLY " == *" $name "* ]] && kept+=("$c")
+  done
+  ((${#kept[@]})) || { log "ONLY=$ONLY names no case"; exit 1; }
+  CASES=("${kept[@]}")
+fi
+conns_of() { # conns_of NAME: the connections wrk opens for that case
+  local c name conns
+  for c in "${CASES[@]}"; do
+    IFS='|' read -r name _ _ conns <<<"$c"
+    [ "$name" = "$1" ] && { echo "${conns:-$CONNS}"; return; }
+  done
+  echo "$CONNS"
+}
 
 etag() { curl -sI "$1" | tr -d '\r' | sed -n 's/^[Ee][Tt][Aa][Gg]: //p'; }
 
@@ -209,6 +239,11 @@ cpu_ticks() {
 }
 HZ=$(getconf CLK_TCK)
 
+# The kernel's count of connections dropped because a listen queue was full (system-wide:
+# a full accept backlog makes the client resend after a timeout of 200 ms to 1 s, which is
+# what a p99 of hundreds of milliseconds usually is).
+overflows() { awk '/^TcpExt:/ {if (!h) {split($0, k); h = 1} else for (i = 2; i <= NF; i++) if (k[i] == "ListenOverflows") print $i}' /proc/net/netstat; }
+
 # run_wrk PEER NAME PATH [DURATION] -> appends "PEER NAME BENCH ... cpu_us=C rec_us=R" to
 # results, C and R being the server's CPU microseconds per request (all of it, and the recorder's)
 run_wrk() {
@@ -216,19 +251,20 @@ run_wrk() {
   if [ "$peer" = mpfleet ]; then base=$MPFLEET; else base=$NGINX; fi
   local -a env=()
   case $name in
-    manifest-close) env+=(BENCH_CLOSE=1) ;;
+    manifest-close | close-1000) env+=(BENCH_CLOSE=1) ;;
     not-modified) env+=("BENCH_INM=$(etag "$base$path")") ;;
     mix-100) env+=("BENCH_PATHS=$WORK/mix.txt"); path=/ ;;
   esac
   url=$base$path
-  local t0 r0 t1 r1 n
+  local t0 r0 t1 r1 n o0
+  o0=$(overflows)
   read -r t0 r0 < <(cpu_ticks "$peer")
-  line=$(env "${env[@]}" wrk -t"$THREADS" -c"$CONNS" -d"$duration" --timeout 5s \
+  line=$(env "${env[@]}" wrk -t"$THREADS" -c"$(conns_of "$name")" -d"$duration" --timeout 5s \
     -s "$REPO/bench/wrk.lua" "$url" | tee -a "$WORK/wrk.log" | grep '^BENCH ')
   read -r t1 r1 < <(cpu_ticks "$peer")
   n=$(field requests <<<"$line")
   echo "$peer $name $line $(awk -v t=$((t1 - t0)) -v r=$((r1 - r0)) -v n="$n" -v hz="$HZ" \
-    'BEGIN {printf "cpu_us=%.2f rec_us=%.2f", t * 1e6 / hz / n, r * 1e6 / hz / n}')" >>"$WORK/results.txt"
+    'BEGIN {printf "cpu_us=%.2f rec_us=%.2f", t * 1e6 / hz / n, r * 1e6 / hz / n}') overflows=$(($(overflows) - o0))" >>"$WORK/results.txt"
 }
 
 log "warm-up: $WARMUP per server"
@@ -260,7 +296,7 @@ echo
 echo "mpfleet serve vs nginx $(nginx -v 2>&1 | sed 's#.*/##'), same store, same run"
 echo "  $(date -u +%Y-%m-%dT%H:%MZ), commit $(git rev-parse --short HEAD)$(git diff --quiet HEAD -- src Cargo.toml Cargo.lock device || echo ' (src modified)')"
 echo "  $(nproc) CPUs: $(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -1)"
-echo "  wrk -t$THREADS -c$CONNS -d$DURATION on the same machine (loopback), identical for both;"
+echo "  wrk -t$THREADS -c$CONNS -d$DURATION on the same machine (loopback), identical for both (close-1000: -c1000);"
 echo "  median of $ROUNDS rounds; nginx worker_processes $NGINX_WORKERS, mpfleet $MPF_THREADS threads"
 echo "  load average before/after: $LOAD_BEFORE / $LOAD_AFTER"
 echo
@@ -279,7 +315,7 @@ for c in "${CASES[@]}"; do
 done
 echo
 for c in "${CASES[@]}"; do
-  IFS='|' read -r name _ what <<<"$c"
+  IFS='|' read -r name _ what _ <<<"$c"
   printf '  %-15s %s\n' "$name" "$what"
 done
 echo "requests/s of each round (mpfleet | nginx):"
@@ -288,6 +324,16 @@ for c in "${CASES[@]}"; do
   printf '  %-15s %s | %s\n' "$name" \
     "$(grep "^mpfleet $name " "$WORK/results.txt" | field rps | paste -sd' ')" \
     "$(grep "^nginx $name " "$WORK/results.txt" | field rps | paste -sd' ')"
+done
+echo "p99 of each round, ms (mpfleet | nginx), and listen-queue overflows in the round:"
+for c in "${CASES[@]}"; do
+  IFS='|' read -r name _ _ <<<"$c"
+  printf '  %-15s %s | %s\n' "$name" \
+    "$(grep "^mpfleet $name " "$WORK/results.txt" | field p99_us | awk '{printf "%.2f ", $1 / 1000}')" \
+    "$(grep "^nginx $name " "$WORK/results.txt" | field p99_us | awk '{printf "%.2f ", $1 / 1000}')"
+  printf '  %-15s %s | %s\n' "" \
+    "$(grep "^mpfleet $name " "$WORK/results.txt" | field overflows | paste -sd' ')" \
+    "$(grep "^nginx $name " "$WORK/results.txt" | field overflows | paste -sd' ')"
 done
 echo
 errs=$(awk '{for (i = 3; i <= NF; i++) if ($i ~ /^sockerr=/) {split($i, f, "="); s += f[2]}} END {print s + 0}' "$WORK/results.txt")

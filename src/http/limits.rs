@@ -5,6 +5,13 @@
 //! half-sent request at SIGTERM. Boards send small requests (a GET, a report of a few hundred
 //! bytes), so a board on slow Wi-Fi meets every limit here with a wide margin.
 //!
+//! The other side of the connection cap is a fleet that connects at once (a thousand boards
+//! after a power cut, each a connection per request): they must be accepted, not left to the
+//! kernel, whose full accept queue drops a handshake and makes the board resend it after
+//! 200 ms to 1 s. So the cap sits above such a crowd, the listen backlog is as deep as the
+//! kernel allows, and the open-file limit is raised at start-up to fit the cap (or the cap
+//! is lowered to fit the limit, with a warning).
+//!
 //! The values are consts. `MPFLEET_HEADER_TIMEOUT_MS`, `MPFLEET_BODY_TIMEOUT_MS`,
 //! `MPFLEET_CONNECTION_DEADLINE_MS`, `MPFLEET_SHUTDOWN_GRACE_MS` and
 //! `MPFLEET_MAX_CONNECTIONS` override them: they exist for the attack tests (so those run in
@@ -32,9 +39,20 @@ pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 /// Connections served at once. When all are taken, `serve` stops accepting: new connections
 /// wait in the kernel's accept backlog and are served as soon as one ends (the timeouts above
-/// bound how long that is), rather than being refused. Kept well under the usual limit of
-/// 1024 open files.
-pub const MAX_CONNECTIONS: usize = 512;
+/// bound how long that is), rather than being refused. Twice a thousand boards connecting at
+/// once (a thousand at once took `serve` from 11 to about 30 MB of RSS in `bench/serve.sh`'s
+/// `close-1000`). Needs an open-file limit above it ([`Limits::fit_open_files`]).
+pub const MAX_CONNECTIONS: usize = 2048;
+
+/// Listen backlog asked for: connections the kernel completes and queues before `serve`
+/// accepts them. Linux caps it at `net.core.somaxconn` (4096 since 5.4, 128 before). tokio's
+/// own `bind` asks for 128, fewer than a crowd of boards: the rest had their handshakes
+/// dropped and resent.
+pub const LISTEN_BACKLOG: u32 = 4096;
+
+/// File descriptors kept for what is not a connection: the listeners, the SQLite files of
+/// each store handle (database, WAL, shared memory), blobs read for the admin side, logs.
+const OTHER_FILES: u64 = 64;
 
 /// The limits one `serve` runs with.
 #[derive(Debug, Clone, Copy)]
@@ -78,6 +96,59 @@ impl Limits {
         }
         Ok(l)
     }
+
+    /// Raises the open-file limit to its hard limit, then lowers `max_connections` if that is
+    /// still too few files for it (with a warning naming the limit). A service manager's
+    /// default soft limit is often 1024 with a hard limit far above.
+    pub fn fit_open_files(&mut self) {
+        let Some(files) = raise_open_files() else {
+            return;
+        };
+        let fits = files.saturating_sub(OTHER_FILES).max(1) as usize;
+        if self.max_connections > fits {
+            tracing::warn!(
+                "the open-file limit is {files}: serving at most {fits} connections at once, \
+                 not {}; raise it (`ulimit -n`, or LimitNOFILE= in a systemd unit) to at least {}",
+                self.max_connections,
+                self.max_connections as u64 + OTHER_FILES
+            );
+            self.max_connections = fits;
+        }
+    }
+}
+
+/// Sets the soft open-file limit to the hard one; returns the soft limit then in force
+/// (None where there is no such limit).
+#[cfg(unix)]
+fn raise_open_files() -> Option<u64> {
+    let mut l = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit read and write the struct they are given, nothing else.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut l) } != 0 {
+        return None;
+    }
+    if l.rlim_cur < l.rlim_max {
+        let raised = libc::rlimit {
+            rlim_cur: l.rlim_max,
+            rlim_max: l.rlim_max,
+        };
+        // SAFETY: as above.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            l = raised;
+        }
+    }
+    if l.rlim_cur == libc::RLIM_INFINITY {
+        return None;
+    }
+    #[allow(clippy::unnecessary_cast)] // rlim_t is not u64 on every target
+    Some(l.rlim_cur as u64)
+}
+
+#[cfg(not(unix))]
+fn raise_open_files() -> Option<u64> {
+    None
 }
 
 fn number(name: &str) -> anyhow::Result<Option<u64>> {

@@ -208,7 +208,8 @@ pub fn serve(
         .as_ref()
         .map(|a| tls::acceptor(&a.cert, &a.key))
         .transpose()?;
-    let limits = Limits::from_env()?;
+    let mut limits = Limits::from_env()?;
+    limits.fit_open_files();
     let broker = mqtt.as_deref().map(Broker::parse).transpose()?;
     let mut store = Store::open(&data)?;
     let (_, created) = crate::token::ensure(&data)?;
@@ -328,11 +329,33 @@ pub fn serve(
     Ok(())
 }
 
-/// A listener on `addr`; `what` tells which flag it came from in the error.
+/// A listener on `addr` with a backlog of [`limits::LISTEN_BACKLOG`] (the first of its
+/// addresses that binds); `what` tells which flag it came from in the error.
 async fn bind(addr: &str, what: &str) -> Result<tokio::net::TcpListener> {
-    tokio::net::TcpListener::bind(addr)
+    let listen = |a: SocketAddr| -> std::io::Result<tokio::net::TcpListener> {
+        let socket = if a.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        // As tokio's `bind` does: a restarted `serve` rebinds at once.
+        #[cfg(not(windows))]
+        socket.set_reuseaddr(true)?;
+        socket.bind(a)?;
+        socket.listen(limits::LISTEN_BACKLOG)
+    };
+    let mut last = None;
+    for a in tokio::net::lookup_host(addr)
         .await
-        .with_context(|| format!("cannot listen on {addr}{what}"))
+        .with_context(|| format!("cannot listen on {addr}{what}"))?
+    {
+        match listen(a) {
+            Ok(l) => return Ok(l),
+            Err(e) => last = Some(e),
+        }
+    }
+    let e = last.unwrap_or_else(|| std::io::Error::other("no address to listen on"));
+    Err(e).with_context(|| format!("cannot listen on {addr}{what}"))
 }
 
 /// Accepts connections and serves each with hyper's HTTP/1 connection (boards speak only
