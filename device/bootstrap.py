@@ -4,7 +4,7 @@
 #   mpremote run bootstrap.py      (or copy it over and `import bootstrap`)
 # It writes /ota.json (server, key, store), fetches this board's signed
 # manifest, checks its HMAC under the key, fetches the updater it names
-# (`updater`, `reporter`, `updater_io`, `installer`) into /ota/tmp (checked by size and
+# (`updater`, `updater_trust`, `reporter`, `updater_io`, `installer`) into /ota/tmp (checked by size and
 # SHA-256), and hands over to it: it
 # installs the first stage (/ota/mpfleet.mpy, /ota/mpfleet_boot.mpy, and last
 # the /main.py that imports them) and the rest of the manifest, every file
@@ -188,15 +188,15 @@ def bootstrap():
                 break
             got += len(line)
             h.update(line)
-            for name in (b'"updater"', b'"reporter"', b'"updater_io"', b'"installer"'):
+            for name in (b'"updater"', b'"updater_trust"', b'"reporter"', b'"updater_io"', b'"installer"'):
                 if line.startswith(name):
                     parts.update(json.loads(b"{" + line.strip().rstrip(b",") + b"}"))
     finally:
         sock.close()
     if binascii.hexlify(hashlib.sha256(k + h.digest()).digest()) != seal[9:73]:
         raise ValueError("the manifest is not signed with this board's key: refused")
-    if len(parts) != 4:
-        raise ValueError("the manifest names no updater (updater, reporter, updater_io, installer)")
+    if len(parts) != 5:
+        raise ValueError("the manifest names no updater (updater, updater_trust, reporter, updater_io, installer)")
     fetched = []
     for name, m in parts.items():
         mpy = m.get("mpy")
@@ -208,7 +208,6 @@ def bootstrap():
     parts = m = None
     sys.path.insert(0, "/ota/tmp")
     import installer
-    import reporter
     import updater
     import updater_io
 
@@ -236,7 +235,7 @@ def bootstrap():
         installer.install(server, stub, "/main.py")
 
     updater.run(updater_io.now, done=main_py)
-    if reporter.gen() is None:
+    if updater_io.gen() is None:
         raise OSError("the update failed (above)")
     main_py()
     machine.reset()

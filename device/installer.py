@@ -52,6 +52,7 @@ def lines(path, section="modules"):
                 f.seek(pos)
             line = f.readline()
             pos = f.tell()
+        f = None  # closed, but it holds its buffer while the caller downloads
         if not line.startswith('"'):
             if not line.startswith("}"):
                 raise ValueError(path + " is cut short")
@@ -153,10 +154,11 @@ def files(server, g, app, manifest):
     found = 0
     for name, m in lines(manifest):
         e = entry(name, m)
-        found += name in ("config", "updater", "reporter", "installer", "updater_io") or name == app
+        found += name in ("config", "updater", "updater_trust", "reporter", "installer", "updater_io") or name == app
         if not exists("%sm/%s/%s" % (_OTA, name, e[1])):
             need += e[2] // st[0] + 2
-    if found != 6:
+    m = e = None  # the last entry's strings
+    if found != 7:
         raise ValueError("manifest lacks its app or a part of the runtime")
     if need > st[4]:
         raise OSError("no room on flash: %d blocks needed, %d free" % (need, st[4]))
@@ -168,7 +170,7 @@ def files(server, g, app, manifest):
             if not exists(d + "/" + e[1]):
                 if not exists(d):
                     os.mkdir(d)
-                m = None
+                m.clear()  # its strings (three SHA-256s, URLs): not held during the download
                 install(server, e, d + "/" + e[1])
                 gc.collect()
         with open(_TMP + "primary.json", "w") as out:

@@ -85,7 +85,7 @@ def _update(now, todo):
         import mpfleet_boot
 
         mpfleet_boot.failed(e, now[0])
-    for name in (todo[0], "updater_io", "reporter", "installer", "mpfleet_boot"):
+    for name in (todo[0], "updater_io", "updater_trust", "reporter", "installer", "mpfleet_boot"):
         sys.modules.pop(name, None)
 
 

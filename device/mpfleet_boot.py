@@ -24,7 +24,7 @@
 # failed(): the updater (or the installer) could not be imported or raised.
 # The generation is blamed (it rolls back) only when that was a code error (not
 # MemoryError, not OSError) in an updater this generation changed (any of
-# updater, reporter, installer, updater_io); otherwise the update is
+# updater, reporter, installer, updater_io, updater_trust); otherwise the update is
 # retried twice after a reset (a fresh heap), then left until the next
 # request, with `update_failed` set.
 #
@@ -160,7 +160,7 @@ def _blamed(e, which):
     if which != "primary" or isinstance(e, (MemoryError, OSError)):
         return False
     try:
-        for m in ("updater", "reporter", "installer", "updater_io"):
+        for m in ("updater", "reporter", "installer", "updater_io", "updater_trust"):
             if _file("alternate", m) != _file("primary", m):
                 return True
     except OSError:  # no alternate

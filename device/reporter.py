@@ -1,8 +1,10 @@
 # mpfleet reporter: tells the server what this board did and runs, signed.
 # The updater reports through it after a check; the installer resets into
 # finish() here after an install (the `next` bootflag), so that boot has only
-# this module and updater_io on the heap. The HMAC and /ota/trust.json are
-# here too: the updater checks the manifest with them.
+# this module, updater_trust (its key) and updater_io on the heap.
+#
+# The check boot loads this module only to report: a check that finds a new
+# generation resets into the next boot without it.
 #
 # A report is POSTed to {server}v1/{mac}/report: JSON with a counter "n"
 # (/ota/trust.json "n", written before it is used, so never reused), its
@@ -16,54 +18,9 @@ import json
 import sys
 
 import updater_io as io
+from updater_trust import hmac, mac, trust
 
 _OTA = "/ota/"
-
-
-def gen():
-    return io.now[1]["generation"] if io.now else None
-
-
-def hmac(h=None, k=None):
-    # HMAC-SHA256 under this board's key. Without h: (inner hash to feed, outer
-    # key pad); with them: the HMAC of what h was fed, in hex.
-    import hashlib
-
-    if h:
-        k = hashlib.sha256(k)
-        k.update(h.digest())
-        return binascii.hexlify(k.digest())
-    k = io.settings().get("key") or ""
-    if len(k) != 64:
-        raise ValueError("no key: run `mpfleet device bootstrap`")
-    k = bytearray(binascii.unhexlify(k) + bytes(32))
-    for i in range(64):
-        k[i] ^= 0x36
-    h = hashlib.sha256(k)
-    for i in range(64):
-        k[i] ^= 0x6A  # 0x36 ^ 0x5C: the outer pad
-    return h, k
-
-
-def trust(t=None):
-    # /ota/trust.json, {"gen": highest generation accepted, "n": last report
-    # counter}: read it (t None) or write t in its place, atomically.
-    if t is not None:
-        with open(_OTA + "tmp/trust.json", "w") as f:
-            json.dump(t, f)
-        return io.replace(_OTA + "tmp/trust.json", _OTA + "trust.json")
-    try:
-        with open(_OTA + "trust.json") as f:
-            t = json.load(f)
-    except (OSError, ValueError):
-        pass
-    return t if isinstance(t, dict) else {}
-
-
-def mac():
-    import network
-
-    return binascii.hexlify(network.WLAN(network.STA_IF).config("mac")).decode()
 
 
 def _body(head):
@@ -92,7 +49,7 @@ def report(event, error=None):
                 "n": t["n"],
                 "high": t.get("gen"),
                 "event": event,
-                "generation": gen(),
+                "generation": io.gen(),
                 "config": io.now and io.now[0],
                 "flags": io.flags(),
                 "error": error,
@@ -165,7 +122,7 @@ def finish(now, event, error=None, done=None, reset=False):
         except OSError as e:  # tidying only
             print("mpfleet: cleanup:", e)
     gc.collect()
-    print("mpfleet:", event, error or gen())
+    print("mpfleet:", event, error or io.gen())
     report(event, error)
     if event == "updated":
         f = io.flags()
@@ -177,3 +134,4 @@ def finish(now, event, error=None, done=None, reset=False):
         import machine
 
         machine.reset()
+    sys.modules.pop("updater_trust", None)  # a first stage from before release 8 does not

@@ -9,7 +9,10 @@
 # which resets into reporter.finish(), to report: an update is three boots,
 # each with only its own code on the heap (docs/board.md); four when the
 # manifest lists deltas (its head says "deltas": true): updater_delta's boot
-# comes before the installer's and makes what it can from them. The bootstrap, and a
+# comes before the installer's and makes what it can from them. The check boot
+# has this module, updater_trust (the board's key) and updater_io on the heap;
+# the reporter only once there is something to report. What an interrupted
+# install left is deleted by the reporter after the next install. The bootstrap, and a
 # first stage from before runtime release 5 (it knows no `next` bootflag), run the
 # installer in the same boot instead. An error leaves the configuration as it
 # was and sets a bootflag:
@@ -32,8 +35,8 @@
 import gc
 import json
 
-import reporter as r
 import updater_io as io
+import updater_trust as t
 
 _MAX = const(65536)  # manifest bytes
 _RETRIES = const(2)
@@ -41,16 +44,24 @@ _OTA = "/ota/"
 _TMP = "/ota/tmp/"
 
 
+def _reporter():
+    # Imported only to report: a check that finds a new generation resets into
+    # the next boot without it on the heap.
+    import reporter
+
+    return reporter
+
+
 def manifest(server):
     # Streams the manifest to flash and checks its seal; returns its first line
     # (generation, app...).
-    me = r.mac()
-    h, k = r.hmac()
+    me = t.mac()
+    h, k = t.hmac()
     try:
         seal = io.get("%sv1/%s.json" % (server, me), _TMP + "manifest.json", h, _MAX, True)
     except OSError as e:  # run() tells server_failed by this message
         raise OSError("cannot reach %s: %s" % (server, e))
-    if r.hmac(h, k) != seal[9:73]:
+    if t.hmac(h, k) != seal[9:73]:
         raise ValueError("manifest not signed with this board's key: refused")
     h = k = seal = None
     try:
@@ -65,9 +76,9 @@ def manifest(server):
         raise ValueError("manifest of device %s" % head.get("device"))
     if head.get("store") != io.settings().get("store"):
         raise ValueError("manifest of another store")
-    t = r.trust().get("gen", 0)
-    if g < t:
-        raise ValueError("generation %d is older than %d, accepted before: refused" % (g, t))
+    high = t.trust().get("gen", 0)
+    if g < high:
+        raise ValueError("generation %d is older than %d, accepted before: refused" % (g, high))
     return head
 
 
@@ -78,7 +89,7 @@ def _update(stuck, phased):
     try:
         head = manifest(server)
         g, app, d = head["generation"], head["app"], head.get("deltas")
-        if g == r.gen():
+        if g == io.gen():
             if stuck:
                 raise ValueError("no newer generation yet")
             return "boot"
@@ -88,15 +99,11 @@ def _update(stuck, phased):
                     raise ValueError("generation %d was rolled back from" % g)
         except OSError:
             pass
-        t = r.trust()
-        if g > t.get("gen", 0):
-            t["gen"] = g  # accepted: nothing lower will be from now on
-            r.trust(t)
-        head = t = None  # not kept on the heap during the downloads
-        try:
-            r.tidy()  # what an interrupted install left: room for this one
-        except OSError:
-            pass
+        trust = t.trust()
+        if g > trust.get("gen", 0):
+            trust["gen"] = g  # accepted: nothing lower will be from now on
+            t.trust(trust)
+        head = trust = None  # not kept on the heap during the downloads
         if phased:
             io.replace(_TMP + "manifest.json", _OTA + "next.json")
             f = io.flags()
@@ -119,7 +126,7 @@ def run(now, update=True, stuck=False, rolled_back=None, done=None, phased=False
     # /main.py last). phased: the first stage knows the `next` bootflag.
     io.now = now
     if rolled_back:
-        r.report("rolled_back", rolled_back)
+        _reporter().report("rolled_back", rolled_back)
     if not update:
         return
     flags = io.flags()
@@ -135,7 +142,7 @@ def run(now, update=True, stuck=False, rolled_back=None, done=None, phased=False
         event = "server_failed" if error.startswith("OSError: cannot reach ") else "update_failed"
     if stuck and error:
         error = "boot loop on generation %s (reboots %s); %s" % (
-            r.gen(),
+            io.gen(),
             io.flags().get("reboots"),
             error,
         )
@@ -154,4 +161,4 @@ def run(now, update=True, stuck=False, rolled_back=None, done=None, phased=False
         flags.pop("error", None)
         flags.pop("check", None)
     io.save(flags)
-    r.finish(io.now, event, error, done, retry)
+    _reporter().finish(io.now, event, error, done, retry)

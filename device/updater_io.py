@@ -19,6 +19,11 @@ _TIMEOUT = const(10)
 now = None
 
 
+def gen():
+    # The generation that runs, or None.
+    return now[1]["generation"] if now else None
+
+
 def flags():
     # The bootflags (config.py says what they are).
     try:

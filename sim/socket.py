@@ -56,10 +56,12 @@ class socket(io.IOBase):
         return None if t is None else utime.ticks_add(utime.ticks_ms(), int(t * 1000))
 
     def _wait(self, event, end):
-        if self._timeout == 0:
-            raise OSError(errno.EAGAIN)
         p = self._poll
         p.modify(self._s, event)
+        if self._timeout == 0:  # non-blocking: ready now, or EAGAIN
+            if next(p.ipoll(0), None):
+                return
+            raise OSError(errno.EAGAIN)
         while not next(p.ipoll(_slice(end)), None):  # poll() would allocate a list
             pass
 
@@ -83,14 +85,16 @@ class socket(io.IOBase):
         return socket(_native=s), addr
 
     def recv(self, n):
+        # Waits first: the port's recv allocates its buffer, and an exception, even
+        # when there is nothing to read (see readline).
         end = self._end()
         while True:
+            self._wait(_IN, end)
             try:
                 return self._s.recv(n)
             except OSError as e:
                 if e.errno != errno.EAGAIN:
                     raise
-            self._wait(_IN, end)
 
     def readinto(self, buf, n=None):
         mv = memoryview(buf)
@@ -125,10 +129,14 @@ class socket(io.IOBase):
         line = b""
         end = self._end()
         while not line.endswith(b"\n") and len(line) != size:
-            # A part of the line, or None: nothing there yet.
+            # Waits first: the port's readline allocates its line even when there is
+            # nothing to read (and frees it), so a call per wait would make the heap a
+            # boot needs depend on when the bytes arrive. Then a part of the line, or
+            # None: nothing there after all.
+            self._wait(_IN, end)
             part = self._s.readline(size - len(line) if size >= 0 else -1)
             if part is None:
-                self._wait(_IN, end)
+                continue
             elif not part:
                 break
             else:

@@ -15,9 +15,10 @@ use std::fmt;
 use std::str::FromStr;
 
 /// The runtime modules every device gets, at `latest` unless its manifest names a version.
-pub const RUNTIME_MODULES: [&str; 6] = [
+pub const RUNTIME_MODULES: [&str; 7] = [
     "config",
     "updater",
+    "updater_trust",
     "reporter",
     "updater_io",
     "installer",
@@ -654,7 +655,7 @@ mod tests {
         let text = d.to_seed_json();
         assert_eq!(
             text,
-            r#"{"name":"smartcharger","smartcharger":"1","sensorclass":"2","mqttclass":"latest","config":"latest","updater":"latest","reporter":"latest","updater_io":"latest","installer":"latest","updater_delta":"latest"}"#
+            r#"{"name":"smartcharger","smartcharger":"1","sensorclass":"2","mqttclass":"latest","config":"latest","updater":"latest","updater_trust":"latest","reporter":"latest","updater_io":"latest","installer":"latest","updater_delta":"latest"}"#
         );
         assert_eq!(Desired::from_seed_json(&text).unwrap(), d);
     }
@@ -670,7 +671,7 @@ mod tests {
         let d = group.overlay(&own).desired().unwrap();
         assert_eq!(
             d.to_seed_json(),
-            r#"{"name":"app","app":"latest","sensorclass":"1","mqtt":"3","config":"latest","updater":"latest","reporter":"latest","updater_io":"latest","installer":"latest","updater_delta":"latest"}"#
+            r#"{"name":"app","app":"latest","sensorclass":"1","mqtt":"3","config":"latest","updater":"latest","updater_trust":"latest","reporter":"latest","updater_io":"latest","installer":"latest","updater_delta":"latest"}"#
         );
         let own = Pins::new(None, vec![(m("sensorclass"), Want::Latest)]).unwrap();
         assert_eq!(
@@ -721,6 +722,7 @@ mod tests {
             ("app", true),
             ("config", false),
             ("updater", true),
+            ("updater_trust", true),
             ("reporter", true),
             ("updater_io", true),
             ("installer", true),
