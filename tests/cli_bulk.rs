@@ -71,7 +71,7 @@ fn csv_import_creates_devices_with_generations_and_keys() {
     assert_eq!(
         show["desired"],
         json!({"name": "smartcharger", "smartcharger": "latest", "sensorclass": "1",
-               "config": "latest", "updater": "latest", "reporter": "latest",
+               "config": "latest", "updater": "latest", "updater_trust": "latest", "reporter": "latest",
                "updater_io": "latest", "installer": "latest", "updater_delta": "latest"})
     );
     assert_eq!(show["resolved"]["modules"]["sensorclass"]["version"], "1");
@@ -229,7 +229,7 @@ fn export_round_trips_through_import() {
         first,
         json!({"mac": "020000000001", "app": "smartcharger",
                "modules": {"smartcharger": "latest", "sensorclass": "1", "config": "latest",
-                           "updater": "latest", "reporter": "latest", "updater_io": "latest",
+                           "updater": "latest", "updater_trust": "latest", "reporter": "latest", "updater_io": "latest",
                            "installer": "latest", "updater_delta": "latest"}})
     );
     let (code, out, err) = import_stdin(&f, &export);

@@ -52,7 +52,7 @@ fn set_adds_app_and_runtime_and_names_missing_modules() {
     assert_eq!(
         show["desired"],
         json!({"name": "smartcharger", "smartcharger": "latest", "sensorclass": "1",
-               "config": "latest", "updater": "latest", "reporter": "latest",
+               "config": "latest", "updater": "latest", "updater_trust": "latest", "reporter": "latest",
                "updater_io": "latest", "installer": "latest", "updater_delta": "latest"})
     );
     assert_eq!(show["resolved"]["modules"]["sensorclass"]["version"], "1");
