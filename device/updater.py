@@ -11,10 +11,12 @@
 # manifest lists deltas (its head says "deltas": true): updater_delta's boot
 # comes before the installer's and makes what it can from them. The check boot
 # has this module, updater_trust (the board's key) and updater_io on the heap;
-# the reporter only once there is something to report. What an interrupted
-# install left is deleted by the reporter after the next install. The bootstrap, and a
-# first stage from before runtime release 5 (it knows no `next` bootflag), run the
-# installer in the same boot instead. An error leaves the configuration as it
+# the reporter is not loaded there (but to report a rollback): a check that
+# finds nothing new, or fails, resets into reporter.finish() too, so a routine
+# check is two boots. What an interrupted install left is deleted by the
+# reporter after the next install, or by the installer when it is in the way. The bootstrap, and a first stage from before
+# runtime release 5 (it knows no `next` bootflag), run the installer and the
+# reporter in the same boot instead. An error leaves the configuration as it
 # was and sets a bootflag:
 #   server_failed  the manifest could not be fetched: no connection, timeout, 5xx
 #   update_failed  anything else: 4xx, a bad manifest, a file that breaks off or
@@ -160,5 +162,10 @@ def run(now, update=True, stuck=False, rolled_back=None, done=None, phased=False
         flags["reboots"] = 0
         flags.pop("error", None)
         flags.pop("check", None)
+    if phased and not done:
+        # The report in a boot of its own, as after an install: a check that finds
+        # nothing new never holds the manifest's code and the reporter at once.
+        flags["reboots"] = flags.get("reboots", 1) - 1  # not a boot loop
+        io.save(flags, ["reporter", "finish", event, error, None, retry])
     io.save(flags)
     _reporter().finish(io.now, event, error, done, retry)

@@ -150,7 +150,7 @@ fn random_faults(port: &str, default_seed: u64) {
     b.data = Some(f.data());
     b.port = Some(port.to_owned());
     b.heap = String::new(); // the port's default heap, as a user runs it
-    b.flash_blocks = 72; // 288 KiB: room for the runtime and a few versions, not much more
+    b.flash_blocks = 80; // 320 KiB: room for the runtime and a few versions, not much more
     b.timeout = timeout;
     if let Some(settle) = settle {
         b.settle = settle;
@@ -387,4 +387,95 @@ fn update_too_big_for_the_flash_is_refused_before_anything_is_replaced() {
     let small = target(&s, "small");
     let run = b.boot_with(&s.base, 6, true, None);
     check(&b, &run, &[&small], &[&old, &small]).unwrap_or_else(|e| panic!("{e}\n{}", run.out));
+}
+
+/// The sensorclass files on the image, and the one its primary configuration names.
+fn sensorclass_files(b: &ImageBoard) -> (Vec<String>, String) {
+    let image = b.inspect();
+    let files: Vec<String> = image["files"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .filter(|p| p.starts_with("/ota/m/sensorclass/"))
+        .cloned()
+        .collect();
+    let primary = image["files"]["/ota/primary.json"]["text"]
+        .as_str()
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("\"sensorclass\":"))
+        .map(|l| l.split('"').nth(3).unwrap().to_owned())
+        .unwrap();
+    (files, primary)
+}
+
+/// A power cut in the install boot, after a file is in place and before the swap, leaves that
+/// file on flash (the reporter's tidy after an install never ran). The next update, on a
+/// flash with room for its file only once that one is gone, has the installer delete it (the
+/// reporter's tidy) and installs.
+#[test]
+fn what_an_install_cut_short_left_is_deleted_when_the_next_needs_its_room() {
+    let f = Fleet::new();
+    f.publish("app", app(), &[]);
+    f.publish("sensorclass", "VALUE = 'v0'\n", &[]);
+    f.ok(&["device", "set", MAC, "--app", "app", "sensorclass=latest"]);
+    let s = f.serve();
+    let mut b = ImageBoard::new(f.dir.path().join("board"), MAC);
+    b.data = Some(f.data());
+    b.flash_blocks = 96;
+    b.heap = "512k".into(); // the app imports a module of tens of KB in one string
+    let run = b.boot_with(&s.base, 6, false, None);
+    let v0 = target(&s, "v0");
+    check(&b, &run, &[&v0], &[&v0]).unwrap_or_else(|e| panic!("{e}\n{}", run.out));
+    let (_, v0_file) = sensorclass_files(&b);
+
+    // v1, five blocks and more: cut the install boot after its file is in place.
+    let source = format!("VALUE = 'v1'\nPAD = '{}'\n", "x".repeat(20 * 1024));
+    f.publish("sensorclass", &source, &[]);
+    wait_for_manifest(&s, v0.generation, source.len() as u64);
+    let clean = b
+        .copy_to(f.dir.path().join("clean"), MAC)
+        .boot_with(&s.base, 2, true, None);
+    let writes: Vec<u64> = clean
+        .said()
+        .iter()
+        .filter_map(|l| l.strip_prefix("writes="))
+        .map(|n| n.parse().unwrap())
+        .collect();
+    assert!(writes.len() >= 2, "{}", clean.out);
+    let (check_writes, install_writes) = (writes[0], writes[1]);
+    let cut = (1..=install_writes)
+        .rev()
+        .map(|i| check_writes + i)
+        .find_map(|k| {
+            let c = b.copy_to(f.dir.path().join(format!("cut{k}")), MAC);
+            let run = c.boot_with(&s.base, 2, true, Some(k));
+            let (files, primary) = sensorclass_files(&c);
+            (run.power_cut() && files.len() == 2 && primary == v0_file).then_some(c)
+        })
+        .expect("a cut in the install boot that leaves the new file beside the running one");
+
+    // v2: sized so that it fits only once v1's file is gone.
+    let free = cut.inspect()["free"].as_u64().unwrap();
+    assert!(free > 10, "{free} blocks free after the cut");
+    // The installer wants size / 4096 + 2 blocks, and 4 to spare: three more than are free
+    // now (the boots before the install may free a block or two), and at least two fewer
+    // than v1's file gives back.
+    let size = (free + 3 - 6) * 4096 + 100;
+    let frame = "VALUE = 'v2'\nPAD = ''\n".len();
+    let source = format!(
+        "VALUE = 'v2'\nPAD = '{}'\n",
+        "x".repeat(size as usize - frame)
+    );
+    let v1 = target(&s, "v1");
+    f.publish("sensorclass", &source, &[]);
+    wait_for_manifest(&s, v1.generation, size);
+    let v2 = target(&s, "v2");
+    let run = cut.boot_with(&s.base, 6, true, None);
+    check(&cut, &run, &[&v2], &[&v0, &v1, &v2]).unwrap_or_else(|e| panic!("{e}\n{}", run.out));
+    assert!(!run.out.contains("no room"), "{}", run.out);
+    // v1's file went; v2's is the primary's, v0's the alternate's.
+    let (files, primary) = sensorclass_files(&cut);
+    assert_eq!(files.len(), 2, "{files:?}");
+    assert!(files.iter().any(|p| p.ends_with(&primary)), "{files:?}");
 }

@@ -302,9 +302,9 @@ fn a_manifest_of_64_modules_installs_and_65_is_refused() {
     let f = Fleet::new();
     f.publish("app", &app(true), &[]);
     f.publish("sensorclass", "VALUE = 'one'\n", &[]);
-    // 56 more modules, published at once: with app, sensorclass and the runtime's six
-    // (config, updater, reporter, updater_io, installer, updater_delta), 64.
-    let files: Vec<String> = (0..57)
+    // 55 more modules, published at once: with app, sensorclass and the runtime's seven
+    // (config, updater, updater_trust, reporter, updater_io, installer, updater_delta), 64.
+    let files: Vec<String> = (0..56)
         .map(|i| {
             f.file(&format!("extra{i:02}.py"), &format!("N = {i}\n"))
                 .to_string_lossy()
@@ -315,12 +315,12 @@ fn a_manifest_of_64_modules_installs_and_65_is_refused() {
     args.extend(files.iter().map(String::as_str));
     f.ok(&args);
     let mut set = vec!["device", "set", MAC, "--app", "app", "sensorclass=latest"];
-    let pins: Vec<String> = (0..57).map(|i| format!("extra{i:02}=latest")).collect();
-    set.extend(pins[..56].iter().map(String::as_str));
+    let pins: Vec<String> = (0..56).map(|i| format!("extra{i:02}=latest")).collect();
+    set.extend(pins[..55].iter().map(String::as_str));
     f.ok(&set);
     // One more is more than a board takes: refused, and the device is as it was.
     let mut too_many = set.clone();
-    too_many.push(&pins[56]);
+    too_many.push(&pins[55]);
     let err = f.fails(&too_many);
     assert!(err.contains("at most 64"), "{err}");
     let s = f.serve();

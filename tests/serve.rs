@@ -32,7 +32,7 @@ fn seed_example_is_served_in_the_seed_format() {
     assert_eq!(r.status, 200);
     assert_eq!(
         r.text(),
-        r#"{"name":"smartcharger","smartcharger":"1","sensorclass":"2","testmain":"latest","mqttclass":"latest","updater":"latest","config":"latest","reporter":"latest","updater_io":"latest","installer":"latest","updater_delta":"latest"}"#
+        r#"{"name":"smartcharger","smartcharger":"1","sensorclass":"2","testmain":"latest","mqttclass":"latest","updater":"latest","config":"latest","updater_trust":"latest","reporter":"latest","updater_io":"latest","installer":"latest","updater_delta":"latest"}"#
     );
     let latest = s.get("latestversions").json();
     assert_eq!(latest["sensorclass"], "2");
@@ -67,7 +67,8 @@ fn resolved_manifest_has_sizes_hashes_and_urls() {
             "testmain",
             "updater",
             "updater_delta",
-            "updater_io"
+            "updater_io",
+            "updater_trust"
         ]
     );
     for (name, entry) in modules {
