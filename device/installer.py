@@ -148,31 +148,19 @@ def files(server, g, app, manifest):
     # Put in place every file generation g (app `app`, as the checked
     # manifest on flash says) lacks, then swap the configurations. On error
     # the files it added stay (a retry needs them) until the reporter's
-    # tidy(), which runs after every install.
-    for tidied in (False, True):
-        st = os.statvfs("/")
-        need = _MARGIN
-        found = 0
-        for name, m in lines(manifest):
-            e = entry(name, m)
-            found += name in ("config", "updater", "updater_trust", "reporter", "installer", "updater_io") or name == app
-            if not exists("%sm/%s/%s" % (_OTA, name, e[1])):
-                need += e[2] // st[0] + 2
-        m = e = None  # the last entry's strings
-        if found != 7:
-            raise ValueError("manifest lacks its app or a part of the runtime")
-        if need <= st[4] or tidied:
-            break
-        # No room. What an install cut short left (a power cut skips the reporter's
-        # tidy) may be in the way: the reporter deletes it now, loaded only for this,
-        # and the flash is looked at again.
-        import reporter
-
-        reporter.tidy()
-        reporter = None
-        sys.modules.pop("reporter", None)
-        sys.modules.pop("updater_trust", None)
-        gc.collect()
+    # tidy(), which runs after every install (and, when there was no room,
+    # asks for the update again if it deleted anything).
+    st = os.statvfs("/")
+    need = _MARGIN
+    found = 0
+    for name, m in lines(manifest):
+        e = entry(name, m)
+        found += name in ("config", "updater", "updater_trust", "reporter", "installer", "updater_io") or name == app
+        if not exists("%sm/%s/%s" % (_OTA, name, e[1])):
+            need += e[2] // st[0] + 2
+    m = e = None  # the last entry's strings
+    if found != 7:
+        raise ValueError("manifest lacks its app or a part of the runtime")
     if need > st[4]:
         raise OSError("no room on flash: %d blocks needed, %d free" % (need, st[4]))
     st = None

@@ -94,10 +94,13 @@ def _file(c, name):
 
 def tidy():
     # Delete installed files that neither configuration names: what the last
-    # install replaced, or added before it failed. One module at a time, and
-    # the directories as iterators: the same heap for 64 modules as for 3.
+    # install replaced, or added before it failed, or what an install a power
+    # cut stopped left. One module at a time, and the directories as
+    # iterators: the same heap for 64 modules as for 3. Returns how many
+    # files it deleted.
     import os
 
+    gone = 0
     for e in os.ilistdir(_OTA + "m"):
         d = _OTA + "m/" + e[0]
         keep = (_file("primary", e[0]), _file("alternate", e[0]))
@@ -107,8 +110,10 @@ def tidy():
             if x[0] not in keep:
                 os.remove(d + "/" + x[0])
                 n -= 1
+                gone += 1
         if not n:
             os.rmdir(d)
+    return gone
 
 
 def finish(now, event, error=None, done=None, reset=False):
@@ -118,9 +123,18 @@ def finish(now, event, error=None, done=None, reset=False):
     io.now = now
     if event in ("updated", "update_failed"):  # a check that found nothing new installed nothing
         try:
-            tidy()
+            gone = tidy()
         except OSError as e:  # tidying only
             print("mpfleet: cleanup:", e)
+            gone = 0
+        if gone and "no room on flash" in (error or ""):
+            # What was in the way is gone (an install a power cut stopped leaves
+            # its files): the update again, once, after the report.
+            f = io.flags()
+            f["update"] = True
+            f["reboots"] = f.get("reboots", 1) - 1  # not a boot loop
+            io.save(f)
+            reset = True
     gc.collect()
     print("mpfleet:", event, error or io.gen())
     report(event, error)

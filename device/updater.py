@@ -13,8 +13,9 @@
 # has this module, updater_trust (the board's key) and updater_io on the heap;
 # the reporter is not loaded there (but to report a rollback): a check that
 # finds nothing new, or fails, resets into reporter.finish() too, so a routine
-# check is two boots. What an interrupted install left is deleted by the
-# reporter after the next install, or by the installer when it is in the way. The bootstrap, and a first stage from before
+# check is two boots. What an install a power cut stopped left is deleted by
+# the reporter after the next install (which, if that install failed for room,
+# asks for it again). The bootstrap, and a first stage from before
 # runtime release 5 (it knows no `next` bootflag), run the installer and the
 # reporter in the same boot instead. An error leaves the configuration as it
 # was and sets a bootflag:

@@ -411,8 +411,8 @@ fn sensorclass_files(b: &ImageBoard) -> (Vec<String>, String) {
 
 /// A power cut in the install boot, after a file is in place and before the swap, leaves that
 /// file on flash (the reporter's tidy after an install never ran). The next update, on a
-/// flash with room for its file only once that one is gone, has the installer delete it (the
-/// reporter's tidy) and installs.
+/// flash with room for its file only once that one is gone, fails for room; the reporter's
+/// tidy deletes it and asks for the update again, which installs.
 #[test]
 fn what_an_install_cut_short_left_is_deleted_when_the_next_needs_its_room() {
     let f = Fleet::new();
@@ -471,10 +471,15 @@ fn what_an_install_cut_short_left_is_deleted_when_the_next_needs_its_room() {
     f.publish("sensorclass", &source, &[]);
     wait_for_manifest(&s, v1.generation, size);
     let v2 = target(&s, "v2");
-    let run = cut.boot_with(&s.base, 6, true, None);
+    let run = cut.boot_with(&s.base, 10, true, None);
     check(&cut, &run, &[&v2], &[&v0, &v1, &v2]).unwrap_or_else(|e| panic!("{e}\n{}", run.out));
-    assert!(!run.out.contains("no room"), "{}", run.out);
-    // v1's file went; v2's is the primary's, v0's the alternate's.
+    assert_eq!(
+        run.out.matches("no room on flash").count(),
+        2,
+        "{}",
+        run.out
+    ); // install, report
+       // v1's file went; v2's is the primary's, v0's the alternate's.
     let (files, primary) = sensorclass_files(&cut);
     assert_eq!(files.len(), 2, "{files:?}");
     assert!(files.iter().any(|p| p.ends_with(&primary)), "{files:?}");
