@@ -320,8 +320,9 @@ fn random_faults_in_a_row_esp32() {
     random_faults("esp32", 2);
 }
 
-#[test]
-fn update_too_big_for_the_flash_is_refused_before_anything_is_replaced() {
+/// A fleet whose device runs `app` and sensorclass v0, served, and its board on a littlefs
+/// image of `blocks` blocks, not booted yet.
+fn small_flash_board(blocks: u32) -> (Fleet, Server, ImageBoard) {
     let f = Fleet::new();
     f.publish("app", app(), &[]);
     f.publish("sensorclass", "VALUE = 'v0'\n", &[]);
@@ -329,7 +330,14 @@ fn update_too_big_for_the_flash_is_refused_before_anything_is_replaced() {
     let s = f.serve();
     let mut b = ImageBoard::new(f.dir.path().join("board"), MAC);
     b.data = Some(f.data());
-    b.flash_blocks = 72; // 288 KB: the runtime and the app, with room for a small update only
+    b.flash_blocks = blocks;
+    (f, s, b)
+}
+
+#[test]
+fn update_too_big_for_the_flash_is_refused_before_anything_is_replaced() {
+    // 288 KB: the runtime and the app, with room for a small update only.
+    let (f, s, b) = small_flash_board(72);
     let run = b.boot_with(&s.base, 6, false, None);
     let old = target(&s, "v0");
     check(&b, &run, &[&old], &[&old]).unwrap_or_else(|e| panic!("{e}\n{}", run.out));
@@ -415,14 +423,7 @@ fn sensorclass_files(b: &ImageBoard) -> (Vec<String>, String) {
 /// tidy deletes it and asks for the update again, which installs.
 #[test]
 fn what_an_install_cut_short_left_is_deleted_when_the_next_needs_its_room() {
-    let f = Fleet::new();
-    f.publish("app", app(), &[]);
-    f.publish("sensorclass", "VALUE = 'v0'\n", &[]);
-    f.ok(&["device", "set", MAC, "--app", "app", "sensorclass=latest"]);
-    let s = f.serve();
-    let mut b = ImageBoard::new(f.dir.path().join("board"), MAC);
-    b.data = Some(f.data());
-    b.flash_blocks = 96;
+    let (f, s, mut b) = small_flash_board(96);
     b.heap = "512k".into(); // the app imports a module of tens of KB in one string
     let run = b.boot_with(&s.base, 6, false, None);
     let v0 = target(&s, "v0");
