@@ -110,7 +110,9 @@ fn a_fallback_that_crashes_too_asks_the_server_until_a_fix_comes() {
         "sensorclass",
         "open('/poison', 'w').close()\nVALUE = 'two'\n",
     );
-    let run = b.boot_with(&s.base, 12, true, None);
+    // 14 boots: the update's three, the bad app's loop, the alternate's loop, then the check
+    // (boot 5 of the alternate) and its report (a boot of its own).
+    let run = b.boot_with(&s.base, 14, true, None);
     assert!(!run.settled(), "{}", run.out);
     assert!(
         run.out
