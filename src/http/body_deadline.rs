@@ -4,12 +4,11 @@
 //! its body: a client could send the header of a report, then one byte a minute, and hold a
 //! connection and a handler for ever. This layer gives every body a deadline, counted from
 //! when its header was in; past it, reading the body fails, and the client gets `408` with
-//! `Connection: close` whatever the handler made of the failed read.
+//! `Connection: close` whatever the handler made of the failed read (`front` applies it).
 
 use axum::body::{Body, Bytes, HttpBody};
-use axum::extract::{Request, State};
+use axum::extract::Request;
 use axum::http::{header, HeaderValue, StatusCode};
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use http_body::{Frame, SizeHint};
@@ -20,10 +19,12 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-/// Middleware: puts a deadline of `timeout` on the request's body, if it has one.
-pub async fn layer(State(timeout): State<Duration>, req: Request, next: Next) -> Response {
+/// Puts a deadline of `timeout` on the request's body, if it has one; the flag returned is
+/// set if the deadline cuts the body off (then answer [`timed_out`] instead of the handler's
+/// response).
+pub fn wrap(req: Request, timeout: Duration) -> (Request, Option<Arc<AtomicBool>>) {
     if req.body().is_end_stream() {
-        return next.run(req).await;
+        return (req, None);
     }
     let expired = Arc::new(AtomicBool::new(false));
     let req = req.map(|inner| {
@@ -33,10 +34,11 @@ pub async fn layer(State(timeout): State<Duration>, req: Request, next: Next) ->
             expired: expired.clone(),
         })
     });
-    let response = next.run(req).await;
-    if !expired.load(Ordering::Relaxed) {
-        return response;
-    }
+    (req, Some(expired))
+}
+
+/// The answer to a request whose body did not arrive within `timeout`.
+pub fn timed_out(timeout: Duration) -> Response {
     let message = format!(
         "request body not received within {}s",
         timeout.as_secs_f32()

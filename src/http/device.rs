@@ -9,8 +9,8 @@ use crate::names::Mac;
 use crate::sign::REPORT_HMAC;
 use crate::store::now;
 use axum::body::{Body, Bytes};
-use axum::extract::{Path, State};
-use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode, Uri};
+use axum::extract::{Path, Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 
@@ -40,16 +40,19 @@ fn device_of(path: &str) -> Option<Mac> {
         .flatten()
 }
 
-pub async fn read(
-    State(app): State<App>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-) -> Result<Response, ApiError> {
+/// The router's fallback: any path that is no other route's.
+pub async fn read(State(app): State<App>, req: Request) -> Result<Response, ApiError> {
+    respond(&app, &req)
+}
+
+/// GET or HEAD of a path of the snapshot (`front` calls it without the router for reads).
+pub fn respond(app: &App, req: &Request) -> Result<Response, ApiError> {
+    let method = req.method();
     if method != Method::GET && method != Method::HEAD {
         return Err(ApiError::MethodNotAllowed);
     }
-    let path = uri.path().trim_start_matches('/');
+    let headers = req.headers();
+    let path = req.uri().path().trim_start_matches('/');
     let snapshot = app.snapshot();
     let Some(entry) = snapshot.get(path) else {
         if let Some(mac) = device_of(path) {

@@ -14,6 +14,7 @@ mod dashboard;
 mod device;
 mod engine;
 mod error;
+mod front;
 mod html;
 mod limits;
 mod metrics;
@@ -30,9 +31,8 @@ use crate::snapshot::Snapshot;
 use crate::store::Store;
 use anyhow::{Context, Result};
 use arc_swap::{ArcSwap, Guard};
-use axum::extract::Request;
 use axum::extract::State;
-use axum::middleware::{self, Next};
+use axum::middleware;
 use axum::response::IntoResponse;
 use axum::response::Response;
 use axum::routing::{get, post};
@@ -51,8 +51,19 @@ const POLL: Duration = Duration::from_millis(200);
 /// While connections stay at the cap, it is logged at most this often.
 const CAP_LOG_EVERY: Duration = Duration::from_secs(60);
 
+/// The server's state, shared by every request (cloning it is one reference count).
 #[derive(Clone)]
-pub struct App {
+pub struct App(Arc<AppState>);
+
+impl std::ops::Deref for App {
+    type Target = AppState;
+
+    fn deref(&self) -> &AppState {
+        &self.0
+    }
+}
+
+pub struct AppState {
     /// The current snapshot, replaced whole (readers never block, nor write to a lock).
     snapshot: Arc<ArcSwap<Snapshot>>,
     recorder: Recorder,
@@ -81,9 +92,15 @@ pub struct AdminListen {
     pub key: PathBuf,
 }
 
-/// The router of a listener serving `side`.
-pub fn router(app: App, body_timeout: Duration, side: Side) -> Router {
-    let router = Router::new()
+/// The service of a listener serving `side`: its router, behind `front` (the side gate,
+/// timing, the access log and the body deadline).
+fn service(app: App, body_timeout: Duration, side: Side) -> front::Front {
+    front::Front::new(router(&app), app, side, body_timeout)
+}
+
+/// Every route; what is not a route is a board's read (`device::read`).
+fn router(app: &App) -> Router {
+    Router::new()
         .route("/v1/{mac}/report", post(device::report))
         // The dashboard's own pages (`/admin/` and a few beside it), open to view; every
         // other path under `/admin` is the admin side, behind the token.
@@ -91,7 +108,7 @@ pub fn router(app: App, body_timeout: Duration, side: Side) -> Router {
             data: app.data.clone(),
             token: app.token.clone(),
         }))
-        .nest("/admin", admin_side(&app))
+        .nest("/admin", admin_side(app))
         .route(
             "/metrics",
             get(scrape).layer(middleware::from_fn_with_state(
@@ -100,20 +117,7 @@ pub fn router(app: App, body_timeout: Duration, side: Side) -> Router {
             )),
         )
         .fallback(device::read)
-        .layer(middleware::from_fn_with_state(
-            body_timeout,
-            body_deadline::layer,
-        ));
-    // The access log costs a little per request even when filtered out: add it only when on.
-    let router = if tracing::enabled!(target: "mpfleet::access", tracing::Level::INFO) {
-        router.layer(middleware::from_fn(access_log))
-    } else {
-        router
-    };
-    router
-        .layer(middleware::from_fn_with_state(app.metrics.clone(), timed))
-        .layer(middleware::from_fn_with_state(Arc::new(side), sides::gate))
-        .with_state(app)
+        .with_state(app.clone())
 }
 
 /// The admin side: everything under /admin but the dashboard's pages needs the token; device
@@ -164,36 +168,6 @@ async fn scrape(State(app): State<App>) -> Response {
     }
 }
 
-/// Every request's latency, into the `/metrics` histogram of its side.
-async fn timed(State(metrics): State<Arc<metrics::Metrics>>, req: Request, next: Next) -> Response {
-    let path = req.uri().path();
-    let side = if sides::is_admin_path(path) {
-        metrics::Side::Admin
-    } else {
-        metrics::Side::Device
-    };
-    let start = Instant::now();
-    let response = next.run(req).await;
-    metrics.request(side, start.elapsed());
-    response
-}
-
-/// One line per request, at info level on target `mpfleet::access` (off by default, so a
-/// fleet polling every minute does not flood the log; `RUST_LOG=mpfleet::access=info`).
-async fn access_log(req: Request, next: Next) -> Response {
-    let method = req.method().clone();
-    let path = req.uri().path().to_owned();
-    let start = Instant::now();
-    let response = next.run(req).await;
-    tracing::info!(
-        target: "mpfleet::access",
-        "{method} {path} {} {}us",
-        response.status().as_u16(),
-        start.elapsed().as_micros()
-    );
-    response
-}
-
 /// Serves the store in `data` on `listen` until interrupted; with `mqtt`, also pushes
 /// generations and reports to that broker (`crate::push`); with `admin`, serves the admin
 /// side over TLS on a listener of its own, and not on `listen`.
@@ -239,14 +213,14 @@ pub fn serve(
     let tick = engine::tick_from_env()?;
     let (recorder, writer) = Recorder::start(data.clone(), wake.clone())?;
     let token = Arc::new(crate::token::Live::new(&data));
-    let app = App {
+    let app = App(Arc::new(AppState {
         snapshot,
         recorder,
         data: data.clone(),
         token,
         metrics: Arc::default(),
         push,
-    };
+    }));
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -288,8 +262,8 @@ pub fn serve(
                     token_path.display()
                 );
                 tracing::info!("dashboard at http://{addr}/admin/");
-                let router = router(app, limits.body_timeout, Side::Both);
-                serve_http1(listener, router, limits, stopped(stop_rx), None).await;
+                let service = service(app, limits.body_timeout, Side::Both);
+                serve_http1(listener, service, limits, stopped(stop_rx), None).await;
             }
             Some((admin_listener, admin_addr, acceptor)) => {
                 tracing::info!(
@@ -298,12 +272,12 @@ pub fn serve(
                     token_path.display()
                 );
                 tracing::info!("dashboard at https://{admin_addr}/admin/");
-                let boards = router(
+                let boards = service(
                     app.clone(),
                     limits.body_timeout,
                     Side::Boards { admin: admin_addr },
                 );
-                let admin_side = router(app, limits.body_timeout, Side::Admin { boards: addr });
+                let admin_side = service(app, limits.body_timeout, Side::Admin { boards: addr });
                 tokio::join!(
                     serve_http1(listener, boards, limits, stopped(stop_rx.clone()), None),
                     serve_http1(
@@ -341,6 +315,9 @@ async fn bind(addr: &str, what: &str) -> Result<tokio::net::TcpListener> {
         // As tokio's `bind` does: a restarted `serve` rebinds at once.
         #[cfg(not(windows))]
         socket.set_reuseaddr(true)?;
+        // Linux gives the sockets it accepts the listener's TCP_NODELAY: set here, it costs
+        // no system call per connection (elsewhere each connection sets it too).
+        socket.set_nodelay(true)?;
         socket.bind(a)?;
         socket.listen(limits::LISTEN_BACKLOG)
     };
@@ -366,14 +343,13 @@ async fn bind(addr: &str, what: &str) -> Result<tokio::net::TcpListener> {
 /// each connection is a TLS handshake first, within the header timeout.
 async fn serve_http1(
     listener: tokio::net::TcpListener,
-    router: Router,
+    service: front::Front,
     limits: Limits,
     stop: impl std::future::Future<Output = ()>,
     tls: Option<(tokio_rustls::TlsAcceptor, SocketAddr)>,
 ) {
     use hyper_util::rt::{TokioIo, TokioTimer};
     use hyper_util::server::graceful::GracefulShutdown;
-    use hyper_util::service::TowerToHyperService;
 
     let graceful = GracefulShutdown::new();
     let mut http = hyper::server::conn::http1::Builder::new();
@@ -415,8 +391,9 @@ async fn serve_http1(
             },
             _ = &mut stop => break,
         };
+        #[cfg(not(any(target_os = "linux", target_os = "android")))]
         let _ = stream.set_nodelay(true);
-        let service = TowerToHyperService::new(router.clone());
+        let service = service.clone();
         let deadline = limits.connection_deadline;
         match &tls {
             None => {

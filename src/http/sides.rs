@@ -4,12 +4,10 @@
 //! address (so the token is not sent over the LAN in clear again), and the admin port
 //! serves nothing but the admin side.
 
-use axum::extract::{Request, State};
+use axum::extract::Request;
 use axum::http::{header, StatusCode};
-use axum::middleware::Next;
 use axum::response::Response;
 use std::net::SocketAddr;
-use std::sync::Arc;
 
 /// Whether `path` belongs to the admin side: everything under `/admin`, and `/metrics`.
 pub fn is_admin_path(path: &str) -> bool {
@@ -71,40 +69,41 @@ fn host_of(h: &str) -> &str {
     }
 }
 
-/// Middleware: answers only what this listener's side serves.
 /// Marks a request that came over the TLS port (the dashboard's login cookie is then
 /// `Secure`: a browser never sends it over plain HTTP to the boards' port).
 #[derive(Debug, Clone, Copy)]
 pub struct OverTls;
 
-pub async fn gate(State(side): State<Arc<Side>>, mut req: Request, next: Next) -> Response {
-    let admin = is_admin_path(req.uri().path());
-    match (&*side, admin) {
-        (Side::Both, _) | (Side::Boards { .. }, false) => next.run(req).await,
+/// Answers only what this listener's side serves: None lets `req` through (marked
+/// [`OverTls`] on the admin side's own port), Some is the answer to a request for the other
+/// side. `admin` is [`is_admin_path`] of its path.
+pub fn gate(side: &Side, admin: bool, req: &mut Request) -> Option<Response> {
+    match (side, admin) {
+        (Side::Both, _) | (Side::Boards { .. }, false) => None,
         (Side::Admin { .. }, true) => {
             req.extensions_mut().insert(OverTls);
-            next.run(req).await
+            None
         }
-        (Side::Boards { admin }, true) => super::admin::error(
+        (Side::Boards { admin }, true) => Some(super::admin::error(
             StatusCode::FORBIDDEN,
             format!(
                 "the admin side is served over TLS only, at {}: this port serves boards \
                  (if this request carried the admin token, it crossed the network in clear: \
                  `mpfleet token rotate`)",
-                url_for("https", *admin, &req)
+                url_for("https", *admin, req)
             ),
-        ),
+        )),
         // The admin side's root is its dashboard.
-        (Side::Admin { .. }, false) if req.uri().path() == "/" => {
-            axum::response::IntoResponse::into_response(axum::response::Redirect::to("/admin/"))
-        }
-        (Side::Admin { boards }, false) => super::admin::error(
+        (Side::Admin { .. }, false) if req.uri().path() == "/" => Some(
+            axum::response::IntoResponse::into_response(axum::response::Redirect::to("/admin/")),
+        ),
+        (Side::Admin { boards }, false) => Some(super::admin::error(
             StatusCode::NOT_FOUND,
             format!(
                 "this port serves only the admin side (/admin/, /metrics); boards use {}",
-                url_for("http", *boards, &req)
+                url_for("http", *boards, req)
             ),
-        ),
+        )),
     }
 }
 
