@@ -1,10 +1,9 @@
 # mpfleet reporter: tells the server what this board did and runs, signed.
-# The updater reports through it after a check; the installer resets into
-# finish() here after an install (the `next` bootflag), so that boot has only
-# this module, updater_trust (its key) and updater_io on the heap.
-#
-# The check boot loads this module only to report: a check that finds a new
-# generation resets into the next boot without it.
+# The updater resets into finish() here after a check that installs nothing,
+# and the installer after an install (the `next` bootflag), so that boot has
+# only this module, updater_trust (its key) and updater_io on the heap. The
+# check boot loads it only to report a rollback; the bootstrap, and a first
+# stage from before runtime release 5, call finish() in the check's boot.
 #
 # A report is POSTed to {server}v1/{mac}/report: JSON with a counter "n"
 # (/ota/trust.json "n", written before it is used, so never reused), its

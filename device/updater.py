@@ -48,8 +48,8 @@ _TMP = "/ota/tmp/"
 
 
 def _reporter():
-    # Imported only to report: a check that finds a new generation resets into
-    # the next boot without it on the heap.
+    # Imported only when this boot reports itself (a rollback, or a first stage
+    # that knows no `next` bootflag): a check otherwise resets into the reporter.
     import reporter
 
     return reporter
